@@ -1,0 +1,644 @@
+//! The client-to-server negotiation state machine (RFC 6120 sections 4-7): stream
+//! open, STARTTLS, SASL, stream restart, resource binding, up to an established session.
+//!
+//! ```text
+//!  ExpectStreamHeader --> ExpectStartTls --(proceed; shell runs TLS)--> ExpectStreamHeader
+//!         |                                                                 |
+//!         +--(TLS already on, or not required)--> ExpectAuth <--------------+
+//!                                                    |  SCRAM: FetchCredentials -> ExpectScramFinal
+//!                                                    |  PLAIN: VerifyPassword  -> ExpectPlainVerdict
+//!                                                    v
+//!                    ExpectStreamHeader (authenticated) --> ExpectBind --(Bind; shell picks the
+//!                                                            resource)--> ExpectBindResult --> Established
+//! ```
+//!
+//! Inputs are frames from the [`crate::framer::Framer`] and the answers to the
+//! [`Action`]s the machine asks of its shell (credential lookups, password checks,
+//! session registration). Outputs are bytes appended to `out` and the returned
+//! [`Action`]. Errors come back as [`StreamError`]s whose XML (header included, when
+//! none was sent yet) is already in `out`: the shell flushes and closes.
+//!
+//! The machine allocates only while negotiating; the shell drops it once the session
+//! is established, so an idle session costs nothing here.
+
+mod features;
+#[cfg(test)]
+mod tests;
+
+use std::num::NonZeroU32;
+
+use crate::error::{StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition};
+use crate::framer::Frame;
+use crate::jid::{self, BareJid, FullJid};
+use crate::sasl::scram::{self, ChannelBindings, ClientFirst, Credentials, ExpectClientFinal};
+use crate::sasl::{self, Mechanism, SaslFailure};
+use crate::stanza::write_attribute;
+use crate::xml;
+
+pub use features::Features;
+
+pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+pub const NS_CLIENT: &str = "jabber:client";
+pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+
+/// How the listener treats TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// STARTTLS must be negotiated before anything else (the default).
+    Required,
+    /// STARTTLS is offered; SASL is offered without it too.
+    Optional,
+    /// No TLS on this listener (tests and loopback benchmarks).
+    Disabled,
+}
+
+/// Settings shared by every connection of a listener (not per connection).
+#[derive(Clone, Debug)]
+pub struct C2sSettings {
+    /// Normalised domains we serve.
+    pub hosts: Vec<String>,
+    pub tls: TlsPolicy,
+    /// Mechanisms offered, in order of preference (`-PLUS` ones only with binding data).
+    pub mechanisms: Vec<Mechanism>,
+    /// SASL failures before the stream is closed with `policy-violation`.
+    pub sasl_attempts_max: u8,
+    /// Advertised in XEP-0478 stream limits.
+    pub stanza_bytes_max: u32,
+    /// Iterations for decoy credentials, so unknown users cost like real ones.
+    pub scram_iterations: NonZeroU32,
+    /// Secret for decoy credentials; must stay the same across restarts and nodes, or
+    /// a prober could tell unknown users (whose salt would change) from real ones.
+    pub decoy_secret: Vec<u8>,
+    /// Raw XML of extra post-authentication features (stream management, CSI, ...).
+    pub bind_features_extra: Vec<u8>,
+}
+
+impl C2sSettings {
+    /// Settings for tests: one host, no TLS, every mechanism, three SASL attempts.
+    pub fn for_tests() -> C2sSettings {
+        C2sSettings {
+            hosts: vec!["localhost".to_owned()],
+            tls: TlsPolicy::Disabled,
+            mechanisms: vec![
+                Mechanism::ScramSha256Plus,
+                Mechanism::ScramSha1Plus,
+                Mechanism::ScramSha256,
+                Mechanism::ScramSha1,
+                Mechanism::Plain,
+            ],
+            sasl_attempts_max: 3,
+            stanza_bytes_max: 65_536,
+            scram_iterations: NonZeroU32::new(16).expect("nonzero"),
+            decoy_secret: b"test decoy secret".to_vec(),
+            bind_features_extra: Vec::new(),
+        }
+    }
+}
+
+/// Randomness for stream ids and nonces, injected so tests are deterministic.
+pub trait Entropy {
+    fn fill(&mut self, bytes: &mut [u8]);
+}
+
+/// Per-call context: shared settings and the core's randomness.
+pub struct Context<'a> {
+    pub settings: &'a C2sSettings,
+    pub entropy: &'a mut dyn Entropy,
+}
+
+/// What the shell must do after a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing; read on.
+    Continue,
+    /// Flush `out` (it holds `<proceed/>`), drop any plaintext still buffered, run the
+    /// TLS handshake, then reset the framer.
+    StartTls,
+    /// Look up the SCRAM credentials of `username` (a normalised localpart) on `domain`,
+    /// then call [`C2s::handle_credentials`].
+    FetchCredentials { user: BareJid, hash: scram::Hash },
+    /// Check `password` for `user` off the core (PBKDF2; with decoy credentials for an
+    /// unknown user), then call [`C2s::handle_password_verdict`].
+    VerifyPassword { user: BareJid, password: String },
+    /// SASL succeeded: reset the framer for the restarted stream.
+    Authenticated { user: BareJid },
+    /// Bind a resource for `user` (`None`: the server picks one), replacing any session
+    /// with the same full JID, then call [`C2s::handle_bound`].
+    Bind { user: BareJid, resource: Option<String> },
+    /// The client closed the stream; our close is in `out`. Close the connection.
+    Closed,
+}
+
+/// The negotiation of one client stream.
+#[derive(Debug)]
+pub struct C2s {
+    state: State,
+    /// Set after the TLS handshake (or from the start on a direct-TLS listener).
+    secured: bool,
+    bindings: ChannelBindings,
+    /// The domain the client asked for in its first header.
+    domain: Option<String>,
+    sasl_failures: u8,
+    /// Whether our header for the current stream was sent.
+    header_sent: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    ExpectStreamHeader {
+        authenticated: Option<BareJid>,
+    },
+    ExpectStartTls,
+    ExpectAuth,
+    /// A mechanism without initial response: waiting for `<response/>` with it.
+    ExpectInitialResponse {
+        mechanism: Mechanism,
+    },
+    ExpectCredentials {
+        first: Box<ClientFirst>,
+        user: BareJid,
+    },
+    ExpectScramFinal {
+        server: Box<ExpectClientFinal>,
+        user: BareJid,
+    },
+    ExpectPlainVerdict {
+        user: BareJid,
+    },
+    ExpectBind {
+        user: BareJid,
+    },
+    ExpectBindResult {
+        id: Box<str>,
+    },
+    Established,
+    Failed,
+}
+
+impl C2s {
+    /// A fresh stream; `secured` for a direct-TLS (XEP-0368) connection.
+    pub fn new(secured: bool) -> C2s {
+        C2s {
+            state: State::ExpectStreamHeader { authenticated: None },
+            secured,
+            bindings: ChannelBindings::default(),
+            domain: None,
+            sasl_failures: 0,
+            header_sent: false,
+        }
+    }
+
+    /// Tells the machine TLS is up, with what this connection can bind SCRAM to.
+    pub fn handle_tls_established(&mut self, bindings: ChannelBindings) {
+        self.secured = true;
+        self.bindings = bindings;
+    }
+
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established)
+    }
+
+    /// The domain of the stream (after the first header).
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.as_deref()
+    }
+
+    /// Handles one frame. On error the stream error is already in `out`.
+    pub fn handle_frame(
+        &mut self,
+        context: &mut Context<'_>,
+        frame: Frame<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Action, StreamError> {
+        let result = match frame {
+            Frame::StreamHeader(header) => self.handle_header(context, header, out),
+            Frame::Element(element) => self.handle_element(context, element, out),
+            Frame::StreamClose => {
+                self.state = State::Failed;
+                out.extend_from_slice(b"</stream:stream>");
+                Ok(Action::Closed)
+            }
+        };
+        result.map_err(|error| self.fail(context, error, out))
+    }
+
+    /// Closes the stream with `error` (framer errors, timeouts, shutdown): writes our
+    /// header first if the client has not seen one (RFC 6120 section 4.9.1.2).
+    pub fn fail(&mut self, context: &mut Context<'_>, error: StreamError, out: &mut Vec<u8>) -> StreamError {
+        if !self.header_sent {
+            self.write_header(context, None, out);
+        }
+        error.write_closing(out);
+        self.state = State::Failed;
+        error
+    }
+
+    /// The SCRAM credentials of the user (`None`: unknown user, a decoy is used).
+    pub fn handle_credentials(
+        &mut self,
+        context: &mut Context<'_>,
+        credentials: Option<Credentials>,
+        out: &mut Vec<u8>,
+    ) {
+        let State::ExpectCredentials { first, user } = std::mem::replace(&mut self.state, State::Failed) else {
+            panic!("handle_credentials without FetchCredentials");
+        };
+        let hash = first.hash();
+        let credentials = credentials.filter(|c| c.hash == hash).unwrap_or_else(|| {
+            Credentials::decoy(hash, user.as_str(), &context.settings.decoy_secret, context.settings.scram_iterations)
+        });
+        let nonce = nonce(context.entropy);
+        let (server, challenge) = first.challenge(&credentials, &nonce);
+        sasl::write_element("challenge", Some(&challenge), out);
+        self.state = State::ExpectScramFinal { server: Box::new(server), user };
+    }
+
+    /// Whether the PLAIN password was right.
+    pub fn handle_password_verdict(
+        &mut self,
+        context: &mut Context<'_>,
+        correct: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Action, StreamError> {
+        let State::ExpectPlainVerdict { user } = std::mem::replace(&mut self.state, State::Failed) else {
+            panic!("handle_password_verdict without VerifyPassword");
+        };
+        if correct {
+            sasl::write_element("success", None, out);
+            self.state = State::ExpectStreamHeader { authenticated: Some(user.clone()) };
+            self.header_sent = false;
+            return Ok(Action::Authenticated { user });
+        }
+        self.state = State::ExpectAuth;
+        let settings = context.settings;
+        self.sasl_failed(SaslFailure::NotAuthorized, settings, out).map_err(|e| self.fail(context, e, out))
+    }
+
+    /// The shell bound `jid`; answers the bind IQ. The session is established.
+    pub fn handle_bound(&mut self, jid: &FullJid, out: &mut Vec<u8>) {
+        let State::ExpectBindResult { id } = std::mem::replace(&mut self.state, State::Established) else {
+            panic!("handle_bound without Bind");
+        };
+        out.extend_from_slice(b"<iq type='result'");
+        write_attribute(out, "id", &id);
+        out.extend_from_slice(b"><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
+        xml::escape(jid.as_str(), out);
+        out.extend_from_slice(b"</jid></bind></iq>");
+    }
+
+    /// The shell could not bind (for example the session table is full).
+    pub fn handle_bind_refused(&mut self, user: BareJid, error: StanzaError, out: &mut Vec<u8>) {
+        let State::ExpectBindResult { id } = std::mem::replace(&mut self.state, State::ExpectBind { user }) else {
+            panic!("handle_bind_refused without Bind");
+        };
+        write_iq_error(&id, &error, out);
+    }
+
+    fn handle_header(
+        &mut self,
+        context: &mut Context<'_>,
+        header: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Action, StreamError> {
+        let State::ExpectStreamHeader { authenticated } = std::mem::replace(&mut self.state, State::Failed) else {
+            // Invariant: the framer yields a header only at stream start or after reset.
+            return Err(StreamError::new(StreamErrorCondition::InternalServerError));
+        };
+        let domain = check_header(context.settings, header)?;
+        if let Some(first) = &self.domain {
+            if *first != domain {
+                return Err(StreamError::new(StreamErrorCondition::HostUnknown));
+            }
+        }
+        self.domain = Some(domain.clone());
+        self.write_header(context, Some(&domain), out);
+        let settings = context.settings;
+        let (features, next) = match authenticated {
+            Some(user) => (Features::Bind, State::ExpectBind { user }),
+            None if !self.secured && settings.tls == TlsPolicy::Required => {
+                (Features::StartTlsRequired, State::ExpectStartTls)
+            }
+            None => {
+                (Features::Sasl { starttls: !self.secured && settings.tls == TlsPolicy::Optional }, State::ExpectAuth)
+            }
+        };
+        features.write(settings, self.secured, &self.bindings, out);
+        self.state = next;
+        Ok(Action::Continue)
+    }
+
+    fn write_header(&mut self, context: &mut Context<'_>, domain: Option<&str>, out: &mut Vec<u8>) {
+        let mut id = [0u8; 12];
+        context.entropy.fill(&mut id);
+        out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'");
+        write_attribute(out, "id", &hex(&id));
+        let from = domain.or(self.domain.as_deref()).or(context.settings.hosts.first().map(String::as_str));
+        if let Some(from) = from {
+            write_attribute(out, "from", from);
+        }
+        out.extend_from_slice(b" version='1.0' xml:lang='en'>");
+        self.header_sent = true;
+    }
+
+    fn handle_element(
+        &mut self,
+        context: &mut Context<'_>,
+        element: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Action, StreamError> {
+        let text =
+            std::str::from_utf8(element).map_err(|_| StreamError::new(StreamErrorCondition::UnsupportedEncoding))?;
+        let document = roxmltree::Document::parse(text)
+            .map_err(|e| StreamError::with_text(StreamErrorCondition::NotWellFormed, e.to_string()))?;
+        let root = document.root_element();
+        let namespace = root.tag_name().namespace().unwrap_or(NS_CLIENT);
+        let name = root.tag_name().name();
+        match std::mem::replace(&mut self.state, State::Failed) {
+            State::ExpectStartTls => self.expect_starttls(namespace, name, out),
+            State::ExpectAuth => self.expect_auth(context, root, namespace, name, out),
+            State::ExpectInitialResponse { mechanism } => match (namespace, name) {
+                (sasl::NS, "response") => {
+                    self.start_sasl(context, mechanism, root.text().unwrap_or("").as_bytes(), out)
+                }
+                (sasl::NS, "abort") => self.abort_sasl(context, out),
+                _ => Err(not_authorized("SASL negotiation in progress")),
+            },
+            State::ExpectScramFinal { server, user } => match (namespace, name) {
+                (sasl::NS, "response") => self.finish_scram(context, *server, user, root.text().unwrap_or(""), out),
+                (sasl::NS, "abort") => self.abort_sasl(context, out),
+                _ => Err(not_authorized("SASL negotiation in progress")),
+            },
+            State::ExpectBind { user } => self.expect_bind(user, root, namespace, name, out),
+            State::ExpectStreamHeader { .. }
+            | State::ExpectCredentials { .. }
+            | State::ExpectPlainVerdict { .. }
+            | State::ExpectBindResult { .. } => Err(StreamError::with_text(
+                StreamErrorCondition::PolicyViolation,
+                "element sent while the server was still answering",
+            )),
+            State::Established | State::Failed => Err(StreamError::new(StreamErrorCondition::InternalServerError)),
+        }
+    }
+
+    fn expect_starttls(&mut self, namespace: &str, name: &str, out: &mut Vec<u8>) -> Result<Action, StreamError> {
+        match (namespace, name) {
+            (NS_TLS, "starttls") => {
+                out.extend_from_slice(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+                self.state = State::ExpectStreamHeader { authenticated: None };
+                self.header_sent = false;
+                Ok(Action::StartTls)
+            }
+            (sasl::NS, "auth") => {
+                // RFC 6120 section 6.5.4: recoverable; the stream stays open.
+                SaslFailure::EncryptionRequired.write(out);
+                self.state = State::ExpectStartTls;
+                Ok(Action::Continue)
+            }
+            _ => Err(not_authorized("STARTTLS is required")),
+        }
+    }
+
+    fn expect_auth(
+        &mut self,
+        context: &mut Context<'_>,
+        root: roxmltree::Node<'_, '_>,
+        namespace: &str,
+        name: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<Action, StreamError> {
+        match (namespace, name) {
+            (sasl::NS, "auth") => {
+                let offered = features::offered_mechanisms(context.settings, self.secured, &self.bindings);
+                let mechanism = root.attribute("mechanism").and_then(|m| Mechanism::from_name(m.as_bytes()));
+                let Some(mechanism) = mechanism.filter(|m| offered.contains(m)) else {
+                    self.state = State::ExpectAuth;
+                    return self.sasl_failed(SaslFailure::InvalidMechanism, context.settings, out);
+                };
+                match root.text() {
+                    None | Some("") => {
+                        // No initial response: an empty challenge asks for it.
+                        sasl::write_element("challenge", Some(b""), out);
+                        self.state = State::ExpectInitialResponse { mechanism };
+                        Ok(Action::Continue)
+                    }
+                    Some(text) => self.start_sasl(context, mechanism, text.as_bytes(), out),
+                }
+            }
+            (NS_TLS, "starttls") => {
+                // Not offered here (already secured, or disabled): RFC 6120 section 5.4.2.2.
+                out.extend_from_slice(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>");
+                self.state = State::Failed;
+                Err(StreamError::with_text(StreamErrorCondition::PolicyViolation, "STARTTLS not offered"))
+            }
+            (sasl::NS, "abort") => self.abort_sasl(context, out),
+            _ => Err(not_authorized("authenticate first")),
+        }
+    }
+
+    fn start_sasl(
+        &mut self,
+        context: &mut Context<'_>,
+        mechanism: Mechanism,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Action, StreamError> {
+        let settings = context.settings;
+        self.state = State::ExpectAuth;
+        let message = match sasl::decode_payload(payload) {
+            Ok(message) => message,
+            Err(failure) => return self.sasl_failed(failure, settings, out),
+        };
+        let domain = self.domain.clone().unwrap_or_default();
+        match mechanism {
+            Mechanism::Plain => {
+                let plain = match sasl::parse_plain(&message) {
+                    Ok(plain) => plain,
+                    Err(failure) => return self.sasl_failed(failure, settings, out),
+                };
+                let user = match account(&plain.authcid, &domain, plain.authzid.as_deref()) {
+                    Ok(user) => user,
+                    Err(failure) => return self.sasl_failed(failure, settings, out),
+                };
+                self.state = State::ExpectPlainVerdict { user: user.clone() };
+                Ok(Action::VerifyPassword { user, password: plain.password })
+            }
+            _ => {
+                let plus_offered =
+                    features::offered_mechanisms(settings, self.secured, &self.bindings).iter().any(|m| m.is_plus());
+                let first = match scram::parse_client_first(mechanism, &message, plus_offered, &self.bindings) {
+                    Ok(first) => first,
+                    Err(failure) => return self.sasl_failed(failure, settings, out),
+                };
+                let user = match account(&first.username, &domain, first.authzid.as_deref()) {
+                    Ok(user) => user,
+                    Err(failure) => return self.sasl_failed(failure, settings, out),
+                };
+                let hash = first.hash();
+                self.state = State::ExpectCredentials { first: Box::new(first), user: user.clone() };
+                Ok(Action::FetchCredentials { user, hash })
+            }
+        }
+    }
+
+    fn finish_scram(
+        &mut self,
+        context: &Context<'_>,
+        server: ExpectClientFinal,
+        user: BareJid,
+        payload: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<Action, StreamError> {
+        self.state = State::ExpectAuth;
+        let verdict = sasl::decode_payload(payload.as_bytes()).and_then(|message| server.finish(&message));
+        match verdict {
+            Ok(server_final) => {
+                sasl::write_element("success", Some(&server_final), out);
+                self.state = State::ExpectStreamHeader { authenticated: Some(user.clone()) };
+                self.header_sent = false;
+                Ok(Action::Authenticated { user })
+            }
+            Err(failure) => self.sasl_failed(failure, context.settings, out),
+        }
+    }
+
+    fn abort_sasl(&mut self, context: &Context<'_>, out: &mut Vec<u8>) -> Result<Action, StreamError> {
+        self.state = State::ExpectAuth;
+        self.sasl_failed(SaslFailure::Aborted, context.settings, out)
+    }
+
+    /// Sends a SASL failure; past the attempt limit, closes with `policy-violation`
+    /// (RFC 6120 section 6.4.5).
+    fn sasl_failed(
+        &mut self,
+        failure: SaslFailure,
+        settings: &C2sSettings,
+        out: &mut Vec<u8>,
+    ) -> Result<Action, StreamError> {
+        failure.write(out);
+        self.sasl_failures += 1;
+        if self.sasl_failures >= settings.sasl_attempts_max {
+            return Err(StreamError::with_text(
+                StreamErrorCondition::PolicyViolation,
+                "too many failed authentication attempts",
+            ));
+        }
+        Ok(Action::Continue)
+    }
+
+    fn expect_bind(
+        &mut self,
+        user: BareJid,
+        root: roxmltree::Node<'_, '_>,
+        namespace: &str,
+        name: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<Action, StreamError> {
+        let id = root.attribute("id").unwrap_or("");
+        let bind = root
+            .first_element_child()
+            .filter(|child| child.tag_name().namespace() == Some(NS_BIND) && child.tag_name().name() == "bind");
+        let is_set = root.attribute("type") == Some("set");
+        let (Some(bind), true, NS_CLIENT, "iq") = (bind, is_set, namespace, name) else {
+            return Err(not_authorized("bind a resource first"));
+        };
+        let requested = bind
+            .children()
+            .find(|c| c.is_element() && c.tag_name().name() == "resource")
+            .and_then(|r| r.text())
+            .map(str::trim)
+            .filter(|r| !r.is_empty());
+        let resource = match requested.map(jid::normalise_resource) {
+            None => None,
+            Some(Ok(resource)) => Some(resource.into_owned()),
+            Some(Err(_)) => {
+                write_iq_error(id, &StanzaError::new(StanzaErrorCondition::BadRequest), out);
+                self.state = State::ExpectBind { user };
+                return Ok(Action::Continue);
+            }
+        };
+        self.state = State::ExpectBindResult { id: id.into() };
+        Ok(Action::Bind { user, resource })
+    }
+}
+
+/// Checks a client's stream header (RFC 6120 section 4.7) and returns the domain.
+fn check_header(settings: &C2sSettings, header: &[u8]) -> Result<String, StreamError> {
+    let tag = xml::start_tag(&[header, b"/>"].concat()).map(|t| t.name.to_vec()).unwrap_or_default();
+    let mut stream_ns = None;
+    let mut default_ns = None;
+    let mut to = None;
+    let mut version = None;
+    for attribute in xml::Attributes::of(header) {
+        let value = attribute.value().map(|v| v.into_owned());
+        match attribute.name {
+            b"xmlns:stream" => stream_ns = value,
+            b"xmlns" => default_ns = value,
+            b"to" => to = value,
+            b"version" => version = value,
+            _ => {}
+        }
+    }
+    if tag != b"stream:stream" {
+        let condition = if tag.ends_with(b":stream") {
+            StreamErrorCondition::BadNamespacePrefix
+        } else {
+            StreamErrorCondition::InvalidNamespace
+        };
+        return Err(StreamError::new(condition));
+    }
+    if stream_ns.as_deref() != Some(NS_STREAMS) || default_ns.as_deref() != Some(NS_CLIENT) {
+        return Err(StreamError::new(StreamErrorCondition::InvalidNamespace));
+    }
+    let major = version.as_deref().and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok());
+    if major != Some(1) {
+        return Err(StreamError::with_text(StreamErrorCondition::UnsupportedVersion, "version 1.0 is required"));
+    }
+    let domain = to
+        .as_deref()
+        .and_then(|to| jid::normalise_domain(to).ok().map(|d| d.into_owned()))
+        .filter(|domain| settings.hosts.iter().any(|host| host == domain));
+    domain.ok_or_else(|| StreamError::new(StreamErrorCondition::HostUnknown))
+}
+
+/// The account a SASL username names on this stream's domain; an authorization
+/// identity must be that same account (no proxy authorization).
+fn account(username: &str, domain: &str, authzid: Option<&str>) -> Result<BareJid, SaslFailure> {
+    let local = match username.rsplit_once('@') {
+        Some((local, user_domain)) if jid::normalise_domain(user_domain).is_ok_and(|d| d == domain) => local,
+        Some(_) => return Err(SaslFailure::NotAuthorized),
+        None => username,
+    };
+    let user = BareJid::new(Some(local), domain).map_err(|_| SaslFailure::NotAuthorized)?;
+    if let Some(authzid) = authzid {
+        let same = authzid.parse::<BareJid>().is_ok_and(|z| z == user);
+        if !same {
+            return Err(SaslFailure::InvalidAuthzid);
+        }
+    }
+    Ok(user)
+}
+
+fn not_authorized(text: &str) -> StreamError {
+    StreamError::with_text(StreamErrorCondition::NotAuthorized, text)
+}
+
+fn write_iq_error(id: &str, error: &StanzaError, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"<iq type='error'");
+    write_attribute(out, "id", id);
+    out.push(b'>');
+    error.write(out);
+    out.extend_from_slice(b"</iq>");
+}
+
+/// A printable SCRAM nonce part from 18 random bytes.
+fn nonce(entropy: &mut dyn Entropy) -> String {
+    let mut bytes = [0u8; 18];
+    entropy.fill(&mut bytes);
+    sasl::encode_payload(&bytes).replace(',', "-")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,424 @@
+//! XMPP addresses (RFC 7622): bare and full JIDs, normalised once when parsed.
+//!
+//! - localpart: PRECIS UsernameCaseMapped (RFC 8265 section 3.3), minus the eight
+//!   characters RFC 7622 section 3.3.1 forbids, so `Alice@LocalHost` and
+//!   `alice@localhost` are the same account;
+//! - domainpart: lowercased and NFC-normalised, one trailing dot removed
+//!   (RFC 7622 section 3.2);
+//! - resourcepart: PRECIS OpaqueString (RFC 7622 section 3.4), kept as given otherwise.
+//!
+//! Each part is 1 to 1023 bytes ([`JID_PART_BYTES_MAX`]). ASCII input, the common case,
+//! takes a fast path that allocates only the result.
+//!
+//! A JID is one heap string plus two offsets: 24 bytes inline.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use precis_profiles::precis_core::profile::PrecisFastInvocation;
+use precis_profiles::{OpaqueString, UsernameCaseMapped};
+
+use crate::limits::JID_PART_BYTES_MAX;
+
+/// Why a string is not a valid JID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JidError {
+    #[error("empty domainpart")]
+    EmptyDomain,
+    #[error("empty localpart before '@'")]
+    EmptyLocal,
+    #[error("empty resourcepart after '/'")]
+    EmptyResource,
+    #[error("a JID part is longer than 1023 bytes")]
+    TooLong,
+    #[error("invalid localpart")]
+    InvalidLocal,
+    #[error("invalid domainpart")]
+    InvalidDomain,
+    #[error("invalid resourcepart")]
+    InvalidResource,
+    #[error("a full JID (with a resource) was required")]
+    ResourceRequired,
+    #[error("a bare JID (without a resource) was required")]
+    ResourceNotAllowed,
+}
+
+/// `localpart@domainpart` or `domainpart`: an account or a server.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BareJid {
+    /// Normalised text.
+    text: Box<str>,
+    /// Index of the `@`, or 0 when there is no localpart.
+    at: u16,
+}
+
+/// `bare/resource`: one session of an account.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FullJid {
+    text: Box<str>,
+    at: u16,
+    /// Index of the `/` that starts the resource.
+    slash: u16,
+}
+
+/// Any JID, as found in a `to` or `from` attribute.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Jid {
+    Bare(BareJid),
+    Full(FullJid),
+}
+
+impl BareJid {
+    /// Builds a bare JID from its parts, normalising both.
+    pub fn new(local: Option<&str>, domain: &str) -> Result<BareJid, JidError> {
+        let domain = normalise_domain(domain)?;
+        match local {
+            None => Ok(BareJid { text: domain.into(), at: 0 }),
+            Some(local) => {
+                let local = normalise_local(local)?;
+                let at = local.len();
+                Ok(BareJid { text: format!("{local}@{domain}").into(), at: at as u16 })
+            }
+        }
+    }
+
+    /// A server or service address.
+    pub fn domain_only(domain: &str) -> Result<BareJid, JidError> {
+        BareJid::new(None, domain)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn local(&self) -> Option<&str> {
+        (self.at > 0).then(|| &self.text[..self.at as usize])
+    }
+
+    pub fn domain(&self) -> &str {
+        if self.at > 0 {
+            &self.text[self.at as usize + 1..]
+        } else {
+            &self.text
+        }
+    }
+
+    /// This account's session with `resource` (normalised).
+    pub fn with_resource(&self, resource: &str) -> Result<FullJid, JidError> {
+        let resource = normalise_resource(resource)?;
+        let slash = self.text.len();
+        Ok(FullJid { text: format!("{}/{resource}", self.text).into(), at: self.at, slash: slash as u16 })
+    }
+
+    /// Bytes of heap this JID owns.
+    pub fn heap_bytes(&self) -> usize {
+        self.text.len()
+    }
+}
+
+impl FullJid {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The bare part as text, without allocating.
+    pub fn bare_str(&self) -> &str {
+        &self.text[..self.slash as usize]
+    }
+
+    pub fn to_bare(&self) -> BareJid {
+        BareJid { text: self.bare_str().into(), at: self.at }
+    }
+
+    pub fn local(&self) -> Option<&str> {
+        (self.at > 0).then(|| &self.text[..self.at as usize])
+    }
+
+    pub fn domain(&self) -> &str {
+        let start = if self.at > 0 { self.at as usize + 1 } else { 0 };
+        &self.text[start..self.slash as usize]
+    }
+
+    pub fn resource(&self) -> &str {
+        &self.text[self.slash as usize + 1..]
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.text.len()
+    }
+}
+
+impl Jid {
+    /// Parses and normalises any JID (RFC 7622 section 3.2: the resource starts at the
+    /// first `/`, the localpart ends at the first `@` before it).
+    pub fn parse(text: &str) -> Result<Jid, JidError> {
+        let (bare, resource) = match text.find('/') {
+            Some(slash) => (&text[..slash], Some(&text[slash + 1..])),
+            None => (text, None),
+        };
+        let (local, domain) = match bare.find('@') {
+            Some(at) => (Some(&bare[..at]), &bare[at + 1..]),
+            None => (None, bare),
+        };
+        let bare = BareJid::new(local, domain)?;
+        match resource {
+            None => Ok(Jid::Bare(bare)),
+            Some(resource) => Ok(Jid::Full(bare.with_resource(resource)?)),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Jid::Bare(bare) => bare.as_str(),
+            Jid::Full(full) => full.as_str(),
+        }
+    }
+
+    /// The bare part as text.
+    pub fn bare_str(&self) -> &str {
+        match self {
+            Jid::Bare(bare) => bare.as_str(),
+            Jid::Full(full) => full.bare_str(),
+        }
+    }
+
+    pub fn to_bare(&self) -> BareJid {
+        match self {
+            Jid::Bare(bare) => bare.clone(),
+            Jid::Full(full) => full.to_bare(),
+        }
+    }
+
+    pub fn local(&self) -> Option<&str> {
+        match self {
+            Jid::Bare(bare) => bare.local(),
+            Jid::Full(full) => full.local(),
+        }
+    }
+
+    pub fn domain(&self) -> &str {
+        match self {
+            Jid::Bare(bare) => bare.domain(),
+            Jid::Full(full) => full.domain(),
+        }
+    }
+
+    pub fn resource(&self) -> Option<&str> {
+        match self {
+            Jid::Bare(_) => None,
+            Jid::Full(full) => Some(full.resource()),
+        }
+    }
+}
+
+impl std::str::FromStr for BareJid {
+    type Err = JidError;
+    fn from_str(text: &str) -> Result<BareJid, JidError> {
+        match Jid::parse(text)? {
+            Jid::Bare(bare) => Ok(bare),
+            Jid::Full(_) => Err(JidError::ResourceNotAllowed),
+        }
+    }
+}
+
+impl std::str::FromStr for FullJid {
+    type Err = JidError;
+    fn from_str(text: &str) -> Result<FullJid, JidError> {
+        match Jid::parse(text)? {
+            Jid::Full(full) => Ok(full),
+            Jid::Bare(_) => Err(JidError::ResourceRequired),
+        }
+    }
+}
+
+impl std::str::FromStr for Jid {
+    type Err = JidError;
+    fn from_str(text: &str) -> Result<Jid, JidError> {
+        Jid::parse(text)
+    }
+}
+
+macro_rules! text_traits {
+    ($($kind:ty),*) => {$(
+        impl fmt::Display for $kind {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl fmt::Debug for $kind {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", self.as_str())
+            }
+        }
+    )*};
+}
+text_traits!(BareJid, FullJid);
+
+impl fmt::Display for Jid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// RFC 7622 section 3.3.1: characters a localpart may not contain.
+const LOCAL_FORBIDDEN: &[u8] = b"\"&'/:<>@";
+
+/// Normalises a localpart (UsernameCaseMapped) and checks the JID rules.
+pub fn normalise_local(local: &str) -> Result<Cow<'_, str>, JidError> {
+    if local.is_empty() {
+        return Err(JidError::EmptyLocal);
+    }
+    let ascii_ok = local.bytes().all(|b| (0x21..=0x7E).contains(&b) && !LOCAL_FORBIDDEN.contains(&b));
+    let normal = if ascii_ok {
+        if local.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(local.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(local)
+        }
+    } else {
+        let enforced = UsernameCaseMapped::enforce(local).map_err(|_| JidError::InvalidLocal)?;
+        if enforced.bytes().any(|b| LOCAL_FORBIDDEN.contains(&b)) {
+            return Err(JidError::InvalidLocal);
+        }
+        Cow::Owned(enforced.into_owned())
+    };
+    check_length(&normal)?;
+    Ok(normal)
+}
+
+/// Normalises a domainpart: lowercase, NFC, no trailing dot; letters, digits, `-`, `.`
+/// and non-ASCII characters, or an IP literal in brackets.
+pub fn normalise_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    if domain.is_empty() {
+        return Err(JidError::EmptyDomain);
+    }
+    let literal = domain.starts_with('[') && domain.ends_with(']');
+    let valid_byte = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || b == b'-'
+            || b == b'.'
+            || b >= 0x80
+            || (literal && (b == b':' || b == b'[' || b == b']'))
+    };
+    if !domain.bytes().all(valid_byte) || domain.starts_with('.') || domain.contains("..") {
+        return Err(JidError::InvalidDomain);
+    }
+    let normal = if domain.is_ascii() {
+        if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(domain.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(domain)
+        }
+    } else {
+        use precis_profiles::precis_core::profile::Rules;
+        let lower = domain.to_lowercase();
+        let nfc = UsernameCaseMapped::new().normalization_rule(lower).map_err(|_| JidError::InvalidDomain)?;
+        Cow::Owned(nfc.into_owned())
+    };
+    check_length(&normal)?;
+    Ok(normal)
+}
+
+/// Normalises a resourcepart (OpaqueString).
+pub fn normalise_resource(resource: &str) -> Result<Cow<'_, str>, JidError> {
+    if resource.is_empty() {
+        return Err(JidError::EmptyResource);
+    }
+    let normal = if resource.bytes().all(|b| (0x20..=0x7E).contains(&b)) {
+        Cow::Borrowed(resource)
+    } else {
+        Cow::Owned(OpaqueString::enforce(resource).map_err(|_| JidError::InvalidResource)?.into_owned())
+    };
+    check_length(&normal)?;
+    Ok(normal)
+}
+
+fn check_length(part: &str) -> Result<(), JidError> {
+    if part.len() > JID_PART_BYTES_MAX {
+        Err(JidError::TooLong)
+    } else {
+        Ok(())
+    }
+}
+
+const _: () = assert!(3 * JID_PART_BYTES_MAX + 2 < u16::MAX as usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Localpart and domainpart are case-folded, so both spellings are one account.
+    #[test]
+    fn case_folds_local_and_domain_but_not_resource() {
+        let a = Jid::parse("Alice@LocalHost/Phone").unwrap();
+        assert_eq!(a.as_str(), "alice@localhost/Phone");
+        assert_eq!(a.bare_str(), "alice@localhost");
+        assert_eq!(a.local(), Some("alice"));
+        assert_eq!(a.domain(), "localhost");
+        assert_eq!(a.resource(), Some("Phone"));
+        let b: BareJid = "alice@localhost".parse().unwrap();
+        assert_eq!(a.to_bare(), b);
+    }
+
+    /// Non-ASCII localparts go through PRECIS: width and case mapping, NFC.
+    #[test]
+    fn non_ascii_localpart_is_precis_mapped() {
+        let jid = Jid::parse("ÄLICE@Example.COM.").unwrap();
+        assert_eq!(jid.as_str(), "älice@example.com");
+        let resource = Jid::parse("a@b/\u{00C5}ngstr\u{00F6}m").unwrap();
+        assert_eq!(resource.resource(), Some("Ångström"));
+    }
+
+    /// Every rule of RFC 7622 that can reject input does.
+    #[test]
+    fn rejects_invalid_jids() {
+        let cases = [
+            ("", JidError::EmptyDomain),
+            ("@localhost", JidError::EmptyLocal),
+            ("a@", JidError::EmptyDomain),
+            ("a@b/", JidError::EmptyResource),
+            ("a b@c", JidError::InvalidLocal),
+            ("a\"b@c", JidError::InvalidLocal),
+            ("a@b c", JidError::InvalidDomain),
+            ("a@b..c", JidError::InvalidDomain),
+        ];
+        for (text, error) in cases {
+            assert_eq!(Jid::parse(text), Err(error), "{text:?}");
+        }
+        let long = format!("{}@b", "a".repeat(1024));
+        assert_eq!(Jid::parse(&long), Err(JidError::TooLong));
+        assert_eq!("a@b".parse::<FullJid>(), Err(JidError::ResourceRequired));
+        assert_eq!("a@b/c".parse::<BareJid>(), Err(JidError::ResourceNotAllowed));
+    }
+
+    /// The resource starts at the first '/', so '@' in a resource is fine.
+    #[test]
+    fn resource_may_contain_at_and_slash() {
+        let jid = Jid::parse("a@b/c@d/e").unwrap();
+        assert_eq!(jid.bare_str(), "a@b");
+        assert_eq!(jid.resource(), Some("c@d/e"));
+        let domain_only = Jid::parse("b/c@d").unwrap();
+        assert_eq!(domain_only.local(), None);
+        assert_eq!(domain_only.domain(), "b");
+    }
+
+    /// Memory budget: a JID is a boxed string plus offsets.
+    #[test]
+    fn jid_size_budget() {
+        assert_eq!(std::mem::size_of::<BareJid>(), 24);
+        assert_eq!(std::mem::size_of::<FullJid>(), 24);
+    }
+
+    proptest! {
+        /// Normalisation is idempotent: parsing a normalised JID gives it back unchanged.
+        #[test]
+        fn normalisation_is_idempotent(local in "\\PC{1,12}", domain in "[a-zA-Z0-9.-]{1,12}|\\PC{1,6}", resource in "\\PC{1,12}") {
+            if let Ok(jid) = Jid::parse(&format!("{local}@{domain}/{resource}")) {
+                let again = Jid::parse(jid.as_str()).unwrap();
+                prop_assert_eq!(again.as_str(), jid.as_str());
+            }
+        }
+    }
+}

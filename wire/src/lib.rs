@@ -1,0 +1,11 @@
+//! starling-wire: XMPP bytes <-> stanzas, sans-IO.
+#![forbid(unsafe_code)]
+
+pub mod c2s;
+pub mod error;
+pub mod framer;
+pub mod jid;
+pub mod limits;
+pub mod sasl;
+pub mod stanza;
+pub mod xml;
