@@ -1,1 +1,36 @@
+//! starling-shard: the per-core world of a Starling node.
+//!
+//! One glommio executor per core, pinned. Every core accepts on every c2s listener
+//! (SO_REUSEPORT), negotiates streams with `starling-wire`, and moves each bound
+//! connection to its home core (`hash(bare JID) % cores`), which holds that account's
+//! slice of the session table. A stanza reaches its recipient in at most one hop.
+//!
+//! ```text
+//!   accept (any core) --negotiate--> bind --move (fd + TLS + bytes)--> home core
+//!   home core: session loop --stamp--> router --(same core)--> recipient mailbox
+//!                                         \--(other core)--> batch --> peer core
+//!   blocking: DB threads (credentials, PBKDF2) <--jobs/oneshot--> core tasks
+//! ```
+//!
+//! Nothing mutable is shared between cores; per-core state lives in `Rc`/`RefCell`.
+//! Protocol decisions live in `wire` (negotiation) and in the handler modules
+//! (`router`, `iq`, `presence`); `io` and `connection` only shuttle bytes.
+//!
+//! Drive it with [`Node::start`] and stop it with [`Node::shutdown`].
 
+pub mod blocking;
+mod connection;
+mod core;
+mod io;
+mod iq;
+pub mod limits;
+mod mailbox;
+mod node;
+mod presence;
+mod router;
+mod session;
+mod sessions;
+pub mod settings;
+
+pub use crate::core::Core;
+pub use node::{Node, NodeStats, StartError};

@@ -179,13 +179,36 @@ impl<'a> Stanza<'a> {
         }
     }
 
+    /// Appends this stanza with `from` and `to` both set (replacing any given): for
+    /// presence the server broadcasts on a user's behalf to each recipient.
+    pub fn write_addressed(&self, from: &str, to: &str, out: &mut Vec<u8>) {
+        let name_end = 1 + self.tag.name.len();
+        out.reserve(self.bytes.len() + from.len() + to.len() + 24);
+        out.extend_from_slice(&self.bytes[..name_end]);
+        write_attribute(out, "from", from);
+        write_attribute(out, "to", to);
+        let mut skip: Vec<(usize, usize)> = [self.from, self.to].iter().flatten().map(|a| (a.start, a.end)).collect();
+        skip.sort_unstable();
+        let mut at = name_end;
+        for (start, end) in skip {
+            let before = &self.bytes[at..start];
+            let kept = before.len() - before.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+            out.extend_from_slice(&before[..kept]);
+            at = end;
+        }
+        out.extend_from_slice(&self.bytes[at..]);
+    }
+
     /// Appends the error reply to this stanza: same kind and id, `to` and `from`
-    /// swapped (`from` is the entity that could not handle it), `type='error'`.
+    /// swapped (`from` is the entity that could not handle it; empty means the user's
+    /// own server, and is left out), `type='error'`.
     pub fn write_error_reply(&self, from: &str, to: &str, error: &StanzaError, out: &mut Vec<u8>) {
         let name = self.kind.name().as_bytes();
         out.push(b'<');
         out.extend_from_slice(name);
-        write_attribute(out, "from", from);
+        if !from.is_empty() {
+            write_attribute(out, "from", from);
+        }
         write_attribute(out, "to", to);
         out.extend_from_slice(b" type='error'");
         if let Some(id) = self.id {
@@ -267,6 +290,18 @@ mod tests {
         let mut out = Vec::new();
         Stanza::parse(b"<presence/>").unwrap().write_stamped("a'b@x/r", &mut out);
         assert_eq!(text(out), "<presence from='a&apos;b@x/r'/>");
+    }
+
+    /// Addressing replaces both `from` and `to`, wherever they were.
+    #[test]
+    fn addresses_from_and_to() {
+        let stanza = Stanza::parse(b"<presence to='x@y' id='1' from='a@b'><show>away</show></presence>").unwrap();
+        let mut out = Vec::new();
+        stanza.write_addressed("me@x/r", "you@x/s", &mut out);
+        assert_eq!(text(out), "<presence from='me@x/r' to='you@x/s' id='1'><show>away</show></presence>");
+        let mut out = Vec::new();
+        Stanza::parse(b"<presence/>").unwrap().write_addressed("a@x/r", "b@x", &mut out);
+        assert_eq!(text(out), "<presence from='a@x/r' to='b@x'/>");
     }
 
     /// Golden: an error reply keeps the id and swaps the addresses.

@@ -79,8 +79,9 @@ pub struct Attribute<'a> {
     pub end: usize,
 }
 
-impl Attribute<'_> {
-    pub fn value(&self) -> Option<Cow<'_, str>> {
+impl<'a> Attribute<'a> {
+    /// The unescaped value (borrowed when it has no references).
+    pub fn value(&self) -> Option<Cow<'a, str>> {
         unescape(self.raw_value)
     }
 }

@@ -276,6 +276,17 @@ impl C2s {
         self.sasl_failed(SaslFailure::NotAuthorized, settings, out).map_err(|e| self.fail(context, e, out))
     }
 
+    /// The credential lookup or password check could not run (database unavailable):
+    /// answers `temporary-auth-failure` (RFC 6120 section 6.5.12). Not counted as a
+    /// failed attempt: the client did nothing wrong.
+    pub fn handle_store_failure(&mut self, out: &mut Vec<u8>) {
+        match std::mem::replace(&mut self.state, State::ExpectAuth) {
+            State::ExpectCredentials { .. } | State::ExpectPlainVerdict { .. } => {}
+            other => panic!("handle_store_failure in state {other:?}"),
+        }
+        SaslFailure::TemporaryAuthFailure.write(out);
+    }
+
     /// The shell bound `jid`; answers the bind IQ. The session is established.
     pub fn handle_bound(&mut self, jid: &FullJid, out: &mut Vec<u8>) {
         let State::ExpectBindResult { id } = std::mem::replace(&mut self.state, State::Established) else {

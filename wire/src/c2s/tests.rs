@@ -317,3 +317,24 @@ fn auth_without_initial_response_gets_empty_challenge() {
 fn c2s_size_budget() {
     assert!(std::mem::size_of::<C2s>() <= 160, "{}", std::mem::size_of::<C2s>());
 }
+
+/// A database outage during login is a temporary failure that does not count
+/// towards the attempt limit.
+#[test]
+fn store_failure_is_temporary_and_not_counted() {
+    let mut h = Harness::new(C2sSettings::for_tests());
+    h.send(HEADER).unwrap();
+    h.output();
+    for _ in 0..5 {
+        let mut input = plain("alice", "secret");
+        let mut bytes = input.as_bytes();
+        let frame = h.framer.next(&mut bytes).unwrap().unwrap();
+        let mut context = Context { settings: &h.settings, entropy: &mut h.entropy };
+        let action = h.c2s.handle_frame(&mut context, frame, &mut h.out).unwrap();
+        assert!(matches!(action, Action::VerifyPassword { .. }));
+        h.c2s.handle_store_failure(&mut h.out);
+        assert_eq!(h.output(), "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><temporary-auth-failure/></failure>");
+        input.clear();
+    }
+    assert_eq!(h.send(&plain("alice", "secret")).unwrap().len(), 1);
+}

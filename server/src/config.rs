@@ -1,0 +1,694 @@
+//! The TOML configuration, shaped like `mongooseim.toml`, parsed once into an
+//! immutable typed [`Config`] (parse, don't validate).
+//!
+//! Every key has a default written out here and in `starling.example.toml`; an unknown
+//! key or a bad value is a startup error that names the key.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use starling_wire::jid;
+use starling_wire::limits::FramerLimits;
+use starling_wire::sasl::Mechanism;
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("invalid value for `{key}`: {reason}")]
+    Value { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Value { key: key.to_owned(), reason: reason.into() }
+}
+
+/// The node's whole configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub general: General,
+    pub c2s: Vec<C2sListener>,
+    pub admin: Option<AdminListener>,
+    pub auth: Auth,
+    pub database: Database,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug)]
+pub struct General {
+    /// This node's name in the cluster and in admin answers.
+    pub node_name: String,
+    /// Normalised XMPP domains served.
+    pub hosts: Vec<String>,
+    /// Executors (one per core); `None` means one per available CPU.
+    pub cores: Option<NonZeroUsize>,
+    /// Where the SQLite file, the generated certificate and secrets live.
+    pub data_dir: PathBuf,
+    pub log_level: log::LevelFilter,
+}
+
+/// How a c2s listener does TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// STARTTLS offered and required before authentication (default).
+    StartTlsRequired,
+    /// STARTTLS offered, not required.
+    StartTls,
+    /// TLS from the first byte (XEP-0368 direct TLS).
+    Direct,
+    /// Plain TCP only; must be chosen explicitly.
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub struct C2sListener {
+    pub address: SocketAddr,
+    pub tls: TlsMode,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminListener {
+    pub address: SocketAddr,
+    /// HTTP Basic credentials; `None` means no authentication (loopback only).
+    pub credentials: Option<(String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Auth {
+    pub mechanisms: Vec<Mechanism>,
+    pub scram_iterations: NonZeroU32,
+    pub sasl_attempts_max: u8,
+    /// PEM files; `None` means generate a self-signed certificate in `data_dir`.
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Database {
+    Sqlite { path: PathBuf, workers: NonZeroUsize },
+    Postgres { url: String, workers: NonZeroUsize },
+}
+
+/// Resource limits (see each default's reason in `starling.example.toml`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub framer: FramerLimits,
+    pub pre_auth_timeout: Duration,
+    pub connections_per_core_max: usize,
+    pub queued_bytes_per_connection_max: usize,
+    pub sessions_per_user_max: usize,
+}
+
+impl Config {
+    /// Reads and converts the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text)
+    }
+
+    /// Converts TOML text; relative paths are resolved against the working directory.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::Config = toml::from_str(text)?;
+        raw.convert()
+    }
+
+    /// The configuration used when no file is given: every default.
+    pub fn defaults() -> Config {
+        // Invariant: the empty document is valid, every key having a default.
+        Config::parse("").expect("defaults are valid")
+    }
+
+    /// A config for in-process tests: temporary data dir, ephemeral ports, plain
+    /// TCP, few iterations, small limits so limit paths run.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        let mut config = Config::defaults();
+        config.general.data_dir = data_dir.to_owned();
+        config.general.cores = NonZeroUsize::new(2);
+        config.c2s = vec![C2sListener { address: "127.0.0.1:0".parse().expect("address"), tls: TlsMode::None }];
+        config.admin = Some(AdminListener { address: "127.0.0.1:0".parse().expect("address"), credentials: None });
+        config.auth.scram_iterations = NonZeroU32::new(64).expect("nonzero");
+        config.database =
+            Database::Sqlite { path: data_dir.join("starling.db"), workers: NonZeroUsize::new(2).expect("nonzero") };
+        config.limits.framer = FramerLimits::for_tests();
+        config.limits.pre_auth_timeout = Duration::from_secs(2);
+        config.limits.queued_bytes_per_connection_max = 64 * 1024;
+        config
+    }
+}
+
+mod raw {
+    //! The file's shape, with serde defaults. Converted once into `Config`.
+    use super::*;
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Config {
+        #[serde(default)]
+        general: General,
+        #[serde(default)]
+        listen: Listen,
+        #[serde(default)]
+        auth: Auth,
+        #[serde(default)]
+        outgoing_pools: OutgoingPools,
+        #[serde(default)]
+        limits: Limits,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct General {
+        #[serde(default = "default_node_name")]
+        node_name: String,
+        #[serde(default = "default_hosts")]
+        hosts: Vec<String>,
+        #[serde(default)]
+        cores: usize,
+        #[serde(default = "default_data_dir")]
+        data_dir: PathBuf,
+        #[serde(default = "default_loglevel")]
+        loglevel: String,
+    }
+
+    impl Default for General {
+        fn default() -> Self {
+            General {
+                node_name: default_node_name(),
+                hosts: default_hosts(),
+                cores: 0,
+                data_dir: default_data_dir(),
+                loglevel: default_loglevel(),
+            }
+        }
+    }
+
+    fn default_node_name() -> String {
+        "starling@localhost".to_owned()
+    }
+    fn default_hosts() -> Vec<String> {
+        vec!["localhost".to_owned()]
+    }
+    fn default_data_dir() -> PathBuf {
+        PathBuf::from("starling-data")
+    }
+    fn default_loglevel() -> String {
+        "warning".to_owned()
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Listen {
+        #[serde(default = "default_c2s")]
+        c2s: Vec<C2s>,
+        #[serde(default = "default_admin")]
+        admin: Option<Admin>,
+    }
+
+    impl Default for Listen {
+        fn default() -> Self {
+            Listen { c2s: default_c2s(), admin: default_admin() }
+        }
+    }
+
+    fn default_admin() -> Option<Admin> {
+        Some(Admin {
+            enabled: true,
+            ip_address: default_admin_ip(),
+            port: default_admin_port(),
+            username: None,
+            password: None,
+        })
+    }
+
+    fn default_c2s() -> Vec<C2s> {
+        vec![
+            C2s { port: 5222, ip_address: default_ip(), tls: Tls { mode: "starttls_required".to_owned() } },
+            C2s { port: 5223, ip_address: default_ip(), tls: Tls { mode: "tls".to_owned() } },
+        ]
+    }
+
+    fn default_ip() -> String {
+        "0.0.0.0".to_owned()
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct C2s {
+        port: u16,
+        #[serde(default = "default_ip")]
+        ip_address: String,
+        #[serde(default)]
+        tls: Tls,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Tls {
+        #[serde(default = "default_tls_mode")]
+        mode: String,
+    }
+
+    impl Default for Tls {
+        fn default() -> Self {
+            Tls { mode: default_tls_mode() }
+        }
+    }
+
+    fn default_tls_mode() -> String {
+        "starttls_required".to_owned()
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Admin {
+        #[serde(default = "default_true")]
+        enabled: bool,
+        #[serde(default = "default_admin_ip")]
+        ip_address: String,
+        #[serde(default = "default_admin_port")]
+        port: u16,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+    }
+
+    fn default_true() -> bool {
+        true
+    }
+
+    fn default_admin_ip() -> String {
+        "127.0.0.1".to_owned()
+    }
+    fn default_admin_port() -> u16 {
+        5551
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Auth {
+        #[serde(default = "default_mechanisms")]
+        sasl_mechanisms: Vec<String>,
+        #[serde(default)]
+        password: Password,
+        #[serde(default = "default_sasl_attempts")]
+        sasl_attempts_max: u8,
+        #[serde(default)]
+        certfile: Option<PathBuf>,
+        #[serde(default)]
+        keyfile: Option<PathBuf>,
+    }
+
+    impl Default for Auth {
+        fn default() -> Self {
+            Auth {
+                sasl_mechanisms: default_mechanisms(),
+                password: Password::default(),
+                sasl_attempts_max: default_sasl_attempts(),
+                certfile: None,
+                keyfile: None,
+            }
+        }
+    }
+
+    fn default_mechanisms() -> Vec<String> {
+        ["scram_sha256_plus", "scram_sha1_plus", "scram_sha256", "scram_sha1", "plain"].map(String::from).to_vec()
+    }
+    fn default_sasl_attempts() -> u8 {
+        3
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Password {
+        #[serde(default = "default_iterations")]
+        scram_iterations: u32,
+    }
+
+    impl Default for Password {
+        fn default() -> Self {
+            Password { scram_iterations: default_iterations() }
+        }
+    }
+
+    fn default_iterations() -> u32 {
+        10_000
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct OutgoingPools {
+        #[serde(default)]
+        rdbms: Option<Rdbms>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Rdbms {
+        default: Pool,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Pool {
+        #[serde(default = "default_workers")]
+        workers: usize,
+        connection: Connection,
+    }
+
+    fn default_workers() -> usize {
+        4
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Connection {
+        driver: String,
+        #[serde(default)]
+        database: Option<String>,
+        #[serde(default)]
+        host: Option<String>,
+        #[serde(default)]
+        port: Option<u16>,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Limits {
+        #[serde(default = "default_stanza_bytes")]
+        stanza_bytes_max: u32,
+        #[serde(default = "default_depth")]
+        depth_max: u16,
+        #[serde(default = "default_attributes")]
+        attributes_per_element_max: u16,
+        #[serde(default = "default_name_bytes")]
+        name_bytes_max: u16,
+        #[serde(default = "default_pre_auth_timeout")]
+        pre_auth_timeout_seconds: u64,
+        #[serde(default = "default_connections_per_core")]
+        connections_per_core_max: usize,
+        #[serde(default = "default_queued_bytes")]
+        queued_bytes_per_connection_max: usize,
+        #[serde(default = "default_sessions_per_user")]
+        sessions_per_user_max: usize,
+    }
+
+    impl Default for Limits {
+        fn default() -> Self {
+            // Invariant: an empty table takes every serde default.
+            toml::from_str("").expect("limit defaults")
+        }
+    }
+
+    fn default_stanza_bytes() -> u32 {
+        FramerLimits::DEFAULT.stanza_bytes_max
+    }
+    fn default_depth() -> u16 {
+        FramerLimits::DEFAULT.depth_max
+    }
+    fn default_attributes() -> u16 {
+        FramerLimits::DEFAULT.attributes_per_element_max
+    }
+    fn default_name_bytes() -> u16 {
+        FramerLimits::DEFAULT.name_bytes_max
+    }
+    fn default_pre_auth_timeout() -> u64 {
+        10
+    }
+    fn default_connections_per_core() -> usize {
+        1_000_000
+    }
+    fn default_queued_bytes() -> usize {
+        1024 * 1024
+    }
+    fn default_sessions_per_user() -> usize {
+        64
+    }
+
+    impl Config {
+        pub fn convert(self) -> Result<super::Config, ConfigError> {
+            let data_dir = self.general.data_dir;
+            Ok(super::Config {
+                general: super::General {
+                    node_name: node_name(self.general.node_name)?,
+                    hosts: hosts(self.general.hosts)?,
+                    cores: NonZeroUsize::new(self.general.cores),
+                    log_level: log_level(&self.general.loglevel)?,
+                    data_dir: data_dir.clone(),
+                },
+                c2s: self
+                    .listen
+                    .c2s
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c2s)| c2s.convert(i))
+                    .collect::<Result<_, _>>()?,
+                admin: self.listen.admin.filter(|admin| admin.enabled).map(Admin::convert).transpose()?,
+                auth: self.auth.convert()?,
+                database: database(self.outgoing_pools.rdbms, &data_dir)?,
+                limits: self.limits.convert()?,
+            })
+        }
+    }
+
+    fn node_name(name: String) -> Result<String, ConfigError> {
+        let valid = !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic());
+        if valid {
+            Ok(name)
+        } else {
+            Err(invalid("general.node_name", "printable ASCII without spaces, at most 255 bytes"))
+        }
+    }
+
+    fn hosts(hosts: Vec<String>) -> Result<Vec<String>, ConfigError> {
+        if hosts.is_empty() {
+            return Err(invalid("general.hosts", "at least one domain is needed"));
+        }
+        hosts
+            .iter()
+            .map(|host| {
+                jid::normalise_domain(host)
+                    .map(|d| d.into_owned())
+                    .map_err(|e| invalid("general.hosts", format!("{host:?}: {e}")))
+            })
+            .collect()
+    }
+
+    fn log_level(level: &str) -> Result<log::LevelFilter, ConfigError> {
+        Ok(match level {
+            "none" => log::LevelFilter::Off,
+            "emergency" | "alert" | "critical" | "error" => log::LevelFilter::Error,
+            "warning" => log::LevelFilter::Warn,
+            "notice" | "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "all" => log::LevelFilter::Trace,
+            other => return Err(invalid("general.loglevel", format!("unknown level {other:?}"))),
+        })
+    }
+
+    fn socket_address(key: &str, ip: &str, port: u16) -> Result<SocketAddr, ConfigError> {
+        let ip: std::net::IpAddr = ip.parse().map_err(|_| invalid(key, format!("{ip:?} is not an IP address")))?;
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    impl C2s {
+        fn convert(self, index: usize) -> Result<super::C2sListener, ConfigError> {
+            let key = format!("listen.c2s[{index}]");
+            let tls = match self.tls.mode.as_str() {
+                "starttls_required" => TlsMode::StartTlsRequired,
+                "starttls" => TlsMode::StartTls,
+                "tls" => TlsMode::Direct,
+                "none" => TlsMode::None,
+                other => return Err(invalid(&format!("{key}.tls.mode"), format!("unknown mode {other:?}"))),
+            };
+            Ok(super::C2sListener {
+                address: socket_address(&format!("{key}.ip_address"), &self.ip_address, self.port)?,
+                tls,
+            })
+        }
+    }
+
+    impl Admin {
+        fn convert(self) -> Result<super::AdminListener, ConfigError> {
+            let credentials = match (self.username, self.password) {
+                (Some(username), Some(password)) => Some((username, password)),
+                (None, None) => None,
+                _ => return Err(invalid("listen.admin", "set both username and password, or neither")),
+            };
+            Ok(super::AdminListener {
+                address: socket_address("listen.admin.ip_address", &self.ip_address, self.port)?,
+                credentials,
+            })
+        }
+    }
+
+    impl Auth {
+        fn convert(self) -> Result<super::Auth, ConfigError> {
+            let mechanisms = self
+                .sasl_mechanisms
+                .iter()
+                .map(|name| match name.as_str() {
+                    "plain" => Ok(Mechanism::Plain),
+                    "scram_sha1" => Ok(Mechanism::ScramSha1),
+                    "scram_sha1_plus" => Ok(Mechanism::ScramSha1Plus),
+                    "scram_sha256" => Ok(Mechanism::ScramSha256),
+                    "scram_sha256_plus" => Ok(Mechanism::ScramSha256Plus),
+                    other => Err(invalid("auth.sasl_mechanisms", format!("unknown mechanism {other:?}"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if mechanisms.is_empty() {
+                return Err(invalid("auth.sasl_mechanisms", "at least one mechanism is needed"));
+            }
+            let scram_iterations = NonZeroU32::new(self.password.scram_iterations)
+                .ok_or_else(|| invalid("auth.password.scram_iterations", "must be at least 1"))?;
+            if !(1..=10).contains(&self.sasl_attempts_max) {
+                return Err(invalid("auth.sasl_attempts_max", "must be between 1 and 10"));
+            }
+            if self.certfile.is_some() != self.keyfile.is_some() {
+                return Err(invalid("auth.certfile", "set both certfile and keyfile, or neither"));
+            }
+            Ok(super::Auth {
+                mechanisms,
+                scram_iterations,
+                sasl_attempts_max: self.sasl_attempts_max,
+                certfile: self.certfile,
+                keyfile: self.keyfile,
+            })
+        }
+    }
+
+    fn database(rdbms: Option<Rdbms>, data_dir: &Path) -> Result<super::Database, ConfigError> {
+        let Some(rdbms) = rdbms else {
+            return Ok(super::Database::Sqlite {
+                path: data_dir.join("starling.db"),
+                workers: NonZeroUsize::new(default_workers()).expect("nonzero"),
+            });
+        };
+        let workers = NonZeroUsize::new(rdbms.default.workers)
+            .ok_or_else(|| invalid("outgoing_pools.rdbms.default.workers", "must be at least 1"))?;
+        let connection = rdbms.default.connection;
+        match connection.driver.as_str() {
+            "sqlite" => {
+                let file = connection.database.unwrap_or_else(|| "starling.db".to_owned());
+                Ok(super::Database::Sqlite { path: data_dir.join(file), workers })
+            }
+            "pgsql" => {
+                let url = format!(
+                    "host={} port={} dbname={} user={}{}",
+                    connection.host.unwrap_or_else(|| "127.0.0.1".to_owned()),
+                    connection.port.unwrap_or(5432),
+                    connection.database.unwrap_or_else(|| "starling".to_owned()),
+                    connection.username.unwrap_or_else(|| "postgres".to_owned()),
+                    connection.password.map(|p| format!(" password={p}")).unwrap_or_default(),
+                );
+                Ok(super::Database::Postgres { url, workers })
+            }
+            other => Err(invalid(
+                "outgoing_pools.rdbms.default.connection.driver",
+                format!("unknown driver {other:?} (sqlite or pgsql)"),
+            )),
+        }
+    }
+
+    impl Limits {
+        fn convert(self) -> Result<super::Limits, ConfigError> {
+            if self.stanza_bytes_max < 10_000 || self.stanza_bytes_max > 16 * 1024 * 1024 {
+                // RFC 6120 section 13.12: at least 10,000 bytes.
+                return Err(invalid("limits.stanza_bytes_max", "must be between 10000 and 16777216"));
+            }
+            if self.depth_max == 0 || self.attributes_per_element_max == 0 || self.name_bytes_max < 16 {
+                return Err(invalid(
+                    "limits",
+                    "depth_max and attributes_per_element_max must be positive, name_bytes_max at least 16",
+                ));
+            }
+            if self.pre_auth_timeout_seconds == 0 {
+                return Err(invalid("limits.pre_auth_timeout_seconds", "must be positive"));
+            }
+            if self.queued_bytes_per_connection_max < self.stanza_bytes_max as usize {
+                return Err(invalid("limits.queued_bytes_per_connection_max", "must be at least stanza_bytes_max"));
+            }
+            if self.connections_per_core_max == 0 || self.sessions_per_user_max == 0 {
+                return Err(invalid("limits", "connections_per_core_max and sessions_per_user_max must be positive"));
+            }
+            Ok(super::Limits {
+                framer: FramerLimits {
+                    stanza_bytes_max: self.stanza_bytes_max,
+                    depth_max: self.depth_max,
+                    attributes_per_element_max: self.attributes_per_element_max,
+                    name_bytes_max: self.name_bytes_max,
+                },
+                pre_auth_timeout: Duration::from_secs(self.pre_auth_timeout_seconds),
+                connections_per_core_max: self.connections_per_core_max,
+                queued_bytes_per_connection_max: self.queued_bytes_per_connection_max,
+                sessions_per_user_max: self.sessions_per_user_max,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With no file at all, the node runs on its documented defaults.
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = Config::defaults();
+        assert_eq!(config.general.hosts, vec!["localhost"]);
+        assert_eq!(config.c2s.len(), 2);
+        assert_eq!(config.c2s[0].address.port(), 5222);
+        assert_eq!(config.c2s[0].tls, TlsMode::StartTlsRequired);
+        assert_eq!(config.c2s[1].tls, TlsMode::Direct);
+        assert_eq!(config.admin.unwrap().address, "127.0.0.1:5551".parse().unwrap());
+        assert_eq!(config.auth.scram_iterations.get(), 10_000);
+        assert!(matches!(config.database, Database::Sqlite { .. }));
+    }
+
+    /// The example file in the repository parses and equals the defaults it documents.
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../starling.example.toml");
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.general.hosts, vec!["localhost"]);
+        assert_eq!(config.admin.unwrap().address.port(), 5551);
+        assert_eq!(config.limits.framer, FramerLimits::DEFAULT);
+    }
+
+    /// Unknown keys and bad values are errors that name the key.
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[general]\nhostz = ['a']", "hostz"),
+            ("[limits]\nstanza_bytes_max = 10", "limits.stanza_bytes_max"),
+            ("[[listen.c2s]]\nport = 5222\ntls.mode = 'maybe'", "listen.c2s[0].tls.mode"),
+            ("[general]\nloglevel = 'loud'", "general.loglevel"),
+            ("[general]\nhosts = ['bad host']", "general.hosts"),
+            ("[auth]\nsasl_mechanisms = ['md5']", "auth.sasl_mechanisms"),
+            ("[outgoing_pools.rdbms.default.connection]\ndriver = 'mysql'", "driver"),
+            ("[listen.admin]\nusername = 'a'", "listen.admin"),
+        ];
+        for (text, key) in cases {
+            let error = Config::parse(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text:?} gave {error:?}");
+        }
+    }
+
+    /// Domains are normalised like JIDs.
+    #[test]
+    fn hosts_are_normalised() {
+        let config = Config::parse("[general]\nhosts = ['Example.ORG']").unwrap();
+        assert_eq!(config.general.hosts, vec!["example.org"]);
+    }
+}

@@ -1,0 +1,236 @@
+//! starling-server: composes a Starling node from its parts.
+//!
+//! ```text
+//!  main: CLI + config --> bind_listeners(config) --> run(config, listeners) --> Running
+//!                                                      |  storage (SQLite) + DB thread pool
+//!                                                      |  TLS material (generated on first start)
+//!                                                      |  cores (starling-shard::Node)
+//!                                                      |  admin thread (tiny_http + GraphQL)
+//!  SIGTERM/SIGINT --> Running::shutdown()
+//! ```
+//! Tests start whole nodes in-process the same way, on port 0.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod store;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use starling_shard::blocking::{DbPool, DbThreads, StoreFactory};
+use starling_shard::settings::{Listener, ListenerTls, Settings};
+use starling_shard::Node;
+use starling_wire::c2s::{C2sSettings, TlsPolicy};
+
+use crate::config::{Config, Database, TlsMode};
+use crate::store::Storage;
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+    #[error("storage: {0}")]
+    Storage(#[from] starling_shard::blocking::StoreError),
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cores: {0}")]
+    Cores(#[from] starling_shard::StartError),
+    #[error("admin: {0}")]
+    Admin(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Bound listening sockets, made before `run` so callers (tests) can use port 0.
+pub struct Listeners {
+    /// Per c2s listener: its actual address and one socket per core.
+    pub c2s: Vec<(SocketAddr, Vec<OwnedFd>)>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+/// The CPUs this process may run on (its affinity mask), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
+    let cpus: Vec<usize> = if ok {
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect()
+    } else {
+        cpus
+    }
+}
+
+/// The CPUs the executors are pinned to: one per core, round-robin over the allowed set.
+pub fn core_cpus(config: &Config) -> Vec<usize> {
+    let allowed = allowed_cpus();
+    let cores = config.general.cores.map(|n| n.get()).unwrap_or(allowed.len());
+    (0..cores).map(|i| allowed[i % allowed.len()]).collect()
+}
+
+/// Binds every listener: each c2s address once per core (SO_REUSEPORT); a port of 0
+/// is resolved by the first bind and reused by the others.
+pub fn bind_listeners(config: &Config) -> Result<Listeners, RunError> {
+    let cores = core_cpus(config).len();
+    let mut c2s = Vec::new();
+    for listener in &config.c2s {
+        let mut address = listener.address;
+        let mut sockets = Vec::with_capacity(cores);
+        for _ in 0..cores {
+            let socket = reuse_port_socket(address).map_err(|source| RunError::Bind { address, source })?;
+            address = socket.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(address);
+            sockets.push(OwnedFd::from(std::net::TcpListener::from(socket)));
+        }
+        c2s.push((address, sockets));
+    }
+    let admin = match &config.admin {
+        None => None,
+        Some(admin) => Some(
+            std::net::TcpListener::bind(admin.address)
+                .map_err(|source| RunError::Bind { address: admin.address, source })?,
+        ),
+    };
+    Ok(Listeners { c2s, admin })
+}
+
+fn reuse_port_socket(address: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    Ok(socket)
+}
+
+/// A running node.
+pub struct Running {
+    node: Arc<Node>,
+    admin: Option<admin::AdminServer>,
+    db_threads: Option<DbThreads>,
+    pub c2s_addresses: Vec<SocketAddr>,
+    pub admin_address: Option<SocketAddr>,
+    pub ca_file: std::path::PathBuf,
+}
+
+impl Running {
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Closes every stream with `system-shutdown`, stops the cores, the admin port
+    /// and the DB threads.
+    pub fn shutdown(mut self) {
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
+        }
+        self.node.shutdown();
+        drop(self.node);
+        if let Some(threads) = self.db_threads.take() {
+            threads.join();
+        }
+    }
+}
+
+/// Starts a node on bound `listeners`.
+pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
+    let (factory, storage): (Arc<StoreFactory>, Box<dyn Storage>) = match &config.database {
+        Database::Sqlite { path, .. } => {
+            let storage = store::sqlite::Sqlite::open(path)?;
+            (Arc::new(store::sqlite::Sqlite::factory(path.clone())), Box::new(storage))
+        }
+        Database::Postgres { .. } => {
+            return Err(RunError::Unsupported("PostgreSQL storage arrives with clustering; use SQLite".into()))
+        }
+    };
+    let mut storage = storage;
+    let decoy_secret = storage.secret("decoy")?;
+    let workers = match &config.database {
+        Database::Sqlite { workers, .. } | Database::Postgres { workers, .. } => workers.get(),
+    };
+    let (db, db_threads) = DbPool::start(workers, starling_shard::limits::DB_QUEUE_MAX, factory);
+    let needs_tls = config.c2s.iter().any(|l| l.tls != TlsMode::None);
+    let tls = if needs_tls {
+        Some(tls::load(
+            config.auth.certfile.as_deref(),
+            config.auth.keyfile.as_deref(),
+            &config.general.data_dir,
+            &config.general.hosts,
+        )?)
+    } else {
+        None
+    };
+    let listeners_settings = config
+        .c2s
+        .iter()
+        .map(|listener| Listener {
+            c2s: Arc::new(c2s_settings(&config, listener.tls, decoy_secret.clone())),
+            tls: if listener.tls == TlsMode::Direct { ListenerTls::Direct } else { ListenerTls::StartTls },
+        })
+        .collect();
+    let cpus = core_cpus(&config);
+    let c2s_addresses: Vec<SocketAddr> = listeners.c2s.iter().map(|(address, _)| *address).collect();
+    let mut per_core: Vec<Vec<OwnedFd>> = (0..cpus.len()).map(|_| Vec::new()).collect();
+    for (_, sockets) in listeners.c2s {
+        for (core, socket) in sockets.into_iter().enumerate() {
+            per_core[core].push(socket);
+        }
+    }
+    let settings = Settings {
+        hosts: config.general.hosts.clone(),
+        cpus,
+        listeners: listeners_settings,
+        framer: config.limits.framer,
+        limits: starling_shard::limits::Limits {
+            pre_auth_timeout: config.limits.pre_auth_timeout,
+            connections_per_core_max: config.limits.connections_per_core_max,
+            queued_bytes_per_connection_max: config.limits.queued_bytes_per_connection_max,
+            sessions_per_user_max: config.limits.sessions_per_user_max,
+        },
+        tls_starttls: tls.as_ref().map(|t| t.starttls.clone()),
+        tls_direct: tls.as_ref().map(|t| t.direct.clone()),
+        tls_server_end_point: tls.as_ref().and_then(|t| t.server_end_point.clone()),
+    };
+    let node = Arc::new(Node::start(settings, per_core, db)?);
+    let admin_address = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
+    let admin = match listeners.admin {
+        None => None,
+        Some(listener) => {
+            Some(admin::AdminServer::start(listener, &config, storage, node.clone()).map_err(RunError::Admin)?)
+        }
+    };
+    let ca_file = config.general.data_dir.join("ca.pem");
+    log::info!("node {} up: c2s on {c2s_addresses:?}, admin on {admin_address:?}", config.general.node_name);
+    Ok(Running { node, admin, db_threads: Some(db_threads), c2s_addresses, admin_address, ca_file })
+}
+
+fn c2s_settings(config: &Config, mode: TlsMode, decoy_secret: Vec<u8>) -> C2sSettings {
+    C2sSettings {
+        hosts: config.general.hosts.clone(),
+        tls: match mode {
+            TlsMode::StartTlsRequired => TlsPolicy::Required,
+            TlsMode::StartTls => TlsPolicy::Optional,
+            TlsMode::Direct | TlsMode::None => TlsPolicy::Disabled,
+        },
+        mechanisms: config.auth.mechanisms.clone(),
+        sasl_attempts_max: config.auth.sasl_attempts_max,
+        stanza_bytes_max: config.limits.framer.stanza_bytes_max,
+        scram_iterations: config.auth.scram_iterations,
+        decoy_secret,
+        bind_features_extra: Vec::new(),
+    }
+}
+
+/// The iteration count for new credentials.
+pub fn scram_iterations(config: &Config) -> NonZeroU32 {
+    config.auth.scram_iterations
+}

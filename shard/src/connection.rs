@@ -1,0 +1,390 @@
+//! A client connection from accept to a bound resource: drives the `wire` negotiation
+//! machine, runs its database lookups off the core, moves the connection to its home
+//! core, and binds the session there.
+//!
+//! The shell only reads, hands frames to `C2s`, performs the actions it asks for and
+//! writes what it produced: every protocol decision is in `starling_wire::c2s`.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpStream;
+use starling_wire::c2s::{Action, C2s, Context};
+use starling_wire::error::{StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition};
+use starling_wire::framer::Framer;
+use starling_wire::jid::{BareJid, FullJid};
+use starling_wire::sasl::scram::{ChannelBindings, Credentials, Hash};
+
+use crate::core::{Core, Transfer};
+use crate::io::{Io, Wake};
+use crate::mailbox::Mailbox;
+use crate::sessions::{Bound, Session, SessionId};
+use crate::settings::ListenerTls;
+
+/// A connection still negotiating.
+struct Negotiating {
+    io: Io,
+    framer: Framer,
+    c2s: C2s,
+    /// Plaintext the negotiation produced, not yet handed to `io`.
+    out: Vec<u8>,
+    listener: usize,
+    tls_reported: bool,
+}
+
+/// Serves a freshly accepted connection.
+pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize) {
+    let _ = stream.set_nodelay(true);
+    let settings = &core.shared.settings;
+    let direct = settings.listeners[listener].tls == ListenerTls::Direct;
+    let tls = match (direct, &settings.tls_direct) {
+        (false, _) => None,
+        (true, Some(config)) => match rustls::ServerConnection::new(config.clone()) {
+            Ok(tls) => Some(Box::new(tls)),
+            Err(error) => {
+                log::error!("c2s: cannot start TLS: {error}");
+                return;
+            }
+        },
+        (true, None) => return,
+    };
+    let mut conn = Negotiating {
+        io: Io::new(stream, tls, Vec::new()),
+        framer: Framer::new(settings.framer),
+        c2s: C2s::new(direct),
+        out: Vec::new(),
+        listener,
+        tls_reported: false,
+    };
+    let id = core.next_id();
+    let mailbox = Rc::new(Mailbox::default());
+    core.register_live(id, mailbox.clone());
+    let deadline = Instant::now() + core.limits().pre_auth_timeout;
+    let negotiated = negotiate(&core, &mut conn, &mailbox, deadline).await;
+    core.unregister_live(id);
+    let Some((user, resource)) = negotiated else {
+        core.stats.login_failures.set(core.stats.login_failures.get() + 1);
+        conn.io.queue(&conn.out);
+        conn.io.close().await;
+        return;
+    };
+    let home = core.home_of(user.as_str());
+    if home == core.id {
+        establish(core, conn.io, conn.framer, conn.c2s, conn.out, conn.listener, user, resource, deadline).await;
+        return;
+    }
+    move_to(&core, home, conn, user, resource);
+}
+
+/// Hands the connection to its home core. The socket is duplicated so this core's
+/// handle can be dropped without closing the connection.
+fn move_to(core: &Core, home: usize, mut conn: Negotiating, user: BareJid, resource: Option<String>) {
+    // SAFETY: the fd is open: `conn.io.stream` owns it for the duration of this borrow.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(conn.io.stream.as_raw_fd()) };
+    let fd = match borrowed.try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(error) => {
+            log::warn!("c2s: cannot duplicate a socket to move it: {error}");
+            return;
+        }
+    };
+    conn.io.queue(&conn.out);
+    let transfer = Transfer {
+        fd,
+        tls: conn.io.tls.take(),
+        pending: conn.io.take_pending(),
+        framer: conn.framer,
+        c2s: conn.c2s,
+        listener: conn.listener,
+        user,
+        resource,
+    };
+    core.adopt_on(home, Box::new(transfer));
+}
+
+/// Serves a connection another core moved here.
+pub(crate) async fn adopt(core: Rc<Core>, transfer: Box<Transfer>) {
+    let Transfer { fd, tls, framer, c2s, pending, listener, user, resource } = *transfer;
+    // SAFETY: `fd` is an open socket we own; ownership passes to the socket.
+    let socket = unsafe { socket2::Socket::from_raw_fd(fd.into_raw_fd()) };
+    let io = Io::new(TcpStream::from(socket), tls, pending);
+    core.stats.moved_in.set(core.stats.moved_in.get() + 1);
+    let deadline = Instant::now() + core.limits().pre_auth_timeout;
+    establish(core, io, framer, c2s, Vec::new(), listener, user, resource, deadline).await;
+}
+
+/// Binds the session on its home core (this one) and runs it.
+#[allow(clippy::too_many_arguments)]
+async fn establish(
+    core: Rc<Core>,
+    mut io: Io,
+    framer: Framer,
+    mut c2s: C2s,
+    mut out: Vec<u8>,
+    listener: usize,
+    user: BareJid,
+    resource: Option<String>,
+    deadline: Instant,
+) {
+    debug_assert_eq!(core.home_of(user.as_str()), core.id);
+    let _ = (listener, deadline);
+    let id = core.next_id();
+    let mailbox = Rc::new(Mailbox::default());
+    let bound = bind(&core, &user, resource, SessionId(id), mailbox.clone());
+    let jid = match bound {
+        Ok(jid) => jid,
+        Err(error) => {
+            c2s.handle_bind_refused(user, error, &mut out);
+            let mut context_out = Vec::new();
+            let mut entropy = core.entropy.borrow_mut();
+            let settings = core.shared.settings.listeners[listener].c2s.clone();
+            let mut context = Context { settings: &settings, entropy: &mut *entropy };
+            c2s.fail(
+                &mut context,
+                StreamError::with_text(StreamErrorCondition::PolicyViolation, "too many sessions"),
+                &mut context_out,
+            );
+            drop(entropy);
+            io.queue(&out);
+            io.queue(&context_out);
+            io.close().await;
+            return;
+        }
+    };
+    c2s.handle_bound(&jid, &mut out);
+    drop(c2s);
+    io.queue(&out);
+    core.stats.logins.set(core.stats.logins.get() + 1);
+    core.register_live(id, mailbox.clone());
+    log::debug!("c2s: {jid} bound on core {}", core.id);
+    crate::session::run(core.clone(), io, framer, jid, SessionId(id), mailbox).await;
+    core.unregister_live(id);
+}
+
+/// Registers the session; replaces (with `conflict`) a session of the same full JID.
+fn bind(
+    core: &Core,
+    user: &BareJid,
+    resource: Option<String>,
+    id: SessionId,
+    mailbox: Rc<Mailbox>,
+) -> Result<FullJid, StanzaError> {
+    let mut sessions = core.sessions.borrow_mut();
+    let existing = sessions.sessions(user.as_str());
+    let resource = resource.unwrap_or_else(|| random_resource(core));
+    let replaces = existing.iter().any(|s| s.jid.resource() == resource);
+    if !replaces && existing.len() >= core.limits().sessions_per_user_max {
+        return Err(StanzaError::with_text(
+            StanzaErrorCondition::ResourceConstraint,
+            "too many sessions for this account",
+        ));
+    }
+    let jid = user.with_resource(&resource).map_err(|_| StanzaError::new(StanzaErrorCondition::BadRequest))?;
+    let session = Session { id, jid: jid.clone(), mailbox, available: false, priority: 0, presence: None };
+    if let Bound::Replaced(old) = sessions.bind(session) {
+        old.kick(StreamErrorCondition::Conflict);
+    }
+    Ok(jid)
+}
+
+fn random_resource(core: &Core) -> String {
+    use starling_wire::c2s::Entropy;
+    let mut bytes = [0u8; 8];
+    core.entropy.borrow_mut().fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs the negotiation until a resource is requested (`Some`) or the stream ends
+/// (`None`; the closing bytes are in `conn.out`).
+async fn negotiate(
+    core: &Core,
+    conn: &mut Negotiating,
+    mailbox: &Mailbox,
+    deadline: Instant,
+) -> Option<(BareJid, Option<String>)> {
+    let limit = core.limits().queued_bytes_per_connection_max;
+    loop {
+        conn.io.queue(&conn.out);
+        conn.out.clear();
+        let mut next = match conn.io.wait(core, mailbox, Some(deadline), limit).await {
+            Wake::Read(n) => conn.pump_read(core, n).ok()?,
+            Wake::Mail => match mailbox.kicked() {
+                Some(condition) => {
+                    conn.fail(core, StreamError::new(condition));
+                    return None;
+                }
+                None => None,
+            },
+            Wake::Timeout => {
+                // RFC 6120 section 4.6.3: closing for a local timeout policy.
+                conn.fail(
+                    core,
+                    StreamError::with_text(StreamErrorCondition::PolicyViolation, "authentication timeout"),
+                );
+                return None;
+            }
+            Wake::Overflow => {
+                conn.fail(core, StreamError::with_text(StreamErrorCondition::PolicyViolation, "not reading"));
+                return None;
+            }
+            Wake::Closed => return None,
+        };
+        while let Some(action) = next {
+            next = match action {
+                Action::Bind { user, resource } => return Some((user, resource)),
+                other => conn.perform(core, other).await.ok()?,
+            };
+        }
+    }
+}
+
+impl Negotiating {
+    fn settings(&self, core: &Core) -> std::sync::Arc<starling_wire::c2s::C2sSettings> {
+        core.shared.settings.listeners[self.listener].c2s.clone()
+    }
+
+    /// Closes the stream with `error` (the bytes go to `out`).
+    fn fail(&mut self, core: &Core, error: StreamError) {
+        let settings = self.settings(core);
+        let mut entropy = core.entropy.borrow_mut();
+        let mut context = Context { settings: &settings, entropy: &mut *entropy };
+        log::debug!("c2s: closing a negotiating stream: {:?}", error.condition);
+        self.c2s.fail(&mut context, error, &mut self.out);
+    }
+
+    /// Handles `n` bytes from the read buffer: decrypts them if TLS is on, then frames
+    /// and negotiates. `Ok(Some)` is an action needing async work.
+    fn pump_read(&mut self, core: &Core, n: usize) -> Result<Option<Action>, ()> {
+        let read = core.read_buffer.borrow();
+        if self.io.tls.is_none() {
+            return self.pump(core, &read[..n]);
+        }
+        let mut plain = core.plain_buffer.borrow_mut();
+        plain.clear();
+        if let Err(error) = self.io.decrypt(&read[..n], &mut plain) {
+            log::debug!("c2s: TLS error: {error}");
+            return Err(());
+        }
+        drop(read);
+        self.report_tls(core);
+        self.pump(core, &plain)
+    }
+
+    /// Once the handshake is done, tells the negotiation what SCRAM can bind to.
+    fn report_tls(&mut self, core: &Core) {
+        let Some(tls) = &self.io.tls else { return };
+        if self.tls_reported || tls.is_handshaking() {
+            return;
+        }
+        self.tls_reported = true;
+        let tls_exporter = (tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
+            .then(|| tls.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", Some(b"")).ok())
+            .flatten();
+        let bindings =
+            ChannelBindings { tls_exporter, tls_server_end_point: core.shared.settings.tls_server_end_point.clone() };
+        self.c2s.handle_tls_established(bindings);
+    }
+
+    /// Frames `input` (after anything stashed) and negotiates until more input is
+    /// needed or an action needs async work; the unread rest is stashed.
+    fn pump(&mut self, core: &Core, input: &[u8]) -> Result<Option<Action>, ()> {
+        let settings = self.settings(core);
+        let mut input = input;
+        loop {
+            let frame = match self.framer.next(&mut input) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    log::debug!("c2s: refusing a stream: {error}");
+                    let mut entropy = core.entropy.borrow_mut();
+                    let mut context = Context { settings: &settings, entropy: &mut *entropy };
+                    self.c2s.fail(&mut context, error.into(), &mut self.out);
+                    return Err(());
+                }
+            };
+            let mut entropy = core.entropy.borrow_mut();
+            let mut context = Context { settings: &settings, entropy: &mut *entropy };
+            match self.c2s.handle_frame(&mut context, frame, &mut self.out) {
+                Ok(Action::Continue) => {}
+                Ok(Action::Authenticated { .. }) => self.framer.reset(),
+                Ok(Action::StartTls) => return Ok(Some(Action::StartTls)),
+                Ok(Action::Closed) | Err(_) => return Err(()),
+                Ok(other) => {
+                    self.framer.stash(input);
+                    return Ok(Some(other));
+                }
+            }
+        }
+    }
+
+    /// Performs `action` (STARTTLS, a credential lookup, a password check), feeds the
+    /// answer back, and continues with any stashed frames.
+    async fn perform(&mut self, core: &Core, action: Action) -> Result<Option<Action>, ()> {
+        let settings = self.settings(core);
+        match action {
+            Action::StartTls => {
+                self.io.queue(&self.out);
+                self.out.clear();
+                if !self.io.flush(Duration::from_secs(5)).await {
+                    return Err(());
+                }
+                // Plaintext sent after <starttls/> must not be read as if it came over TLS.
+                self.framer.discard_buffered();
+                self.framer.reset();
+                let config = core.shared.settings.tls_starttls.clone().ok_or(())?;
+                self.io.start_tls(config).map_err(|_| ())?;
+                return Ok(None);
+            }
+            Action::FetchCredentials { user, hash } => {
+                let result = core.shared.db.run(move |store| store.credentials(&user, hash)).await;
+                let mut entropy = core.entropy.borrow_mut();
+                let mut context = Context { settings: &settings, entropy: &mut *entropy };
+                match result {
+                    Ok(credentials) => self.c2s.handle_credentials(&mut context, credentials, &mut self.out),
+                    Err(error) => {
+                        log::warn!("c2s: credential lookup failed: {error}");
+                        self.c2s.handle_store_failure(&mut self.out);
+                    }
+                }
+            }
+            Action::VerifyPassword { user, password } => {
+                let secret = settings.decoy_secret.clone();
+                let iterations = settings.scram_iterations;
+                let result = core
+                    .shared
+                    .db
+                    .run(move |store| {
+                        // An unknown user costs the same PBKDF2 as a real one.
+                        Ok(match store.credentials(&user, Hash::Sha256)? {
+                            Some(credentials) => credentials.verify_password(&password),
+                            None => {
+                                let decoy = Credentials::decoy(Hash::Sha256, user.as_str(), &secret, iterations);
+                                let _ = decoy.verify_password(&password);
+                                false
+                            }
+                        })
+                    })
+                    .await;
+                let mut entropy = core.entropy.borrow_mut();
+                let mut context = Context { settings: &settings, entropy: &mut *entropy };
+                match result {
+                    Ok(correct) => match self.c2s.handle_password_verdict(&mut context, correct, &mut self.out) {
+                        Ok(Action::Authenticated { .. }) => self.framer.reset(),
+                        Ok(_) => {}
+                        Err(_) => return Err(()),
+                    },
+                    Err(error) => {
+                        log::warn!("c2s: password check failed: {error}");
+                        self.c2s.handle_store_failure(&mut self.out);
+                    }
+                }
+            }
+            other => {
+                log::error!("c2s: unexpected action {other:?}");
+                return Err(());
+            }
+        }
+        self.pump(core, &[])
+    }
+}

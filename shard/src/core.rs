@@ -1,0 +1,251 @@
+//! One core's world: its session table shard, its per-core buffers, its channels to
+//! the other cores, and the tasks that serve them.
+//!
+//! ```text
+//!   connection tasks --route()--> outbox[peer] --forwarder task--> mesh channel --> peer core
+//!          ^                                                                         |
+//!          +---- mailbox <-- deliver() <-- receiver task <-- mesh channel <-- other cores
+//! ```
+//! Nothing here is shared with another core: state is `Rc`/`RefCell`, and cores talk
+//! through glommio's shared channels only.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use starling_wire::c2s::C2s;
+use starling_wire::c2s::Entropy;
+use starling_wire::framer::Framer;
+use starling_wire::jid::BareJid;
+
+use crate::blocking::DbPool;
+use crate::limits::{Limits, READ_BUFFER_BYTES, STANZAS_PER_BATCH_MAX};
+use crate::mailbox::Mailbox;
+use crate::sessions::SessionTable;
+use crate::settings::Settings;
+
+/// A connection moving to its home core after resource binding (DESIGN.md section 2):
+/// the socket, its TLS state and every buffered byte travel in one message.
+pub(crate) struct Transfer {
+    pub fd: OwnedFd,
+    pub tls: Option<Box<rustls::ServerConnection>>,
+    pub framer: Framer,
+    pub c2s: C2s,
+    pub pending: Vec<u8>,
+    pub listener: usize,
+    pub user: BareJid,
+    pub resource: Option<String>,
+}
+
+/// What cores send each other.
+pub(crate) enum CoreMessage {
+    /// Stamped stanzas for accounts homed on the receiving core.
+    Stanzas(Vec<Vec<u8>>),
+    /// A connection to adopt.
+    Adopt(Box<Transfer>),
+}
+
+/// Counters of one core (read by the admin port and metrics).
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub connections: Cell<usize>,
+    pub connections_accepted: Cell<u64>,
+    pub logins: Cell<u64>,
+    pub login_failures: Cell<u64>,
+    pub stanzas_routed: Cell<u64>,
+    pub stanzas_delivered: Cell<u64>,
+    pub moved_in: Cell<u64>,
+}
+
+/// Stanzas waiting to go to one peer core, in order.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    queue: RefCell<Vec<Vec<u8>>>,
+    waker: Cell<Option<Waker>>,
+    adoptions: RefCell<Vec<Box<Transfer>>>,
+}
+
+/// Randomness for stream ids, nonces and resources: the OS generator.
+pub(crate) struct SystemEntropy(ring::rand::SystemRandom);
+
+impl Entropy for SystemEntropy {
+    fn fill(&mut self, bytes: &mut [u8]) {
+        use ring::rand::SecureRandom;
+        // Invariant: the OS generator does not fail once the process is running.
+        self.0.fill(bytes).expect("system randomness");
+    }
+}
+
+/// The node-wide things every core shares read-only.
+pub(crate) struct Shared {
+    pub settings: Settings,
+    pub db: DbPool,
+}
+
+pub struct Core {
+    pub(crate) id: usize,
+    pub(crate) count: usize,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) sessions: RefCell<SessionTable>,
+    pub(crate) read_buffer: RefCell<Vec<u8>>,
+    pub(crate) plain_buffer: RefCell<Vec<u8>>,
+    pub(crate) entropy: RefCell<SystemEntropy>,
+    pub(crate) stats: Stats,
+    pub(crate) outboxes: Vec<Outbox>,
+    /// Every open connection, for shutdown.
+    pub(crate) live: RefCell<HashMap<u64, Rc<Mailbox>>>,
+    next_id: Cell<u64>,
+    pub(crate) stopping: Cell<bool>,
+}
+
+impl Core {
+    pub(crate) fn new(id: usize, count: usize, shared: Arc<Shared>) -> Core {
+        Core {
+            id,
+            count,
+            shared,
+            sessions: RefCell::new(SessionTable::default()),
+            read_buffer: RefCell::new(vec![0; READ_BUFFER_BYTES]),
+            plain_buffer: RefCell::new(Vec::with_capacity(READ_BUFFER_BYTES)),
+            entropy: RefCell::new(SystemEntropy(ring::rand::SystemRandom::new())),
+            stats: Stats::default(),
+            outboxes: (0..count).map(|_| Outbox::default()).collect(),
+            live: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+            stopping: Cell::new(false),
+        }
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.shared.settings.limits
+    }
+
+    /// A number unique on this node: the core in the low bits.
+    pub(crate) fn next_id(&self) -> u64 {
+        let n = self.next_id.get();
+        self.next_id.set(n + 1);
+        (n << 8) | self.id as u64
+    }
+
+    /// The core that owns `bare` (normalised text): every resource of an account
+    /// lives there.
+    pub(crate) fn home_of(&self, bare: &str) -> usize {
+        home_core(bare, self.count)
+    }
+
+    /// Queues `stanza` for the peer core `peer` (never this core).
+    pub(crate) fn send_to_core(&self, peer: usize, stanza: Vec<u8>) {
+        debug_assert_ne!(peer, self.id);
+        let outbox = &self.outboxes[peer];
+        outbox.queue.borrow_mut().push(stanza);
+        if let Some(waker) = outbox.waker.take() {
+            waker.wake();
+        }
+    }
+
+    pub(crate) fn adopt_on(&self, peer: usize, transfer: Box<Transfer>) {
+        let outbox = &self.outboxes[peer];
+        outbox.adoptions.borrow_mut().push(transfer);
+        if let Some(waker) = outbox.waker.take() {
+            waker.wake();
+        }
+    }
+
+    pub(crate) fn register_live(&self, id: u64, mailbox: Rc<Mailbox>) {
+        self.live.borrow_mut().insert(id, mailbox);
+        self.stats.connections.set(self.stats.connections.get() + 1);
+    }
+
+    pub(crate) fn unregister_live(&self, id: u64) {
+        if self.live.borrow_mut().remove(&id).is_some() {
+            self.stats.connections.set(self.stats.connections.get() - 1);
+        }
+    }
+}
+
+/// FNV-1a over the normalised bare JID: stable, cheap, and the same on every core.
+pub(crate) fn home_core(bare: &str, cores: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bare.bytes() {
+        hash ^= byte as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % cores as u64) as usize
+}
+
+/// Sends everything queued for `peer`, in batches, until the core stops.
+pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, peer: usize) {
+    loop {
+        let (stanzas, adoptions) = futures_lite::future::poll_fn(|cx| {
+            let outbox = &core.outboxes[peer];
+            let mut queue = outbox.queue.borrow_mut();
+            let mut adoptions = outbox.adoptions.borrow_mut();
+            if queue.is_empty() && adoptions.is_empty() {
+                outbox.waker.set(Some(cx.waker().clone()));
+                return Poll::Pending;
+            }
+            let take = queue.len().min(STANZAS_PER_BATCH_MAX);
+            let batch: Vec<Vec<u8>> = queue.drain(..take).collect();
+            Poll::Ready((batch, std::mem::take(&mut *adoptions)))
+        })
+        .await;
+        for transfer in adoptions {
+            if senders.send_to(peer, CoreMessage::Adopt(transfer)).await.is_err() {
+                return;
+            }
+        }
+        if !stanzas.is_empty() && senders.send_to(peer, CoreMessage::Stanzas(stanzas)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Receives what the other cores send this one.
+pub(crate) async fn receive(core: Rc<Core>, receivers: Receivers<CoreMessage>) {
+    let mut receivers = receivers;
+    let streams = receivers.streams();
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|(_, receiver)| {
+            let core = core.clone();
+            glommio::spawn_local(async move {
+                while let Some(message) = receiver.recv().await {
+                    match message {
+                        CoreMessage::Stanzas(stanzas) => {
+                            for stanza in stanzas {
+                                crate::router::deliver(&core, &stanza);
+                            }
+                        }
+                        CoreMessage::Adopt(transfer) => {
+                            glommio::spawn_local(crate::connection::adopt(core.clone(), transfer)).detach();
+                        }
+                    }
+                    glommio::yield_if_needed().await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The home core is a pure function of the bare JID and spreads accounts.
+    #[test]
+    fn home_core_is_stable_and_spreads() {
+        assert_eq!(home_core("alice@localhost", 4), home_core("alice@localhost", 4));
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[home_core(&format!("user{i}@localhost"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+}

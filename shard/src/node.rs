@@ -1,0 +1,246 @@
+//! Starting and stopping the cores of one node, and asking them questions.
+//!
+//! ```text
+//!  Node::start --spawns--> executor 0 .. N-1 (pinned), each:
+//!      join the core mesh -> accept loops (one per listener) -> forwarders + receiver
+//!      -> control task (queries from the admin thread, stop)
+//! ```
+//! Other threads (admin HTTP, signal handler, tests) reach a core through its control
+//! channel; the answer comes back on a std channel.
+
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures_lite::StreamExt;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use starling_wire::error::StreamErrorCondition;
+use starling_wire::jid::BareJid;
+
+use crate::blocking::DbPool;
+use crate::core::{Core, CoreMessage, Shared};
+use crate::limits::{CORE_CHANNEL_BATCHES, SHUTDOWN_GRACE};
+use crate::settings::{ListenerSockets, Settings};
+
+type Job = Box<dyn FnOnce(&Core) + Send>;
+
+enum Control {
+    Run(Job),
+    Stop,
+}
+
+/// A running node: its cores and the way to talk to them.
+pub struct Node {
+    controls: Vec<UnboundedSender<Control>>,
+    handles: std::sync::Mutex<Vec<ExecutorJoinHandle<()>>>,
+}
+
+/// Per-core counters, summed by [`Node::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub connections: usize,
+    pub sessions: usize,
+    pub connections_accepted: u64,
+    pub logins: u64,
+    pub login_failures: u64,
+    pub stanzas_routed: u64,
+    pub stanzas_delivered: u64,
+    pub moved_in: u64,
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start an executor: {0}")]
+    Executor(String),
+    #[error("need one set of listener sockets per core ({cores} cores, {sockets} sets)")]
+    Sockets { cores: usize, sockets: usize },
+}
+
+impl Node {
+    /// Starts one pinned executor per entry of `settings.cpus`.
+    pub fn start(settings: Settings, sockets: ListenerSockets, db: DbPool) -> Result<Node, StartError> {
+        let cores = settings.cpus.len();
+        if sockets.len() != cores {
+            return Err(StartError::Sockets { cores, sockets: sockets.len() });
+        }
+        let cpus = settings.cpus.clone();
+        let shared = Arc::new(Shared { settings, db });
+        let mesh = MeshBuilder::<CoreMessage, _>::full(cores, CORE_CHANNEL_BATCHES);
+        let mut controls = Vec::with_capacity(cores);
+        let mut handles = Vec::with_capacity(cores);
+        for (index, (cpu, core_sockets)) in cpus.into_iter().zip(sockets).enumerate() {
+            let (sender, receiver) = unbounded();
+            controls.push(sender);
+            let shared = shared.clone();
+            let mesh = mesh.clone();
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("starling-core-{index}"))
+                // We use no DMA files; the default 10 MiB would exceed an 8 MiB memlock.
+                .io_memory(64 * 1024)
+                .spawn(move || run_core(shared, mesh, cores, core_sockets, receiver))
+                .map_err(|e| StartError::Executor(e.to_string()))?;
+            handles.push(handle);
+        }
+        Ok(Node { controls, handles: std::sync::Mutex::new(handles) })
+    }
+
+    pub fn cores(&self) -> usize {
+        self.controls.len()
+    }
+
+    /// Runs `question` on core `index` and returns its answer (`None` if the core is
+    /// gone or does not answer within 5 s).
+    fn ask<T: Send + 'static>(&self, index: usize, question: impl FnOnce(&Core) -> T + Send + 'static) -> Option<T> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |core| {
+            let _ = reply.send(question(core));
+        });
+        self.controls.get(index)?.unbounded_send(Control::Run(job)).ok()?;
+        answer.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
+    fn ask_all<T: Send + 'static>(&self, question: impl Fn(&Core) -> T + Send + Sync + 'static) -> Vec<T> {
+        let question = Arc::new(question);
+        (0..self.cores())
+            .filter_map(|index| {
+                let question = question.clone();
+                self.ask(index, move |core| question(core))
+            })
+            .collect()
+    }
+
+    /// Summed counters of every core.
+    pub fn stats(&self) -> NodeStats {
+        let mut total = NodeStats::default();
+        for core in self.ask_all(|core| {
+            let s = &core.stats;
+            NodeStats {
+                connections: s.connections.get(),
+                sessions: core.sessions.borrow().len(),
+                connections_accepted: s.connections_accepted.get(),
+                logins: s.logins.get(),
+                login_failures: s.login_failures.get(),
+                stanzas_routed: s.stanzas_routed.get(),
+                stanzas_delivered: s.stanzas_delivered.get(),
+                moved_in: s.moved_in.get(),
+            }
+        }) {
+            total.connections += core.connections;
+            total.sessions += core.sessions;
+            total.connections_accepted += core.connections_accepted;
+            total.logins += core.logins;
+            total.login_failures += core.login_failures;
+            total.stanzas_routed += core.stanzas_routed;
+            total.stanzas_delivered += core.stanzas_delivered;
+            total.moved_in += core.moved_in;
+        }
+        total
+    }
+
+    /// Every bound full JID on this node.
+    pub fn sessions(&self) -> Vec<String> {
+        let mut all: Vec<String> =
+            self.ask_all(|core| core.sessions.borrow().jids().map(|j| j.to_string()).collect::<Vec<_>>()).concat();
+        all.sort();
+        all
+    }
+
+    /// Closes every session of `user` with `condition`; returns how many were closed.
+    pub fn kick(&self, user: &BareJid, condition: StreamErrorCondition) -> usize {
+        let user = user.clone();
+        self.ask_all(move |core| core.sessions.borrow().kick_account(&user, condition)).into_iter().sum()
+    }
+
+    /// Stops accepting, closes every stream with `system-shutdown`, waits for them (at
+    /// most the shutdown grace), and stops the cores.
+    /// Safe to call more than once; later calls find nothing left to stop.
+    pub fn shutdown(&self) {
+        for control in &self.controls {
+            let _ = control.unbounded_send(Control::Stop);
+        }
+        let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+}
+
+async fn run_core(
+    shared: Arc<Shared>,
+    mesh: MeshBuilder<CoreMessage, glommio::channels::channel_mesh::Full>,
+    cores: usize,
+    sockets: Vec<OwnedFd>,
+    controls: UnboundedReceiver<Control>,
+) {
+    let (senders, receivers) = match mesh.join().await {
+        Ok(joined) => joined,
+        Err(error) => {
+            log::error!("core: cannot join the core mesh: {error}");
+            return;
+        }
+    };
+    // The mesh numbers its members; that number is this core's identity.
+    let id = senders.peer_id();
+    let core = Rc::new(Core::new(id, cores, shared));
+    let senders = Rc::new(senders);
+    let mut tasks = Vec::new();
+    for (listener, fd) in sockets.into_iter().enumerate() {
+        // SAFETY: the server bound and listens on this socket and gave us ownership.
+        let socket = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        tasks.push(glommio::spawn_local(accept(core.clone(), socket, listener)));
+    }
+    for peer in (0..cores).filter(|&peer| peer != id) {
+        glommio::spawn_local(crate::core::forward(core.clone(), senders.clone(), peer)).detach();
+    }
+    glommio::spawn_local(crate::core::receive(core.clone(), receivers)).detach();
+    serve_controls(&core, controls).await;
+    core.stopping.set(true);
+    for task in tasks {
+        task.cancel().await;
+    }
+    drain(&core).await;
+}
+
+async fn serve_controls(core: &Core, mut controls: UnboundedReceiver<Control>) {
+    while let Some(control) = controls.next().await {
+        match control {
+            Control::Run(job) => job(core),
+            Control::Stop => return,
+        }
+    }
+}
+
+/// Closes every connection with `system-shutdown` and waits for them to go.
+async fn drain(core: &Core) {
+    for mailbox in core.live.borrow().values() {
+        mailbox.kick(StreamErrorCondition::SystemShutdown);
+    }
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while core.stats.connections.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn accept(core: Rc<Core>, listener: TcpListener, index: usize) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                log::warn!("c2s: accept failed: {error}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        core.stats.connections_accepted.set(core.stats.connections_accepted.get() + 1);
+        if core.stats.connections.get() >= core.limits().connections_per_core_max {
+            // Over the limit: close at once (dropping the stream closes it).
+            continue;
+        }
+        glommio::spawn_local(crate::connection::serve(core.clone(), stream, index)).detach();
+    }
+}

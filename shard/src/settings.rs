@@ -1,0 +1,45 @@
+//! What the server hands the cores: listeners (pre-bound sockets, one per core),
+//! TLS configuration, and the limits of `limits.rs`.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use starling_wire::c2s::C2sSettings;
+use starling_wire::limits::FramerLimits;
+
+use crate::limits::Limits;
+
+/// How a listener starts its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerTls {
+    /// Plain TCP; STARTTLS offered or required per `C2sSettings::tls`.
+    StartTls,
+    /// TLS from the first byte (XEP-0368).
+    Direct,
+}
+
+/// One c2s listener's negotiation settings. Its sockets (one per core, SO_REUSEPORT,
+/// bound by the server so tests can use port 0) are passed to `Node::start` apart.
+pub struct Listener {
+    pub c2s: Arc<C2sSettings>,
+    pub tls: ListenerTls,
+}
+
+/// Listening sockets: `[core][listener]`.
+pub type ListenerSockets = Vec<Vec<OwnedFd>>;
+
+/// Everything the cores need, fixed for the node's lifetime.
+pub struct Settings {
+    /// Normalised domains served.
+    pub hosts: Vec<String>,
+    /// CPUs to pin executors to; one executor per entry.
+    pub cpus: Vec<usize>,
+    pub listeners: Vec<Listener>,
+    pub framer: FramerLimits,
+    pub limits: Limits,
+    /// TLS for STARTTLS (no ALPN) and direct TLS (ALPN `xmpp-client`).
+    pub tls_starttls: Option<Arc<rustls::ServerConfig>>,
+    pub tls_direct: Option<Arc<rustls::ServerConfig>>,
+    /// RFC 5929 `tls-server-end-point` data for our certificate.
+    pub tls_server_end_point: Option<Vec<u8>>,
+}
