@@ -51,9 +51,11 @@ pub struct DbPool {
     jobs: crossbeam_channel::Sender<Job>,
 }
 
-/// Joins the pool's threads on drop of the last sender.
+/// The pool's threads. `join` stops them even while `DbPool` clones remain.
 pub struct DbThreads {
     handles: Vec<JoinHandle<()>>,
+    /// Dropping this tells the threads to stop.
+    stop: Option<crossbeam_channel::Sender<()>>,
 }
 
 impl DbPool {
@@ -63,17 +65,20 @@ impl DbPool {
     pub fn start(workers: usize, queue_max: usize, factory: std::sync::Arc<StoreFactory>) -> (DbPool, DbThreads) {
         assert!(workers > 0, "a pool needs at least one thread");
         let (jobs, receiver) = crossbeam_channel::bounded::<Job>(queue_max);
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let handles = (0..workers)
             .map(|i| {
                 let receiver = receiver.clone();
+                let stopped = stopped.clone();
                 let factory = factory.clone();
                 std::thread::Builder::new()
                     .name(format!("starling-db-{i}"))
-                    .spawn(move || run_worker(&receiver, &*factory))
+                    .spawn(move || run_worker(&receiver, &stopped, &*factory))
+                    // Invariant: thread creation fails only when the process is out of resources at startup.
                     .expect("spawning a DB thread")
             })
             .collect();
-        (DbPool { jobs }, DbThreads { handles })
+        (DbPool { jobs }, DbThreads { handles, stop: Some(stop) })
     }
 
     /// Runs `work` on a DB thread and returns its result. Fails with `Stopped` when
@@ -102,16 +107,30 @@ impl DbPool {
 }
 
 impl DbThreads {
-    pub fn join(self) {
+    /// Stops the threads (jobs still queued are dropped; their callers see
+    /// `Stopped`) and waits for them.
+    pub fn join(mut self) {
+        self.stop.take();
         for handle in self.handles {
             let _ = handle.join();
         }
     }
 }
 
-fn run_worker(receiver: &crossbeam_channel::Receiver<Job>, factory: &StoreFactory) {
+fn run_worker(
+    receiver: &crossbeam_channel::Receiver<Job>,
+    stopped: &crossbeam_channel::Receiver<()>,
+    factory: &StoreFactory,
+) {
     let mut store: Option<Box<dyn Store>> = None;
-    while let Ok(job) = receiver.recv() {
+    loop {
+        let job = crossbeam_channel::select! {
+            recv(receiver) -> job => match job {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            recv(stopped) -> _ => return,
+        };
         if store.is_none() {
             match factory() {
                 Ok(opened) => store = Some(opened),

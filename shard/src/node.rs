@@ -194,16 +194,22 @@ async fn run_core(
         let socket = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
         tasks.push(glommio::spawn_local(accept(core.clone(), socket, listener)));
     }
+    let mut services = Vec::new();
     for peer in (0..cores).filter(|&peer| peer != id) {
-        glommio::spawn_local(crate::core::forward(core.clone(), senders.clone(), peer)).detach();
+        services.push(glommio::spawn_local(crate::core::forward(core.clone(), senders.clone(), peer)));
     }
-    glommio::spawn_local(crate::core::receive(core.clone(), receivers)).detach();
+    services.push(glommio::spawn_local(crate::core::receive(core.clone(), receivers)));
     serve_controls(&core, controls).await;
     core.stopping.set(true);
     for task in tasks {
         task.cancel().await;
     }
     drain(&core).await;
+    // Tasks left running would keep the core (and its buffers) alive after the
+    // executor stops.
+    for task in services {
+        task.cancel().await;
+    }
 }
 
 async fn serve_controls(core: &Core, mut controls: UnboundedReceiver<Control>) {

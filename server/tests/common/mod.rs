@@ -1,0 +1,248 @@
+//! A node in-process on 127.0.0.1:0, and a small blocking XMPP client for tests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use starling_server::config::Config;
+use starling_server::store::{sqlite::Sqlite, AccountKeys, Storage};
+use starling_wire::error::StreamErrorCondition;
+use starling_wire::framer::{Frame, Framer};
+use starling_wire::limits::FramerLimits;
+use starling_wire::sasl::{self, scram};
+
+pub struct TestNode {
+    running: Option<starling_server::Running>,
+    pub dir: tempfile::TempDir,
+    pub c2s: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: Config,
+}
+
+impl TestNode {
+    /// A node with accounts alice, bob and carol (password "secret").
+    pub fn start() -> TestNode {
+        TestNode::start_with(|_| {})
+    }
+
+    pub fn start_with(adjust: impl FnOnce(&mut Config)) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_tests(dir.path());
+        adjust(&mut config);
+        {
+            let mut store = Sqlite::open(&dir.path().join("starling.db")).unwrap();
+            for user in ["alice", "bob", "carol"] {
+                let keys = AccountKeys::from_password("secret", config.auth.scram_iterations);
+                store.register(&format!("{user}@localhost").parse().unwrap(), &keys).unwrap();
+            }
+        }
+        let listeners = starling_server::bind_listeners(&config).unwrap();
+        let running = starling_server::run(config.clone(), listeners).unwrap();
+        let c2s = running.c2s_addresses[0];
+        let admin = running.admin_address.unwrap();
+        TestNode { running: Some(running), dir, c2s, admin, config }
+    }
+
+    pub fn running(&self) -> &starling_server::Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn shutdown(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown();
+        }
+    }
+
+    /// Waits until the node reports `sessions` bound sessions.
+    pub fn wait_sessions(&self, sessions: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.running().node().stats().sessions != sessions {
+            assert!(
+                Instant::now() < deadline,
+                "expected {sessions} sessions, have {:?}",
+                self.running().node().stats()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub const HEADER: &str =
+    "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+/// A blocking client that reads the server's stream with our own framer.
+pub struct Client {
+    pub stream: TcpStream,
+    framer: Framer,
+    pending: Vec<u8>,
+    pub jid: String,
+}
+
+impl Client {
+    pub fn connect(address: SocketAddr) -> Client {
+        let stream = TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream, framer: Framer::new(FramerLimits::DEFAULT), pending: Vec::new(), jid: String::new() }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.stream.write_all(text.as_bytes()).unwrap();
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// The next frame from the server as text (`</stream:stream>` for the close);
+    /// `None` when the connection closed or nothing came within `timeout`.
+    pub fn next_within(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut input: &[u8] = &[];
+            let pending = std::mem::take(&mut self.pending);
+            input = if pending.is_empty() { input } else { &pending[..] };
+            let mut rest = input;
+            let frame =
+                self.framer.next(&mut rest).expect("the server sends well-formed XML").map(|frame| match frame {
+                    Frame::StreamHeader(bytes) | Frame::Element(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                    Frame::StreamClose => "</stream:stream>".to_owned(),
+                });
+            self.pending = rest.to_vec();
+            if let Some(frame) = frame {
+                return Some(frame);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut buffer = [0u8; 65536];
+            match self.stream.read(&mut buffer) {
+                Ok(0) => return None,
+                Ok(n) => self.pending.extend_from_slice(&buffer[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn next(&mut self) -> String {
+        self.next_within(Duration::from_secs(5)).expect("a frame from the server")
+    }
+
+    /// Skips frames until one contains `needle`.
+    pub fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(frame) = self.next_within(Duration::from_millis(200)) {
+                if frame.contains(needle) {
+                    return frame;
+                }
+            }
+        }
+        panic!("no frame containing {needle:?}");
+    }
+
+    /// Reads until the stream error; returns its condition (and checks the close).
+    pub fn expect_stream_error(&mut self) -> StreamErrorCondition {
+        let frame = self.expect("<stream:error>");
+        let condition = frame
+            .split('<')
+            .filter_map(|tag| tag.split([' ', '/', '>']).next())
+            .find_map(StreamErrorCondition::from_name)
+            .expect("a condition");
+        assert_eq!(self.next_within(Duration::from_secs(2)).as_deref(), Some("</stream:stream>"));
+        condition
+    }
+
+    /// Asserts the server closes the TCP connection soon (bytes before the close are
+    /// skipped).
+    pub fn expect_closed(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buffer = [0u8; 65536];
+        while Instant::now() < deadline {
+            match self.stream.read(&mut buffer) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+        panic!("connection not closed");
+    }
+
+    /// Opens the stream and waits for the features.
+    pub fn open(&mut self) -> String {
+        // A (re)started stream: the server's next bytes are a new header.
+        self.framer.reset();
+        self.send(HEADER);
+        assert!(self.next().starts_with("<stream:stream"));
+        self.expect("<stream:features")
+    }
+
+    /// Logs in with SCRAM-SHA-256 and binds `resource`.
+    pub fn login(address: SocketAddr, user: &str, password: &str, resource: &str) -> Client {
+        let mut client = Client::connect(address);
+        client.open();
+        client.scram(user, password).expect("login succeeds");
+        client.open();
+        client.send(&format!(
+            "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"
+        ));
+        let bound = client.expect("<jid>");
+        client.jid = bound.split("<jid>").nth(1).unwrap().split("</jid>").next().unwrap().to_owned();
+        client
+    }
+
+    /// Runs SCRAM-SHA-256; `Err` with the failure element on failure.
+    pub fn scram(&mut self, user: &str, password: &str) -> Result<(), String> {
+        let (client, first) = scram::ScramClient::new(scram::Hash::Sha256, user, "testnonce", None);
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+            sasl::encode_payload(&first)
+        ));
+        let challenge = self.next();
+        if !challenge.starts_with("<challenge") {
+            return Err(challenge);
+        }
+        let server_first = sasl::decode_payload(text_of(&challenge).as_bytes()).unwrap();
+        let (expect, final_message) = client
+            .respond(&server_first, |salt, i| scram::salted_password(scram::Hash::Sha256, password, salt, i))
+            .unwrap();
+        self.send(&format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            sasl::encode_payload(&final_message)
+        ));
+        let outcome = self.next();
+        if !outcome.starts_with("<success") {
+            return Err(outcome);
+        }
+        assert!(expect.verify(&sasl::decode_payload(text_of(&outcome).as_bytes()).unwrap()), "server proved itself");
+        Ok(())
+    }
+
+    /// Sends PLAIN; returns the server's answer element.
+    pub fn plain(&mut self, user: &str, password: &str) -> String {
+        let message = format!("\0{user}\0{password}");
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+            sasl::encode_payload(message.as_bytes())
+        ));
+        self.next()
+    }
+
+    pub fn presence(&mut self) {
+        self.send("<presence/>");
+    }
+}
+
+/// The text between the first `>` and the next `<`.
+pub fn text_of(element: &str) -> String {
+    element.split('>').nth(1).unwrap_or("").split('<').next().unwrap_or("").to_owned()
+}
