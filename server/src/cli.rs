@@ -249,7 +249,7 @@ fn request(
     command: &Command,
     arguments: &[String],
 ) -> Result<Value, String> {
-    if arguments.len() % 2 != 0 || arguments.iter().step_by(2).any(|a| !a.starts_with("--")) {
+    if !arguments.len().is_multiple_of(2) || arguments.iter().step_by(2).any(|a| !a.starts_with("--")) {
         return Err("Could not parse the command arguments".into());
     }
     let mut variables = serde_json::Map::new();

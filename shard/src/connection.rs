@@ -71,7 +71,9 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize) {
     };
     let home = core.home_of(user.as_str());
     if home == core.id {
-        establish(core, conn.io, conn.framer, conn.c2s, conn.out, conn.listener, user, resource, deadline).await;
+        let bound =
+            Negotiated { io: conn.io, framer: conn.framer, c2s: conn.c2s, out: conn.out, listener: conn.listener };
+        establish(core, bound, user, resource).await;
         return;
     }
     move_to(&core, home, conn, user, resource);
@@ -100,7 +102,7 @@ fn move_to(core: &Core, home: usize, mut conn: Negotiating, user: BareJid, resou
         user,
         resource,
     };
-    core.adopt_on(home, Box::new(transfer));
+    core.adopt_on(home, transfer);
 }
 
 /// Serves a connection another core moved here.
@@ -110,44 +112,37 @@ pub(crate) async fn adopt(core: Rc<Core>, transfer: Box<Transfer>) {
     let socket = unsafe { socket2::Socket::from_raw_fd(fd.into_raw_fd()) };
     let io = Io::new(TcpStream::from(socket), tls, pending);
     core.stats.moved_in.set(core.stats.moved_in.get() + 1);
-    let deadline = Instant::now() + core.limits().pre_auth_timeout;
-    establish(core, io, framer, c2s, Vec::new(), listener, user, resource, deadline).await;
+    establish(core, Negotiated { io, framer, c2s, out: Vec::new(), listener }, user, resource).await;
 }
 
-/// Binds the session on its home core (this one) and runs it.
-#[allow(clippy::too_many_arguments)]
-async fn establish(
-    core: Rc<Core>,
-    mut io: Io,
+/// The parts of a connection that survive negotiation.
+struct Negotiated {
+    io: Io,
     framer: Framer,
-    mut c2s: C2s,
-    mut out: Vec<u8>,
+    c2s: C2s,
+    out: Vec<u8>,
     listener: usize,
-    user: BareJid,
-    resource: Option<String>,
-    deadline: Instant,
-) {
+}
+
+/// Binds the session on its home core (this one) and starts its own task, so an
+/// established session's task holds only what the session needs (see `budget.rs`).
+async fn establish(core: Rc<Core>, connection: Negotiated, user: BareJid, resource: Option<String>) {
     debug_assert_eq!(core.home_of(user.as_str()), core.id);
-    let _ = (listener, deadline);
+    let Negotiated { mut io, framer, mut c2s, mut out, listener } = connection;
     let id = core.next_id();
     let mailbox = Rc::new(Mailbox::default());
-    let bound = bind(&core, &user, resource, SessionId(id), mailbox.clone());
-    let jid = match bound {
+    let jid = match bind(&core, &user, resource, SessionId(id), mailbox.clone()) {
         Ok(jid) => jid,
         Err(error) => {
             c2s.handle_bind_refused(user, error, &mut out);
-            let mut context_out = Vec::new();
-            let mut entropy = core.entropy.borrow_mut();
             let settings = core.shared.settings.listeners[listener].c2s.clone();
-            let mut context = Context { settings: &settings, entropy: &mut *entropy };
-            c2s.fail(
-                &mut context,
-                StreamError::with_text(StreamErrorCondition::PolicyViolation, "too many sessions"),
-                &mut context_out,
-            );
-            drop(entropy);
+            {
+                let mut entropy = core.entropy.borrow_mut();
+                let mut context = Context { settings: &settings, entropy: &mut *entropy };
+                let refusal = StreamError::with_text(StreamErrorCondition::PolicyViolation, "too many sessions");
+                c2s.fail(&mut context, refusal, &mut out);
+            }
             io.queue(&out);
-            io.queue(&context_out);
             io.close().await;
             return;
         }
@@ -158,8 +153,12 @@ async fn establish(
     core.stats.logins.set(core.stats.logins.get() + 1);
     core.register_live(id, mailbox.clone());
     log::debug!("c2s: {jid} bound on core {}", core.id);
-    crate::session::run(core.clone(), io, framer, jid, SessionId(id), mailbox).await;
-    core.unregister_live(id);
+    let session = crate::session::run(core.clone(), io, framer, jid, SessionId(id), mailbox);
+    glommio::spawn_local(async move {
+        session.await;
+        core.unregister_live(id);
+    })
+    .detach();
 }
 
 /// Registers the session; replaces (with `conflict`) a session of the same full JID.

@@ -66,7 +66,7 @@ pub(crate) struct Stats {
 pub(crate) struct Outbox {
     queue: RefCell<Vec<Vec<u8>>>,
     waker: Cell<Option<Waker>>,
-    adoptions: RefCell<Vec<Box<Transfer>>>,
+    adoptions: RefCell<Vec<Transfer>>,
 }
 
 /// Randomness for stream ids, nonces and resources: the OS generator.
@@ -147,7 +147,7 @@ impl Core {
         }
     }
 
-    pub(crate) fn adopt_on(&self, peer: usize, transfer: Box<Transfer>) {
+    pub(crate) fn adopt_on(&self, peer: usize, transfer: Transfer) {
         let outbox = &self.outboxes[peer];
         outbox.adoptions.borrow_mut().push(transfer);
         if let Some(waker) = outbox.waker.take() {
@@ -194,7 +194,7 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
         })
         .await;
         for transfer in adoptions {
-            if senders.send_to(peer, CoreMessage::Adopt(transfer)).await.is_err() {
+            if senders.send_to(peer, CoreMessage::Adopt(Box::new(transfer))).await.is_err() {
                 return;
             }
         }

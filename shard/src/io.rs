@@ -44,10 +44,6 @@ impl Io {
         Io { stream, tls, pending }
     }
 
-    pub fn pending_bytes(&self) -> usize {
-        self.pending.len()
-    }
-
     pub fn take_pending(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.pending)
     }
@@ -173,20 +169,13 @@ impl Io {
         .await
     }
 
-    /// Sends a TLS close_notify (if TLS is on), flushes briefly and closes.
-    pub async fn close(mut self) {
+    /// Sends a TLS close_notify (if TLS is on) and flushes briefly; dropping the
+    /// `Io` afterwards closes the socket.
+    pub async fn close(&mut self) {
         if let Some(tls) = &mut self.tls {
             tls.send_close_notify();
             Self::collect_tls(tls, &mut self.pending);
         }
         self.flush(Duration::from_secs(1)).await;
-        let _ = self.stream.shutdown(std::net::Shutdown::Both).await;
-    }
-
-    /// Frees buffers while idle.
-    pub fn shrink(&mut self) {
-        if self.pending.is_empty() {
-            self.pending = Vec::new();
-        }
     }
 }

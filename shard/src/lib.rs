@@ -19,6 +19,7 @@
 //! Drive it with [`Node::start`] and stop it with [`Node::shutdown`].
 
 pub mod blocking;
+mod budget;
 mod connection;
 mod core;
 mod io;

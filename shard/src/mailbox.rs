@@ -58,14 +58,6 @@ impl Mailbox {
         }
     }
 
-    /// Frees the queue's memory when idle.
-    pub fn shrink(&self) {
-        let mut queue = self.queue.borrow_mut();
-        if queue.is_empty() {
-            *queue = Vec::new();
-        }
-    }
-
     pub fn set_waker(&self, waker: &Waker) {
         let current = self.waker.take();
         match current {

@@ -120,10 +120,10 @@ fn tell_directed(core: &Core, state: &mut State) {
 fn track_directed(state: &mut State, to: &Jid, kind: PresenceType) {
     let to = to.as_str();
     match kind {
-        PresenceType::Available => {
-            if !state.directed.iter().any(|d| &**d == to) && state.directed.len() < DIRECTED_PRESENCE_MAX {
-                state.directed.push(to.into());
-            }
+        PresenceType::Available
+            if !state.directed.iter().any(|d| &**d == to) && state.directed.len() < DIRECTED_PRESENCE_MAX =>
+        {
+            state.directed.push(to.into());
         }
         PresenceType::Unavailable => state.directed.retain(|d| &**d != to),
         _ => {}

@@ -38,30 +38,35 @@ pub(crate) struct State {
     pub directed: Vec<Box<str>>,
 }
 
-pub(crate) async fn run(
+/// Serves a bound session until it ends. Written as a plain function returning an
+/// `async move` block so the arguments are stored once in the task (an `async fn`
+/// keeps its arguments and their moved-to locals side by side), which keeps an idle
+/// session small (see `budget.rs`).
+pub(crate) fn run(
     core: Rc<Core>,
-    mut io: Io,
-    mut framer: Framer,
+    io: Io,
+    framer: Framer,
     jid: FullJid,
     id: SessionId,
     mailbox: Rc<Mailbox>,
-) {
-    let mut state = State { jid, id, out: Vec::new(), directed: Vec::new() };
-    let end = serve(&core, &mut io, &mut framer, &mut state, &mailbox).await;
-    crate::presence::session_ended(&core, &mut state);
-    match end {
-        End::ClientClosed => {
-            io.queue(b"</stream:stream>");
-            io.close().await;
-        }
-        End::Gone => {}
-        End::Error(error) => {
-            log::debug!("c2s: closing {} with {:?}", state.jid, error.condition);
-            let mut bytes = Vec::new();
-            error.write_closing(&mut bytes);
-            io.queue(&bytes);
-            io.close().await;
-        }
+) -> impl std::future::Future<Output = ()> {
+    let mut session = (io, framer, State { jid, id, out: Vec::new(), directed: Vec::new() });
+    async move {
+        let (io, framer, state) = &mut session;
+        let end = serve(&core, io, framer, state, &mailbox).await;
+        crate::presence::session_ended(&core, state);
+        let closing = match end {
+            End::Gone => return,
+            End::ClientClosed => b"</stream:stream>".to_vec(),
+            End::Error(error) => {
+                log::debug!("c2s: closing {} with {:?}", state.jid, error.condition);
+                let mut bytes = Vec::new();
+                error.write_closing(&mut bytes);
+                bytes
+            }
+        };
+        io.queue(&closing);
+        io.close().await;
     }
 }
 

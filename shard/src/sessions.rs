@@ -46,17 +46,9 @@ impl SessionTable {
         self.count
     }
 
-    pub fn accounts(&self) -> usize {
-        self.accounts.len()
-    }
-
     /// The sessions of the account `bare` (normalised text).
     pub fn sessions(&self, bare: &str) -> &[Session] {
         self.accounts.get(bare).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    pub fn sessions_mut(&mut self, bare: &str) -> Option<&mut Vec<Session>> {
-        self.accounts.get_mut(bare)
     }
 
     pub fn session(&self, full: &str) -> Option<&Session> {
@@ -141,7 +133,6 @@ mod tests {
         assert_eq!(table.session("a@x/r").unwrap().id, SessionId(2));
         assert!(table.unbind(&jid, SessionId(2)).is_some());
         assert_eq!(table.len(), 0);
-        assert_eq!(table.accounts(), 0);
     }
 
     proptest! {

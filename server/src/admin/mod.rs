@@ -191,7 +191,11 @@ pub fn run(schema: &AdminSchema, request: async_graphql::Request) -> (u16, serde
             }
         }
     }
-    if !executed && body.get("errors").is_some() {
+    let coercion = body
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .is_some_and(|errors| errors.iter().any(|e| e["extensions"]["code"] == "input_coercion"));
+    if (!executed || coercion) && body.get("errors").is_some() {
         if let Some(object) = body.as_object_mut() {
             object.remove("data");
         }

@@ -368,7 +368,7 @@ fn list_users_impl(context: &Context<'_>, domain: DomainName) -> Result<Vec<Stri
     if !admin.serves(&domain.0) {
         return Err(error("domain_not_found", "Domain does not exist".into(), Some(("domain", domain.0))));
     }
-    Ok(admin.storage().list(&domain.0).map_err(internal)?)
+    admin.storage().list(&domain.0).map_err(internal)
 }
 
 fn count_users_impl(context: &Context<'_>, domain: DomainName) -> Result<i64> {

@@ -1,0 +1,108 @@
+"""Black-box test: real slixmpp clients against a running Starling node.
+
+alice logs in with SCRAM-SHA-256 over STARTTLS, bob over direct TLS (XEP-0368); both
+verify the server certificate against the node's generated CA. They exchange
+messages, directed presence and pings. Exits 0 when everything arrived as expected.
+
+Usage: chat.py HOST STARTTLS_PORT DIRECT_TLS_PORT CA_FILE
+"""
+import asyncio
+import logging
+import ssl
+import sys
+
+import slixmpp
+
+HOST, STARTTLS_PORT, DIRECT_PORT, CA = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+TIMEOUT = 10
+
+
+class Client(slixmpp.ClientXMPP):
+    def __init__(self, jid, password, direct_tls, mechanism=None):
+        super().__init__(jid, password, sasl_mech=mechanism)
+        self.ssl_context = ssl.create_default_context(cafile=CA)
+        self.enable_direct_tls = direct_tls
+        self.enable_starttls = not direct_tls
+        self.enable_plaintext = False
+        self.register_plugin("xep_0199")
+        self.started = asyncio.get_event_loop().create_future()
+        self.messages = asyncio.Queue()
+        self.presences = asyncio.Queue()
+        self.mechanism_used = None
+        self.add_event_handler("session_start", self.on_start)
+        self.add_event_handler("failed_auth", self.on_failed)
+        self.add_event_handler("message", lambda m: self.messages.put_nowait(m))
+        self.add_event_handler("presence", lambda p: self.presences.put_nowait(p))
+        self.add_event_handler("auth_success", self.on_auth)
+
+    def on_auth(self, _):
+        self.mechanism_used = self.plugin["feature_mechanisms"].mech.name if self.plugin["feature_mechanisms"].mech else None
+
+    async def on_start(self, _):
+        self.send_presence()
+        if not self.started.done():
+            self.started.set_result(True)
+
+    def on_failed(self, _):
+        if not self.started.done():
+            self.started.set_exception(RuntimeError(f"authentication failed for {self.boundjid}"))
+
+
+async def expect(queue, predicate, what):
+    async def wait():
+        while True:
+            item = await queue.get()
+            if predicate(item):
+                return item
+    try:
+        return await asyncio.wait_for(wait(), TIMEOUT)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+async def main():
+    alice = Client("alice@localhost/laptop", "secret", direct_tls=False, mechanism="SCRAM-SHA-256")
+    bob = Client("bob@localhost/phone", "secret", direct_tls=True)
+    alice.connect(HOST, STARTTLS_PORT)
+    bob.connect(HOST, DIRECT_PORT)
+    await asyncio.wait_for(asyncio.gather(alice.started, bob.started), TIMEOUT)
+    assert alice.mechanism_used == "SCRAM-SHA-256", alice.mechanism_used
+    print(f"logged in: {alice.boundjid} ({alice.mechanism_used}, STARTTLS), {bob.boundjid} ({bob.mechanism_used}, direct TLS)")
+
+    alice.send_message(mto="bob@localhost", mbody="hello bob", mtype="chat")
+    got = await expect(bob.messages, lambda m: m["body"] == "hello bob", "alice's message")
+    assert str(got["from"]) == "alice@localhost/laptop", got["from"]
+    bob.send_message(mto=got["from"], mbody="hello alice", mtype="chat")
+    got = await expect(alice.messages, lambda m: m["body"] == "hello alice", "bob's reply")
+    assert str(got["from"]) == "bob@localhost/phone", got["from"]
+    print("messages: delivered both ways")
+
+    alice.send_presence(pto="bob@localhost", pstatus="in a meeting", pshow="dnd")
+    got = await expect(bob.presences, lambda p: p["status"] == "in a meeting", "alice's directed presence")
+    assert got["show"] == "dnd" and str(got["from"]) == "alice@localhost/laptop", got
+    bob.send_presence(pto="alice@localhost/laptop", pstatus="free")
+    await expect(alice.presences, lambda p: p["status"] == "free", "bob's directed presence")
+    print("directed presence: delivered both ways")
+
+    for client in (alice, bob):
+        rtt = await client.plugin["xep_0199"].ping("localhost", timeout=TIMEOUT)
+        print(f"ping from {client.boundjid.bare}: {rtt * 1000:.1f} ms")
+    rtt = await alice.plugin["xep_0199"].ping("bob@localhost/phone", timeout=TIMEOUT)
+    print(f"client-to-client ping: {rtt * 1000:.1f} ms")
+
+    alice.disconnect()
+    got = await expect(bob.presences, lambda p: p["type"] == "unavailable", "alice's unavailable presence")
+    assert str(got["from"]) == "alice@localhost/laptop", got
+    print("unavailable presence on disconnect: delivered")
+    bob.disconnect()
+    await asyncio.sleep(0.2)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.ERROR)
+    try:
+        asyncio.run(main())
+    except Exception as error:  # any failure is a test failure
+        print(f"FAILED: {error!r}")
+        sys.exit(1)
+    print("black-box chat: OK")

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Black-box test: start a real `starling serve` process (STARTTLS and direct TLS on
+# free loopback ports, generated certificate), register two accounts with the admin
+# CLI, and run real third-party clients (slixmpp) against it. Then stop it with
+# SIGTERM and check it exits cleanly.
+# Usage: scripts/blackbox/run.sh   (after `cargo build`; uses target/pyvenv)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+bin="$root/target/debug/starling"
+python="$root/target/pyvenv/bin/python"
+work="$(mktemp -d)"
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then kill -9 "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+read -r starttls_port direct_port admin_port < <("$python" - <<'PY'
+import socket
+ports = []
+sockets = []
+for _ in range(3):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); ports.append(s.getsockname()[1]); sockets.append(s)
+print(*ports)
+PY
+)
+cat > "$work/starling.toml" <<TOML
+[general]
+  data_dir = "$work/data"
+  cores = 2
+[[listen.c2s]]
+  port = $starttls_port
+  ip_address = "127.0.0.1"
+  tls.mode = "starttls_required"
+[[listen.c2s]]
+  port = $direct_port
+  ip_address = "127.0.0.1"
+  tls.mode = "tls"
+[listen.admin]
+  port = $admin_port
+TOML
+
+"$bin" serve --config "$work/starling.toml" >"$work/server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 100); do
+  if "$bin" --config "$work/starling.toml" server status >/dev/null 2>&1; then break; fi
+  sleep 0.1
+done
+for user in alice bob; do
+  "$bin" --config "$work/starling.toml" account registerUser --username "$user" --domain localhost --password secret >/dev/null
+done
+
+status=0
+timeout 60 "$python" "$root/scripts/blackbox/chat.py" 127.0.0.1 "$starttls_port" "$direct_port" "$work/data/ca.pem" || status=$?
+
+kill -TERM "$server_pid"
+for _ in $(seq 1 100); do
+  kill -0 "$server_pid" 2>/dev/null || break
+  sleep 0.1
+done
+if kill -0 "$server_pid" 2>/dev/null; then
+  echo "FAILED: the server did not stop within 10 s of SIGTERM"; status=1
+else
+  wait "$server_pid" || { echo "FAILED: the server exited with $? after SIGTERM"; status=1; }
+fi
+server_pid=""
+if [ "$status" -ne 0 ]; then
+  echo "--- server log ---"; cat "$work/server.log"
+fi
+exit "$status"
