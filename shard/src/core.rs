@@ -41,10 +41,39 @@ pub(crate) struct Transfer {
     pub resource: Option<String>,
 }
 
+/// Stamped stanzas in one buffer: one allocation (and one cross-core free) per batch,
+/// not per stanza.
+#[derive(Default)]
+pub(crate) struct Batch {
+    bytes: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl Batch {
+    pub(crate) fn push(&mut self, stanza: &[u8]) {
+        self.bytes.extend_from_slice(stanza);
+        // Invariant: a batch is cut well before 4 GiB (see `BATCH_BYTES_MAX`).
+        self.ends.push(u32::try_from(self.bytes.len()).expect("batch under 4 GiB"));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn stanzas(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let stanza = &self.bytes[start..end as usize];
+            start = end as usize;
+            stanza
+        })
+    }
+}
+
 /// What cores send each other.
 pub(crate) enum CoreMessage {
     /// Stamped stanzas for accounts homed on the receiving core.
-    Stanzas(Vec<Vec<u8>>),
+    Stanzas(Batch),
     /// A connection to adopt.
     Adopt(Box<Transfer>),
 }
@@ -64,7 +93,8 @@ pub(crate) struct Stats {
 /// Stanzas waiting to go to one peer core, in order.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    queue: RefCell<Vec<Vec<u8>>>,
+    /// Full batches waiting, then the one being filled.
+    queue: RefCell<Vec<Batch>>,
     waker: Cell<Option<Waker>>,
     adoptions: RefCell<Vec<Transfer>>,
 }
@@ -92,6 +122,8 @@ pub struct Core {
     pub(crate) shared: Arc<Shared>,
     pub(crate) sessions: RefCell<SessionTable>,
     pub(crate) read_buffer: RefCell<Vec<u8>>,
+    /// Where a client's stanza is stamped before it is routed (reused, never shrunk).
+    pub(crate) stamp_buffer: RefCell<Vec<u8>>,
     pub(crate) plain_buffer: RefCell<Vec<u8>>,
     pub(crate) entropy: RefCell<SystemEntropy>,
     pub(crate) stats: Stats,
@@ -110,6 +142,7 @@ impl Core {
             shared,
             sessions: RefCell::new(SessionTable::default()),
             read_buffer: RefCell::new(vec![0; READ_BUFFER_BYTES]),
+            stamp_buffer: RefCell::new(Vec::with_capacity(4096)),
             plain_buffer: RefCell::new(Vec::with_capacity(READ_BUFFER_BYTES)),
             entropy: RefCell::new(SystemEntropy(ring::rand::SystemRandom::new())),
             stats: Stats::default(),
@@ -137,11 +170,18 @@ impl Core {
         home_core(bare, self.count)
     }
 
-    /// Queues `stanza` for the peer core `peer` (never this core).
-    pub(crate) fn send_to_core(&self, peer: usize, stanza: Vec<u8>) {
+    /// Queues a copy of `stanza` for the peer core `peer` (never this core).
+    pub(crate) fn send_to_core(&self, peer: usize, stanza: &[u8]) {
         debug_assert_ne!(peer, self.id);
         let outbox = &self.outboxes[peer];
-        outbox.queue.borrow_mut().push(stanza);
+        let mut queue = outbox.queue.borrow_mut();
+        let full = queue.last().is_none_or(|batch| batch.len() >= STANZAS_PER_BATCH_MAX);
+        if full {
+            queue.push(Batch::default());
+        }
+        // Invariant: a batch was pushed just above if there was none.
+        queue.last_mut().expect("a batch").push(stanza);
+        drop(queue);
         if let Some(waker) = outbox.waker.take() {
             waker.wake();
         }
@@ -180,6 +220,8 @@ pub(crate) fn home_core(bare: &str, cores: usize) -> usize {
 /// Sends everything queued for `peer`, in batches, until the core stops.
 pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, peer: usize) {
     loop {
+        // Take everything queued at once (linear, whatever the backlog), then send it in
+        // batches.
         let (stanzas, adoptions) = futures_lite::future::poll_fn(|cx| {
             let outbox = &core.outboxes[peer];
             let mut queue = outbox.queue.borrow_mut();
@@ -188,9 +230,7 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
                 outbox.waker.set(Some(cx.waker().clone()));
                 return Poll::Pending;
             }
-            let take = queue.len().min(STANZAS_PER_BATCH_MAX);
-            let batch: Vec<Vec<u8>> = queue.drain(..take).collect();
-            Poll::Ready((batch, std::mem::take(&mut *adoptions)))
+            Poll::Ready((std::mem::take(&mut *queue), std::mem::take(&mut *adoptions)))
         })
         .await;
         for transfer in adoptions {
@@ -198,8 +238,10 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
                 return;
             }
         }
-        if !stanzas.is_empty() && senders.send_to(peer, CoreMessage::Stanzas(stanzas)).await.is_err() {
-            return;
+        for batch in stanzas {
+            if senders.send_to(peer, CoreMessage::Stanzas(batch)).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -215,9 +257,9 @@ pub(crate) async fn receive(core: Rc<Core>, receivers: Receivers<CoreMessage>) {
             glommio::spawn_local(async move {
                 while let Some(message) = receiver.recv().await {
                     match message {
-                        CoreMessage::Stanzas(stanzas) => {
-                            for stanza in stanzas {
-                                crate::router::deliver(&core, &stanza);
+                        CoreMessage::Stanzas(batch) => {
+                            for stanza in batch.stanzas() {
+                                crate::router::deliver(&core, stanza);
                             }
                         }
                         CoreMessage::Adopt(transfer) => {

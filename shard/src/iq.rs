@@ -5,7 +5,6 @@
 //! These are parsed into a tree (roxmltree): they are rare next to routed stanzas.
 
 use starling_wire::error::{StanzaError, StanzaErrorCondition};
-use starling_wire::jid::BareJid;
 use starling_wire::stanza::{IqType, Stanza};
 
 use crate::core::Core;
@@ -60,10 +59,10 @@ pub(crate) fn answer_for_server(stanza: &Stanza<'_>, requester: &str, domain: Op
 
 /// Answers an IQ to the bare JID `account` on the account's behalf (RFC 6121 section
 /// 8.5.2.1.3); the reply is routed back to the sender.
-pub(crate) fn answer_for_account(core: &Core, stanza: &Stanza<'_>, account: &BareJid) {
+pub(crate) fn answer_for_account(core: &Core, stanza: &Stanza<'_>, account: &str) {
     let Some(sender) = stanza.from.and_then(|f| f.value()).map(|f| f.into_owned()) else { return };
     let mut reply = Vec::with_capacity(256);
-    let from = account.as_str();
+    let from = account;
     match payload(stanza) {
         Ok((namespace, name, _)) if stanza.iq_type() == Some(IqType::Get) && namespace == NS_PING && name == "ping" => {
             stanza.write_iq_result(from, &sender, b"", &mut reply)

@@ -18,6 +18,8 @@
 //!
 //! Drive it with [`Node::start`] and stop it with [`Node::shutdown`].
 
+#[doc(hidden)]
+pub mod bench;
 pub mod blocking;
 mod budget;
 mod connection;

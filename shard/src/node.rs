@@ -95,7 +95,11 @@ impl Node {
 
     /// Runs `question` on core `index` and returns its answer (`None` if the core is
     /// gone or does not answer within 5 s).
-    fn ask<T: Send + 'static>(&self, index: usize, question: impl FnOnce(&Core) -> T + Send + 'static) -> Option<T> {
+    pub(crate) fn ask<T: Send + 'static>(
+        &self,
+        index: usize,
+        question: impl FnOnce(&Core) -> T + Send + 'static,
+    ) -> Option<T> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         let job: Job = Box::new(move |core| {
             let _ = reply.send(question(core));

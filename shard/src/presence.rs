@@ -6,7 +6,7 @@
 //! broadcast reaches the account's own resources and directed recipients only.
 
 use starling_wire::error::StanzaErrorCondition;
-use starling_wire::jid::Jid;
+use starling_wire::jid::JidRef;
 use starling_wire::stanza::{PresenceType, Stanza};
 
 use crate::core::Core;
@@ -15,7 +15,7 @@ use crate::router::route;
 use crate::session::{reply_here, State};
 
 /// Handles a presence stanza from the client; `stamped` carries its `from`.
-pub(crate) fn outbound(core: &Core, state: &mut State, stanza: &Stanza<'_>, to: Option<&Jid>, stamped: &[u8]) {
+pub(crate) fn outbound(core: &Core, state: &mut State, stanza: &Stanza<'_>, to: Option<&JidRef<'_>>, stamped: &[u8]) {
     let Some(kind) = stanza.presence_type() else {
         reply_here(state, stanza, StanzaErrorCondition::BadRequest);
         return;
@@ -117,7 +117,7 @@ fn tell_directed(core: &Core, state: &mut State) {
     }
 }
 
-fn track_directed(state: &mut State, to: &Jid, kind: PresenceType) {
+fn track_directed(state: &mut State, to: &JidRef<'_>, kind: PresenceType) {
     let to = to.as_str();
     match kind {
         PresenceType::Available

@@ -9,7 +9,7 @@
 //! queued for that connection before its task runs.
 
 use starling_wire::error::{StanzaError, StanzaErrorCondition};
-use starling_wire::jid::Jid;
+use starling_wire::jid::JidRef;
 use starling_wire::stanza::{IqType, MessageType, PresenceType, Stanza, StanzaKind};
 
 use crate::core::Core;
@@ -22,7 +22,7 @@ pub(crate) fn route(core: &Core, to_bare: &str, stanza: &[u8]) {
     if home == core.id {
         deliver(core, stanza);
     } else {
-        core.send_to_core(home, stanza.to_vec());
+        core.send_to_core(home, stanza);
     }
 }
 
@@ -32,7 +32,7 @@ pub(crate) fn deliver(core: &Core, bytes: &[u8]) {
         log::error!("router: unparsable stanza reached delivery");
         return;
     };
-    let Some(to) = stanza.to.and_then(|to| to.value().and_then(|text| Jid::parse(&text).ok())) else {
+    let Some(to) = stanza.to.and_then(|to| to.value().and_then(|text| JidRef::parse(text).ok())) else {
         return;
     };
     core.stats.stanzas_delivered.set(core.stats.stanzas_delivered.get() + 1);
@@ -43,10 +43,10 @@ pub(crate) fn deliver(core: &Core, bytes: &[u8]) {
     }
 }
 
-fn deliver_message(core: &Core, stanza: &Stanza<'_>, to: &Jid) {
+fn deliver_message(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
     let kind = stanza.message_type();
-    if let Jid::Full(full) = to {
-        if push_to_full(core, full.as_str(), stanza.bytes) {
+    if to.is_full() {
+        if push_to_full(core, to.as_str(), stanza.bytes) {
             return;
         }
         // RFC 6121 section 8.5.3.2.1: no such resource.
@@ -85,10 +85,10 @@ fn deliver_message(core: &Core, stanza: &Stanza<'_>, to: &Jid) {
     }
 }
 
-fn deliver_presence(core: &Core, stanza: &Stanza<'_>, to: &Jid) {
+fn deliver_presence(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
     let Some(kind) = stanza.presence_type() else { return };
-    if let Jid::Full(full) = to {
-        push_to_full(core, full.as_str(), stanza.bytes);
+    if to.is_full() {
+        push_to_full(core, to.as_str(), stanza.bytes);
         return;
     }
     match kind {
@@ -107,20 +107,15 @@ fn deliver_presence(core: &Core, stanza: &Stanza<'_>, to: &Jid) {
     }
 }
 
-fn deliver_iq(core: &Core, stanza: &Stanza<'_>, to: &Jid) {
+fn deliver_iq(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
     let request = matches!(stanza.iq_type(), Some(IqType::Get | IqType::Set));
-    match to {
-        Jid::Full(full) => {
-            if !push_to_full(core, full.as_str(), stanza.bytes) && request {
-                reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable);
-            }
+    if to.is_full() {
+        if !push_to_full(core, to.as_str(), stanza.bytes) && request {
+            reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable);
         }
+    } else if request {
         // RFC 6121 section 8.5.2.1.3: the server answers on the account's behalf.
-        Jid::Bare(bare) => {
-            if request {
-                crate::iq::answer_for_account(core, stanza, bare);
-            }
-        }
+        crate::iq::answer_for_account(core, stanza, to.bare_str());
     }
 }
 

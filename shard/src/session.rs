@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use starling_wire::error::{StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition};
 use starling_wire::framer::{Frame, Framer};
-use starling_wire::jid::{FullJid, Jid};
+use starling_wire::jid::{FullJid, Jid, JidRef};
 use starling_wire::stanza::{Stanza, StanzaKind, StanzaParseError};
 
 use crate::core::Core;
@@ -136,14 +136,14 @@ fn pump(core: &Core, framer: &mut Framer, state: &mut State, input: &[u8]) -> Re
 }
 
 /// Handles one top-level element from the client.
-fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Result<(), StreamError> {
+pub(crate) fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Result<(), StreamError> {
     let stanza = match Stanza::parse(bytes) {
         Ok(stanza) => stanza,
         Err(StanzaParseError::NotAStanza) => return Err(StreamError::new(StreamErrorCondition::UnsupportedStanzaType)),
         Err(StanzaParseError::Malformed) => return Err(StreamError::new(StreamErrorCondition::NotWellFormed)),
     };
     check_from(&stanza, &state.jid)?;
-    let to = match stanza.to.map(|to| to.value().ok_or(()).and_then(|text| Jid::parse(&text).map_err(|_| ()))) {
+    let to = match stanza.to.map(|to| to.value().ok_or(()).and_then(|text| JidRef::parse(text).map_err(|_| ()))) {
         None => None,
         Some(Ok(to)) => Some(to),
         Some(Err(())) => {
@@ -151,31 +151,39 @@ fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Result<(), St
             return Ok(());
         }
     };
-    let mut stamped = Vec::with_capacity(bytes.len() + state.jid.as_str().len() + 16);
+    // The core's stamping buffer: routing copies out of it, so it is free again after.
+    let mut stamped = core.stamp_buffer.take();
+    stamped.clear();
     stanza.write_stamped(state.jid.as_str(), &mut stamped);
+    route_stamped(core, state, &stanza, to, &stamped);
+    core.stamp_buffer.replace(stamped);
+    Ok(())
+}
+
+fn route_stamped(core: &Core, state: &mut State, stanza: &Stanza<'_>, to: Option<JidRef<'_>>, stamped: &[u8]) {
     if stanza.kind == StanzaKind::Presence {
-        crate::presence::outbound(core, state, &stanza, to.as_ref(), &stamped);
-        return Ok(());
+        crate::presence::outbound(core, state, stanza, to.as_ref(), stamped);
+        return;
     }
     let Some(to) = to else {
         if stanza.kind == StanzaKind::Iq {
-            crate::iq::answer_for_server(&stanza, state.jid.as_str(), None, &mut state.out);
+            crate::iq::answer_for_server(stanza, state.jid.as_str(), None, &mut state.out);
         }
-        return Ok(());
+        return;
     };
     if !core.shared.settings.hosts.iter().any(|host| host == to.domain()) {
         // No server-to-server connections: other domains are unreachable.
-        reply_here(state, &stanza, StanzaErrorCondition::RemoteServerNotFound);
-        return Ok(());
+        reply_here(state, stanza, StanzaErrorCondition::RemoteServerNotFound);
+        return;
     }
-    match (&to, stanza.kind) {
-        (Jid::Bare(bare), StanzaKind::Iq) if bare.local().is_none() => {
-            crate::iq::answer_for_server(&stanza, state.jid.as_str(), Some(bare.as_str()), &mut state.out)
+    let server = to.local().is_none() && !to.is_full();
+    match stanza.kind {
+        StanzaKind::Iq if server => {
+            crate::iq::answer_for_server(stanza, state.jid.as_str(), Some(to.as_str()), &mut state.out)
         }
-        (Jid::Bare(bare), _) if bare.local().is_none() => {}
-        _ => crate::router::route(core, to.bare_str(), &stamped),
+        _ if server => {}
+        _ => crate::router::route(core, to.bare_str(), stamped),
     }
-    Ok(())
 }
 
 /// RFC 6120 section 8.1.2.1: a client's `from`, if present, must be its own full or

@@ -211,6 +211,92 @@ impl Jid {
     }
 }
 
+/// A JID for routing: normalised, but borrowed from the input when the input already
+/// was normalised (the common case), so looking a recipient up does not allocate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JidRef<'a> {
+    text: Cow<'a, str>,
+    /// Index of the `@`, if there is a localpart.
+    at: Option<usize>,
+    /// Index of the `/`, if there is a resource.
+    slash: Option<usize>,
+}
+
+impl<'a> JidRef<'a> {
+    /// Parses and normalises `text` (same rules as [`Jid::parse`]).
+    pub fn parse(text: Cow<'a, str>) -> Result<JidRef<'a>, JidError> {
+        let normal = match &text {
+            Cow::Borrowed(borrowed) => Self::normalise(borrowed)?,
+            Cow::Owned(owned) => Cow::Owned(Self::normalise(owned)?.into_owned()),
+        };
+        let normal = match (normal, text) {
+            (Cow::Borrowed(_), text) => text,
+            (Cow::Owned(owned), _) => Cow::Owned(owned),
+        };
+        let slash = normal.find('/');
+        let bare_end = slash.unwrap_or(normal.len());
+        let at = normal[..bare_end].find('@');
+        Ok(JidRef { text: normal, at, slash })
+    }
+
+    /// The normalised text: borrowed from `text` when nothing changed.
+    fn normalise(text: &str) -> Result<Cow<'_, str>, JidError> {
+        let (bare, resource) = match text.find('/') {
+            Some(slash) => (&text[..slash], Some(&text[slash + 1..])),
+            None => (text, None),
+        };
+        let (local, domain) = match bare.find('@') {
+            Some(at) => (Some(&bare[..at]), &bare[at + 1..]),
+            None => (None, bare),
+        };
+        let local = local.map(normalise_local).transpose()?;
+        let domain_normal = normalise_domain(domain)?;
+        let resource = resource.map(normalise_resource).transpose()?;
+        let unchanged = matches!(local, None | Some(Cow::Borrowed(_)))
+            && matches!(&domain_normal, Cow::Borrowed(d) if d.len() == domain.len())
+            && matches!(resource, None | Some(Cow::Borrowed(_)));
+        if unchanged {
+            return Ok(Cow::Borrowed(text));
+        }
+        let mut out = String::with_capacity(text.len());
+        if let Some(local) = &local {
+            out.push_str(local);
+            out.push('@');
+        }
+        out.push_str(&domain_normal);
+        if let Some(resource) = &resource {
+            out.push('/');
+            out.push_str(resource);
+        }
+        Ok(Cow::Owned(out))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn bare_str(&self) -> &str {
+        &self.text[..self.slash.unwrap_or(self.text.len())]
+    }
+
+    pub fn local(&self) -> Option<&str> {
+        self.at.map(|at| &self.text[..at])
+    }
+
+    pub fn domain(&self) -> &str {
+        let start = self.at.map(|at| at + 1).unwrap_or(0);
+        &self.text[start..self.slash.unwrap_or(self.text.len())]
+    }
+
+    pub fn resource(&self) -> Option<&str> {
+        self.slash.map(|slash| &self.text[slash + 1..])
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.slash.is_some()
+    }
+}
+
 impl std::str::FromStr for BareJid {
     type Err = JidError;
     fn from_str(text: &str) -> Result<BareJid, JidError> {
@@ -301,7 +387,7 @@ pub fn normalise_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
             || b >= 0x80
             || (literal && (b == b':' || b == b'[' || b == b']'))
     };
-    if !domain.bytes().all(valid_byte) || domain.starts_with('.') || domain.contains("..") {
+    if !domain.bytes().all(valid_byte) || domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
         return Err(JidError::InvalidDomain);
     }
     let normal = if domain.is_ascii() {
@@ -383,6 +469,8 @@ mod tests {
             ("a\"b@c", JidError::InvalidLocal),
             ("a@b c", JidError::InvalidDomain),
             ("a@b..c", JidError::InvalidDomain),
+            // Regression (found by the idempotence property): only one trailing dot goes.
+            ("a@a..", JidError::InvalidDomain),
         ];
         for (text, error) in cases {
             assert_eq!(Jid::parse(text), Err(error), "{text:?}");
@@ -402,6 +490,23 @@ mod tests {
         let domain_only = Jid::parse("b/c@d").unwrap();
         assert_eq!(domain_only.local(), None);
         assert_eq!(domain_only.domain(), "b");
+    }
+
+    /// The borrowed form normalises exactly like the owned one, and borrows when the
+    /// input was already normal.
+    #[test]
+    fn jid_ref_matches_jid() {
+        for text in ["alice@localhost/phone", "Alice@LocalHost/Phone", "localhost", "a@b.", "ÄLICE@x/r", "a@b/c@d/e"] {
+            let owned = Jid::parse(text).unwrap();
+            let borrowed = JidRef::parse(Cow::Borrowed(text)).unwrap();
+            assert_eq!(borrowed.as_str(), owned.as_str(), "{text}");
+            assert_eq!(borrowed.bare_str(), owned.bare_str());
+            assert_eq!(borrowed.domain(), owned.domain());
+            assert_eq!(borrowed.local(), owned.local());
+            assert_eq!(borrowed.resource(), owned.resource());
+        }
+        assert!(matches!(JidRef::parse(Cow::Borrowed("alice@localhost")).unwrap().text, Cow::Borrowed(_)));
+        assert!(JidRef::parse(Cow::Borrowed("a@b..")).is_err());
     }
 
     /// Memory budget: a JID is a boxed string plus offsets.

@@ -6,7 +6,7 @@
 //! the outgoing buffer ([`Stanza::write_stamped`]); the body is never parsed.
 
 use crate::error::StanzaError;
-use crate::xml::{self, Attribute, Attributes, StartTag};
+use crate::xml::{self, Attribute, StartTag};
 
 /// The three stanza kinds (RFC 6120 section 8.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,25 +84,26 @@ pub struct Stanza<'a> {
 impl<'a> Stanza<'a> {
     /// Reads the start tag of a top-level element the framer yielded.
     pub fn parse(bytes: &'a [u8]) -> Result<Stanza<'a>, StanzaParseError> {
-        let tag = xml::start_tag(bytes).ok_or(StanzaParseError::Malformed)?;
-        let kind = match tag.name {
-            b"message" => StanzaKind::Message,
-            b"presence" => StanzaKind::Presence,
-            b"iq" => StanzaKind::Iq,
+        let kind = match bytes.get(1..3) {
+            Some(b"me") => StanzaKind::Message,
+            Some(b"pr") => StanzaKind::Presence,
+            Some(b"iq") => StanzaKind::Iq,
             _ => return Err(StanzaParseError::NotAStanza),
         };
-        let mut stanza = Stanza { bytes, kind, tag, to: None, from: None, id: None, type_raw: None };
-        for attribute in Attributes::new(bytes, tag.attributes_start) {
-            match attribute.name {
-                b"to" => stanza.to = Some(attribute),
-                b"from" => stanza.from = Some(attribute),
-                b"id" => stanza.id = Some(attribute),
-                b"type" => stanza.type_raw = Some(attribute.raw_value),
-                b"xmlns" if attribute.raw_value != b"jabber:client" => return Err(StanzaParseError::NotAStanza),
-                _ => {}
-            }
+        let (mut to, mut from, mut id, mut type_raw, mut foreign) = (None, None, None, None, false);
+        let tag = xml::start_tag_with(bytes, |attribute| match attribute.name {
+            b"to" => to = Some(attribute),
+            b"from" => from = Some(attribute),
+            b"id" => id = Some(attribute),
+            b"type" => type_raw = Some(attribute.raw_value),
+            b"xmlns" => foreign |= attribute.raw_value != b"jabber:client",
+            _ => {}
+        })
+        .ok_or(StanzaParseError::Malformed)?;
+        if tag.name != kind.name().as_bytes() || foreign {
+            return Err(StanzaParseError::NotAStanza);
         }
-        Ok(stanza)
+        Ok(Stanza { bytes, kind, tag, to, from, id, type_raw })
     }
 
     pub fn message_type(&self) -> MessageType {

@@ -98,6 +98,12 @@ pub struct StartTag<'a> {
 
 /// Reads the start tag at the beginning of `element`.
 pub fn start_tag(element: &[u8]) -> Option<StartTag<'_>> {
+    start_tag_with(element, |_| {})
+}
+
+/// Reads the start tag at the beginning of `element`, handing each attribute to
+/// `visit` on the way (one pass for both).
+pub fn start_tag_with<'a>(element: &'a [u8], mut visit: impl FnMut(Attribute<'a>)) -> Option<StartTag<'a>> {
     if element.first() != Some(&b'<') {
         return None;
     }
@@ -110,6 +116,7 @@ pub fn start_tag(element: &[u8]) -> Option<StartTag<'_>> {
     let mut at = attributes_start;
     for attribute in Attributes::new(element, at) {
         at = attribute.end;
+        visit(attribute);
     }
     at += element.get(at..)?.iter().take_while(|&&b| is_space(b)).count();
     match element.get(at..)? {
@@ -171,7 +178,8 @@ impl<'a> Iterator for Attributes<'a> {
         }
         let quote = *tag.get(at).filter(|&&q| q == b'\'' || q == b'"')?;
         let value_start = at + 1;
-        let value_len = memchr::memchr(quote, tag.get(value_start..)?)?;
+        // Values are short: a plain loop beats a vectorised search's setup cost.
+        let value_len = tag.get(value_start..)?.iter().position(|&b| b == quote)?;
         let end = value_start + value_len + 1;
         self.at = end;
         Some(Attribute { name, raw_value: &tag[value_start..value_start + value_len], start, end })

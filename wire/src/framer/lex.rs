@@ -97,10 +97,14 @@ pub(super) struct Stacks {
     prefixes: Vec<Span>,
     attributes: Vec<Span>,
     tag: Option<OpenTag>,
+    /// Whether the current tag uses a prefix anywhere (most tags do not, and then the
+    /// scope check is skipped).
+    prefixed: bool,
 }
 
 impl Stacks {
     pub(super) fn clear(&mut self) {
+        self.prefixed = false;
         self.open.clear();
         self.prefixes.clear();
         self.attributes.clear();
@@ -138,6 +142,7 @@ enum Next {
 }
 
 /// One state transition starting at `data[at]` (which exists).
+#[inline(always)]
 fn step(framer: &mut Framer, data: &[u8], at: usize) -> Result<Next, FramerError> {
     let byte = data[at];
     let limits = framer.limits;
@@ -214,6 +219,7 @@ fn step(framer: &mut Framer, data: &[u8], at: usize) -> Result<Next, FramerError
 }
 
 /// After `<`: a start tag, an end tag, `<!` or `<?`.
+#[inline(always)]
 fn open(framer: &mut Framer, byte: u8, at: usize) -> Result<Next, FramerError> {
     let in_header = framer.phase == Phase::ExpectHeader;
     framer.lex = match byte {
@@ -232,6 +238,7 @@ fn open(framer: &mut Framer, byte: u8, at: usize) -> Result<Next, FramerError> {
 }
 
 /// Extends a name from `at`; returns where it ends (or `data.len()` if it may go on).
+#[inline(always)]
 fn name_end(data: &[u8], at: usize, start: usize, max: u16) -> Result<usize, FramerError> {
     let end = at + scan::name_run(&data[at..]);
     if end - start > max as usize {
@@ -241,13 +248,15 @@ fn name_end(data: &[u8], at: usize, start: usize, max: u16) -> Result<usize, Fra
 }
 
 /// Splits a qualified name into (prefix, local); rejects empty parts and extra colons.
+#[inline(always)]
 fn split_qname(name: &[u8]) -> Result<(Option<&[u8]>, &[u8]), FramerError> {
     let invalid = FramerError::Syntax(Syntax::InvalidName);
-    match memchr::memchr(b':', name) {
+    // Names are short: a plain loop beats a vectorised search's setup cost.
+    match name.iter().position(|&b| b == b':') {
         None => Ok((None, name)),
         Some(colon) => {
             let (prefix, local) = (&name[..colon], &name[colon + 1..]);
-            if prefix.is_empty() || local.is_empty() || memchr::memchr(b':', local).is_some() {
+            if prefix.is_empty() || local.is_empty() || local.contains(&b':') {
                 return Err(invalid);
             }
             if !scan::is_name_start(local[0]) {
@@ -267,9 +276,11 @@ fn is_stream_name(framer: &Framer, name: &[u8]) -> bool {
 }
 
 /// An element name is complete: check it and start the tag.
+#[inline(always)]
 fn start_name(framer: &mut Framer, data: &[u8], start: usize, end: usize) -> Result<(), FramerError> {
     let name = &data[start..end];
-    split_qname(name)?;
+    let (prefix, _) = split_qname(name)?;
+    framer.stacks.prefixed = prefix.is_some();
     if framer.phase == Phase::InStream && framer.stacks.depth() == 0 && is_stream_name(framer, name) {
         return Err(FramerError::NestedStreamHeader);
     }
@@ -280,6 +291,7 @@ fn start_name(framer: &mut Framer, data: &[u8], start: usize, end: usize) -> Res
     Ok(())
 }
 
+#[inline(always)]
 fn in_tag(framer: &mut Framer, data: &[u8], at: usize, spaced: bool) -> Result<Next, FramerError> {
     match data[at] {
         b'>' => end_start_tag(framer, data, at + 1, false),
@@ -292,6 +304,9 @@ fn in_tag(framer: &mut Framer, data: &[u8], at: usize, spaced: bool) -> Result<N
             Ok(Next::Continue(at + scan::space_run(&data[at..])))
         }
         b if scan::is_name_start(b) && spaced => {
+            if let Some(next) = whole_attribute(framer, data, at)? {
+                return Ok(Next::Continue(next));
+            }
             framer.lex = Lex::AttributeName { start: at as u32 };
             Ok(Next::Continue(at))
         }
@@ -299,8 +314,33 @@ fn in_tag(framer: &mut Framer, data: &[u8], at: usize, spaced: bool) -> Result<N
     }
 }
 
+/// Fast path for the common `name='plain value'` with every byte at hand: one step
+/// instead of five state transitions. Returns where the tag goes on, or `None` (and
+/// changes nothing) to let the state machine take the attribute byte by byte.
+#[inline(always)]
+fn whole_attribute(framer: &mut Framer, data: &[u8], start: usize) -> Result<Option<usize>, FramerError> {
+    let name_end = start + scan::name_run(&data[start..]);
+    if name_end - start > framer.limits.name_bytes_max as usize || data.get(name_end) != Some(&b'=') {
+        return Ok(None);
+    }
+    let quote = match data.get(name_end + 1) {
+        Some(&q @ (b'\'' | b'"')) => q,
+        _ => return Ok(None),
+    };
+    let value_start = name_end + 2;
+    let Some(offset) = find_value_stop(&data[value_start.min(data.len())..], quote) else { return Ok(None) };
+    let stop = value_start + offset;
+    if data[stop] != quote {
+        return Ok(None);
+    }
+    attribute_name(framer, data, start, name_end)?;
+    framer.lex = Lex::InTag { spaced: false };
+    Ok(Some(stop + 1))
+}
+
 /// An attribute name is complete: check it, count it, reject duplicates, and record
 /// namespace prefix declarations.
+#[inline(always)]
 fn attribute_name(framer: &mut Framer, data: &[u8], start: usize, end: usize) -> Result<(), FramerError> {
     let name = &data[start..end];
     let (prefix, local) = split_qname(name)?;
@@ -312,6 +352,7 @@ fn attribute_name(framer: &mut Framer, data: &[u8], start: usize, end: usize) ->
         return Err(FramerError::Syntax(Syntax::DuplicateAttribute));
     }
     stacks.attributes.push(Span::new(start, end));
+    stacks.prefixed |= prefix.is_some_and(|p| p != b"xmlns");
     if prefix == Some(b"xmlns") {
         if local == b"xmlns" {
             return Err(FramerError::Syntax(Syntax::InvalidName));
@@ -322,6 +363,7 @@ fn attribute_name(framer: &mut Framer, data: &[u8], start: usize, end: usize) ->
     Ok(())
 }
 
+#[inline(always)]
 fn value(framer: &mut Framer, data: &[u8], at: usize, quote: u8) -> Result<Next, FramerError> {
     let Some(offset) = find_value_stop(&data[at..], quote) else {
         return Ok(Next::Continue(data.len()));
@@ -344,7 +386,10 @@ fn value(framer: &mut Framer, data: &[u8], at: usize, quote: u8) -> Result<Next,
 /// `>` of a start tag at `end - 1`: check prefixes, then open the element (or finish
 /// the header, or the whole unit for an empty top-level element).
 fn end_start_tag(framer: &mut Framer, data: &[u8], end: usize, empty: bool) -> Result<Next, FramerError> {
-    check_prefixes(framer, data)?;
+    if framer.stacks.prefixed {
+        check_prefixes(framer, data)?;
+        framer.stacks.prefixed = false;
+    }
     // Invariant: `tag` is set by `start_name` before any path reaches here.
     let tag = framer.stacks.tag.take().expect("start tag without a name");
     framer.stacks.attributes.clear();
@@ -399,6 +444,7 @@ fn check_prefixes(framer: &Framer, data: &[u8]) -> Result<(), FramerError> {
 
 /// An end tag's name is complete: it must match the open element, or at stream level
 /// be the stream's own name.
+#[inline(always)]
 fn end_name(framer: &mut Framer, data: &[u8], start: usize, end: usize) -> Result<(), FramerError> {
     let name = &data[start..end];
     let matches = match framer.stacks.open.last() {
@@ -412,6 +458,7 @@ fn end_name(framer: &mut Framer, data: &[u8], start: usize, end: usize) -> Resul
 }
 
 /// `>` of an end tag at `end - 1`.
+#[inline(always)]
 fn end_tag(framer: &mut Framer, end: usize) -> Result<Next, FramerError> {
     let Some(open) = framer.stacks.open.pop() else {
         return Ok(Next::Complete(end, Kind::Close));
@@ -424,6 +471,7 @@ fn end_tag(framer: &mut Framer, end: usize) -> Result<Next, FramerError> {
     Ok(Next::Continue(end))
 }
 
+#[inline(always)]
 fn content(framer: &mut Framer, data: &[u8], at: usize) -> Result<Next, FramerError> {
     let Some(offset) = find_text_stop(&data[at..]) else {
         return Ok(Next::Continue(data.len()));

@@ -300,20 +300,33 @@ impl Framer {
                 return Ok(Step::Skipped);
             }
         }
-        if self.start > 0 {
-            self.buffer.drain(..self.start);
-            self.start = 0;
+        // Bytes already held and not yet scanned come first; more input is appended
+        // only when the held bytes end inside an element.
+        if self.pos as usize >= self.live().len() {
+            if input.is_empty() {
+                return Ok(Step::NeedMore);
+            }
+            if self.start > 0 {
+                self.buffer.drain(..self.start);
+                self.start = 0;
+            }
+            let limit = self.limits.stanza_bytes_max as usize + 1;
+            let room = limit.saturating_sub(self.buffer.len());
+            // Grow geometrically (at least 256 bytes, at most what is already held) so
+            // the partial element completes after copying little beyond it; the rest of
+            // the input is then framed in place again.
+            let step = self.buffer.len().max(256);
+            let take = room.min(input.len()).min(step);
+            self.buffer.extend_from_slice(&input[..take]);
+            *input = &input[take..];
         }
-        let limit = self.limits.stanza_bytes_max as usize + 1;
-        let room = limit.saturating_sub(self.buffer.len());
-        let take = room.min(input.len());
-        self.buffer.extend_from_slice(&input[..take]);
-        *input = &input[take..];
         let live = std::mem::take(&mut self.buffer);
-        let scanned = self.scan(&live);
+        let scanned = self.scan(&live[self.start..]);
         self.buffer = live;
         match scanned? {
             Scanned::Complete { end, kind } => Ok(self.complete(kind, Source::Buffer(end), input)),
+            // More input remains: append the next slice of it and scan on.
+            Scanned::Incomplete if !input.is_empty() => Ok(Step::Skipped),
             Scanned::Incomplete => Ok(Step::NeedMore),
         }
     }

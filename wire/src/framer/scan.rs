@@ -139,6 +139,10 @@ pub(crate) fn is_xml_char(c: u32) -> bool {
 /// already rejected by the scanner, so what remains are U+FFFE and U+FFFF, which UTF-8
 /// allows and XML does not (both start with byte 0xEF).
 pub(crate) fn check_utf8(bytes: &[u8]) -> bool {
+    // Most stanzas are ASCII: one fast pass settles both questions.
+    if bytes.is_ascii() {
+        return true;
+    }
     if std::str::from_utf8(bytes).is_err() {
         return false;
     }
