@@ -342,7 +342,27 @@ fn post(address: SocketAddr, credentials: Option<&(String, String)>, body: &str)
         .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
     let head = String::from_utf8_lossy(&response[..split]).into_owned();
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, response[split + 4..].to_vec()))
+    let body = &response[split + 4..];
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
+    });
+    Ok((status, if chunked { dechunk(body) } else { body.to_vec() }))
+}
+
+/// Decodes an HTTP/1.1 chunked body (large answers come chunked).
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&body[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        body = &body[line_end + 2..];
+        if size == 0 || size > body.len() {
+            break;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = body.get(size + 2..).unwrap_or(&[]);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -376,6 +396,12 @@ mod tests {
             "mutation ($domain: DomainName!, $username: UserName, $password: String!) { account { registerUser(domain: $domain, username: $username, password: $password) { jid message } } }"
         );
         assert_eq!(body["variables"]["username"], "alice");
+    }
+
+    /// Chunked HTTP bodies are reassembled.
+    #[test]
+    fn dechunks_bodies() {
+        assert_eq!(dechunk(b"4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n"), b"Wikipedia");
     }
 
     /// Missing, unknown and badly typed arguments are usage errors.

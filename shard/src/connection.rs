@@ -203,10 +203,11 @@ async fn negotiate(
     deadline: Instant,
 ) -> Option<(BareJid, Option<String>)> {
     let limit = core.limits().queued_bytes_per_connection_max;
+    let mut timer = glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()));
     loop {
         conn.io.queue(&conn.out);
         conn.out.clear();
-        let mut next = match conn.io.wait(core, mailbox, Some(deadline), limit).await {
+        let mut next = match conn.io.wait(core, mailbox, Some(&mut timer), limit).await {
             Wake::Read(n) => conn.pump_read(core, n).ok()?,
             Wake::Mail => match mailbox.kicked() {
                 Some(condition) => {

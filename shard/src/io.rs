@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -103,8 +103,15 @@ impl Io {
     }
 
     /// Waits for input, mail or `deadline`, writing pending output meanwhile.
-    pub async fn wait(&mut self, core: &Core, mailbox: &Mailbox, deadline: Option<Instant>, limit: usize) -> Wake {
-        let mut timer = deadline.map(|d| glommio::timer::Timer::new(d.saturating_duration_since(Instant::now())));
+    /// The `timer` is the caller's, kept across waits: one timer per connection, not
+    /// one io_uring timeout (and its cancellation) per wait.
+    pub async fn wait(
+        &mut self,
+        core: &Core,
+        mailbox: &Mailbox,
+        mut timer: Option<&mut glommio::timer::Timer>,
+        limit: usize,
+    ) -> Wake {
         futures_lite::future::poll_fn(|cx| {
             if mailbox.kicked().is_some() || mailbox.has_mail() {
                 return Poll::Ready(Wake::Mail);
@@ -123,7 +130,7 @@ impl Io {
                     Poll::Pending => {}
                 }
             }
-            if let Some(timer) = &mut timer {
+            if let Some(timer) = timer.as_deref_mut() {
                 if Pin::new(timer).poll(cx).is_ready() {
                     return Poll::Ready(Wake::Timeout);
                 }

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Runs one load profile against Starling, ejabberd 23.01, Prosody 0.12 and the
+# loadgen's `limit` reference server, one after the other on loopback, and writes
+# one comparison report. Servers are pinned to CPU 0, the load generator to CPU 1.
+#
+# Usage: scripts/compare.sh NAME PROFILE USERS DURATION [extra loadgen args...]
+#   e.g. scripts/compare.sh connect connect 19500 60
+# Environment: STARLING_RATE, EJABBERD_RATE, PROSODY_RATE, LIMIT_RATE (logins/s per
+# server; default: the profile's), SERVERS (default "starling ejabberd prosody limit"),
+# STARLING_AUTH (default scram), OUT (default bench-results/<date>-NAME).
+# Peers come from ../shared/peers (installed with its install.sh, as root).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+peers="$(cd "$root/../shared/peers" && pwd)"
+name="$1"; profile="$2"; users="$3"; duration="$4"; shift 4
+extra=("$@")
+out="${OUT:-$root/bench-results/$(date -u +%F)-$name}"
+servers="${SERVERS:-starling ejabberd prosody limit}"
+bin="$root/target/release"
+mkdir -p "$out"
+ulimit -n "$(ulimit -Hn)"
+cargo build --release -p starling-server -p starling-loadgen --manifest-path "$root/Cargo.toml" >/dev/null
+work="$(mktemp -d)"
+cleanup() { pkill -f "starling serve --config $work" 2>/dev/null || true; pkill -f "starling-loadgen limit" 2>/dev/null || true; }
+trap cleanup EXIT
+
+rate_arg() { if [ -n "${1:-}" ]; then echo "--rate $1"; fi; }
+
+run_loadgen() {  # run_loadgen LABEL TARGET PID AUTH RATE
+  local label="$1" target="$2" pid="$3" auth="$4" rate="$5"
+  echo "=== $label: $profile, $users users, ${duration}s ==="
+  # shellcheck disable=SC2046
+  taskset -c 1 "$bin/starling-loadgen" run --profile "$profile" --users "$users" --duration "$duration" \
+    --target "$target" --auth "$auth" --server-pid "$pid" --name "$label" --out "$out/$label" \
+    $(rate_arg "$rate") "${extra[@]}"
+}
+
+for server in $servers; do
+  case "$server" in
+  starling)
+    cat > "$work/starling.toml" <<TOML
+[general]
+  data_dir = "$work/data"
+  cores = 1
+[[listen.c2s]]
+  port = 5222
+  ip_address = "127.0.0.1"
+  tls.mode = "none"
+[listen.admin]
+  port = 5551
+[limits]
+  pre_auth_timeout_seconds = 60
+TOML
+    taskset -c 0 "$bin/starling" serve --config "$work/starling.toml" >"$work/starling.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 100); do "$bin/starling" --config "$work/starling.toml" server status >/dev/null 2>&1 && break; sleep 0.1; done
+    if [ ! -f "$work/users-$users.csv" ]; then
+      "$bin/starling-loadgen" accounts --users "$users" --out "$work/users-$users.csv"
+    fi
+    "$bin/starling" --config "$work/starling.toml" account importUsers --filename "$work/users-$users.csv" >/dev/null
+    run_loadgen starling 127.0.0.1:5222 "$pid" "${STARLING_AUTH:-scram}" "${STARLING_RATE:-}"
+    kill -TERM "$pid"; wait "$pid" || true
+    ;;
+  ejabberd)
+    "$peers/stop_prosody.sh" >/dev/null 2>&1 || true
+    "$peers/start_ejabberd.sh" --fresh
+    "$peers/register_users.sh" ejabberd "$users" >/dev/null
+    # shellcheck disable=SC1091
+    pid="$(cat "${RUN_DIR:-/tmp/peers-run}/ejabberd/log/ejabberd.pid")"
+    run_loadgen ejabberd 127.0.0.1:5222 "$pid" plain "${EJABBERD_RATE:-}"
+    "$peers/stop_ejabberd.sh" >/dev/null 2>&1 || true
+    ;;
+  prosody)
+    "$peers/stop_ejabberd.sh" >/dev/null 2>&1 || true
+    "$peers/start_prosody.sh" --fresh
+    "$peers/register_users.sh" prosody "$users" >/dev/null
+    pid="$(cat "${RUN_DIR:-/tmp/peers-run}/prosody/server.pid")"
+    run_loadgen prosody 127.0.0.1:5223 "$pid" plain "${PROSODY_RATE:-}"
+    "$peers/stop_prosody.sh" >/dev/null 2>&1 || true
+    ;;
+  limit)
+    taskset -c 0 "$bin/starling-loadgen" limit --listen 127.0.0.1:5299 >"$work/limit.log" 2>&1 &
+    pid=$!
+    sleep 0.5
+    run_loadgen limit 127.0.0.1:5299 "$pid" plain "${LIMIT_RATE:-}"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    ;;
+  esac
+done
+"$peers/stop_all.sh" >/dev/null 2>&1 || true
+runs=()
+for server in $servers; do runs+=("$out/$server"); done
+"$bin/starling-loadgen" compare --out "$out" "${runs[@]}"
+echo "report: $out/comparison.md"
