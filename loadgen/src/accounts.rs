@@ -13,17 +13,23 @@ use starling_wire::sasl::scram::{Credentials, Hash};
 
 use crate::client::salt_for;
 
-/// Writes `users` rows (`user{n}` from `first`, password from the template).
-pub fn write_csv(
-    path: &Path,
-    users: u64,
-    first: u64,
-    domain: &str,
-    user_template: &str,
-    password_template: &str,
-    seed: &str,
-    iterations: NonZeroU32,
-) -> std::io::Result<()> {
+/// Which accounts to write.
+#[derive(Clone, Copy, Debug)]
+pub struct AccountSet<'a> {
+    /// How many, `user{n}` from `first`.
+    pub users: u64,
+    pub first: u64,
+    pub domain: &'a str,
+    pub user_template: &'a str,
+    pub password_template: &'a str,
+    /// Derives the salts, so the load generator can derive the same keys.
+    pub seed: &'a str,
+    pub iterations: NonZeroU32,
+}
+
+/// Writes one row per account of `set`.
+pub fn write_csv(path: &Path, set: &AccountSet<'_>) -> std::io::Result<()> {
+    let AccountSet { users, first, domain, user_template, password_template, seed, iterations } = *set;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u64;
     let per_thread = users.div_ceil(threads).max(1);
     let parts: Vec<String> = std::thread::scope(|scope| {

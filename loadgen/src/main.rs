@@ -180,16 +180,16 @@ fn main() {
         Command::Accounts(accounts) => {
             let iterations = std::num::NonZeroU32::new(accounts.iterations.max(1)).expect("nonzero");
             let started = std::time::Instant::now();
-            starling_loadgen::accounts::write_csv(
-                &accounts.out,
-                accounts.users,
-                accounts.first_user,
-                &accounts.domain,
-                &accounts.user_template,
-                &accounts.password_template,
-                &accounts.salt_seed,
+            let set = starling_loadgen::accounts::AccountSet {
+                users: accounts.users,
+                first: accounts.first_user,
+                domain: &accounts.domain,
+                user_template: &accounts.user_template,
+                password_template: &accounts.password_template,
+                seed: &accounts.salt_seed,
                 iterations,
-            )
+            };
+            starling_loadgen::accounts::write_csv(&accounts.out, &set)
             .map(|()| {
                 eprintln!(
                     "{} accounts in {:.1} s -> {}",

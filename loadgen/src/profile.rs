@@ -166,7 +166,7 @@ pub fn first_send(user: u64, interval: Duration) -> Duration {
 
 /// Closed-loop pairs: even users send to the next user; odd users only receive.
 pub fn partner(user: u64, first: u64) -> Option<u64> {
-    ((user - first) % 2 == 0).then_some(user + 1)
+    (user - first).is_multiple_of(2).then_some(user + 1)
 }
 
 #[cfg(test)]
