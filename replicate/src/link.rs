@@ -1,0 +1,476 @@
+//! The per-peer link state machines, sans-IO.
+//!
+//! Every owner (one core of one node) opens an [`OutLink`] to each peer node and
+//! pushes its entries on it: a snapshot, then ordered changes, and stanzas for that
+//! node's sessions. The peer serves it with an [`InLink`]. Both sides send heartbeats.
+//!
+//! ```text
+//!  owner (OutLink)                          peer (InLink)
+//!   Hello{version, cluster, node, epoch, nonce_o} -->
+//!        <-- Challenge{nonce_p, HMAC(secret, peer|cluster|nonce_o|nonce_p)}  (or Refuse)
+//!   Proof{HMAC(secret, owner|cluster|nonce_p|nonce_o)} -->
+//!        <-- Welcome                                                         (or Refuse)
+//!   SnapshotBegin, Put*, SnapshotEnd, then Put/Remove/Route ... -->
+//!   <-- Heartbeat -->  (both ways, after a second of silence)
+//! ```
+//! Drive a link with `handle_input` (bytes read), `handle_timeout` (at
+//! `next_timeout`), and write out what `transmit` returns, acknowledging it with
+//! `transmitted`. Errors close the link; the shell logs the reason and reconnects.
+
+use std::time::Instant;
+
+use crate::frame::{Frame, FrameError, Refusal, PROTOCOL_VERSION};
+use crate::limits::{HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, LINK_DEAD_AFTER, LINK_QUEUE_BYTES_MAX};
+
+/// What both ends need to know about themselves.
+#[derive(Clone, Debug)]
+pub struct LinkSettings {
+    pub cluster: String,
+    pub node: String,
+    /// This node's number from discovery (unique in the cluster).
+    pub node_num: u16,
+    pub secret: Vec<u8>,
+}
+
+/// Why a link closed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("malformed frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the peer refused the link: {0:?}")]
+    Refused(Refusal),
+    #[error("we refused the link: {0:?}")]
+    Refusing(Refusal),
+    #[error("unexpected frame in state {0}")]
+    Unexpected(&'static str),
+    #[error("the peer could not prove it knows the cluster secret")]
+    BadProof,
+    #[error("no frame from the peer for too long")]
+    Silent,
+    #[error("handshake took too long")]
+    HandshakeTimeout,
+    #[error("the link's send queue is full (the peer does not read)")]
+    Overloaded,
+}
+
+/// The send queue is full; try again after `transmitted` made room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backpressure;
+
+fn proof(secret: &[u8], role: &[u8], cluster: &str, first: &[u8; 32], second: &[u8; 32]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut context = ring::hmac::Context::with_key(&key);
+    context.update(role);
+    context.update(&(cluster.len() as u32).to_be_bytes());
+    context.update(cluster.as_bytes());
+    context.update(first);
+    context.update(second);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(context.sign().as_ref());
+    out
+}
+
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What both kinds of link share: the bytes to write, a partial frame read, and the
+/// clocks behind heartbeats and liveness.
+#[derive(Debug)]
+struct Pipe {
+    outgoing: Vec<u8>,
+    started: Instant,
+    last_heard: Instant,
+    last_sent: Instant,
+}
+
+impl Pipe {
+    fn new(now: Instant) -> Pipe {
+        Pipe { outgoing: Vec::new(), started: now, last_heard: now, last_sent: now }
+    }
+
+    fn push(&mut self, frame: &Frame<'_>) {
+        frame.encode(&mut self.outgoing);
+    }
+
+    fn transmitted(&mut self, n: usize, now: Instant) {
+        self.outgoing.drain(..n);
+        if n > 0 {
+            self.last_sent = now;
+        }
+    }
+
+    fn handle_timeout(&mut self, established: bool, now: Instant) -> Result<(), LinkError> {
+        if !established && now.duration_since(self.started) >= HANDSHAKE_TIMEOUT {
+            return Err(LinkError::HandshakeTimeout);
+        }
+        if now.duration_since(self.last_heard) >= LINK_DEAD_AFTER {
+            return Err(LinkError::Silent);
+        }
+        if established && self.outgoing.is_empty() && now.duration_since(self.last_sent) >= HEARTBEAT_INTERVAL {
+            self.push(&Frame::Heartbeat);
+        }
+        Ok(())
+    }
+
+    fn next_timeout(&self) -> Instant {
+        (self.last_sent + HEARTBEAT_INTERVAL).min(self.last_heard + LINK_DEAD_AFTER)
+    }
+}
+
+/// A partial frame held between reads.
+#[derive(Debug, Default)]
+struct Reader {
+    held: Vec<u8>,
+}
+
+impl Reader {
+    /// Decodes frames from `input` (after any partial one held), calling `each`.
+    fn frames(
+        &mut self,
+        input: &[u8],
+        mut each: impl FnMut(Frame<'_>) -> Result<(), LinkError>,
+    ) -> Result<(), LinkError> {
+        if self.held.is_empty() {
+            // The common case: whole frames straight from the read buffer, no copy.
+            let (used, result) = decode_all(input, &mut each);
+            self.held.extend_from_slice(&input[used..]);
+            return result;
+        }
+        self.held.extend_from_slice(input);
+        let (used, result) = decode_all(&self.held, &mut each);
+        self.held.drain(..used);
+        result
+    }
+}
+
+/// Decodes whole frames from the front of `bytes`; returns the bytes used.
+fn decode_all(
+    bytes: &[u8],
+    each: &mut impl FnMut(Frame<'_>) -> Result<(), LinkError>,
+) -> (usize, Result<(), LinkError>) {
+    let mut at = 0;
+    loop {
+        match Frame::decode(&bytes[at..]) {
+            Ok(Some((frame, used))) => {
+                if let Err(error) = each(frame) {
+                    return (at, Err(error));
+                }
+                at += used;
+            }
+            Ok(None) => return (at, Ok(())),
+            Err(error) => return (at, Err(error.into())),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum OutState {
+    AwaitChallenge,
+    AwaitWelcome { peer: String },
+    Established { peer: String },
+}
+
+/// The owner's side of a link to one peer node.
+#[derive(Debug)]
+pub struct OutLink {
+    state: OutState,
+    core: u16,
+    epoch: u64,
+    nonce: [u8; 32],
+    pipe: Pipe,
+    reader: Reader,
+}
+
+/// A change in an out-link the shell must act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OutEvent {
+    /// The peer accepted us: send the snapshot now, then changes.
+    Established { peer: String },
+}
+
+impl OutLink {
+    /// Starts a link for owner `core` with a fresh `epoch` (larger than any this
+    /// owner used before) and a random `nonce`.
+    pub fn new(settings: &LinkSettings, core: u16, epoch: u64, nonce: [u8; 32], now: Instant) -> OutLink {
+        let mut pipe = Pipe::new(now);
+        pipe.push(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            cluster: &settings.cluster,
+            node: &settings.node,
+            node_num: settings.node_num,
+            core,
+            epoch,
+            nonce,
+        });
+        OutLink { state: OutState::AwaitChallenge, core, epoch, nonce, pipe, reader: Reader::default() }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn core(&self) -> u16 {
+        self.core
+    }
+
+    pub fn peer(&self) -> Option<&str> {
+        match &self.state {
+            OutState::Established { peer } | OutState::AwaitWelcome { peer } => Some(peer),
+            OutState::AwaitChallenge => None,
+        }
+    }
+
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, OutState::Established { .. })
+    }
+
+    /// Handles bytes from the peer.
+    pub fn handle_input(
+        &mut self,
+        settings: &LinkSettings,
+        input: &[u8],
+        now: Instant,
+    ) -> Result<Option<OutEvent>, LinkError> {
+        self.pipe.last_heard = now;
+        let mut event = None;
+        let mut reader = std::mem::take(&mut self.reader);
+        let result = reader.frames(input, |frame| {
+            if let Some(e) = self.on_frame(settings, frame)? {
+                event = Some(e);
+            }
+            Ok(())
+        });
+        self.reader = reader;
+        result.map(|()| event)
+    }
+
+    fn on_frame(&mut self, settings: &LinkSettings, frame: Frame<'_>) -> Result<Option<OutEvent>, LinkError> {
+        match (&self.state, frame) {
+            (_, Frame::Refuse { reason }) => Err(LinkError::Refused(reason)),
+            (_, Frame::Heartbeat) => Ok(None),
+            (OutState::AwaitChallenge, Frame::Challenge { version, node, nonce, proof: theirs }) => {
+                if version != PROTOCOL_VERSION {
+                    return Err(LinkError::Refused(Refusal::Version));
+                }
+                let expected = proof(&settings.secret, b"peer", &settings.cluster, &self.nonce, &nonce);
+                if !same(&expected, &theirs) {
+                    return Err(LinkError::BadProof);
+                }
+                let ours = proof(&settings.secret, b"owner", &settings.cluster, &nonce, &self.nonce);
+                self.pipe.push(&Frame::Proof { proof: ours });
+                self.state = OutState::AwaitWelcome { peer: node.to_owned() };
+                Ok(None)
+            }
+            (OutState::AwaitWelcome { peer }, Frame::Welcome) => {
+                let peer = peer.clone();
+                self.state = OutState::Established { peer: peer.clone() };
+                Ok(Some(OutEvent::Established { peer }))
+            }
+            (OutState::AwaitChallenge, _) => Err(LinkError::Unexpected("await challenge")),
+            (OutState::AwaitWelcome { .. }, _) => Err(LinkError::Unexpected("await welcome")),
+            (OutState::Established { .. }, _) => Err(LinkError::Unexpected("established (owner side)")),
+        }
+    }
+
+    /// Queues a data frame (snapshot, change, route). Only once established.
+    pub fn send(&mut self, frame: &Frame<'_>) -> Result<(), Backpressure> {
+        debug_assert!(self.is_established(), "data before the handshake");
+        if self.pipe.outgoing.len() >= LINK_QUEUE_BYTES_MAX {
+            return Err(Backpressure);
+        }
+        self.pipe.push(frame);
+        Ok(())
+    }
+
+    /// Room left in the send queue, in bytes.
+    pub fn room(&self) -> usize {
+        LINK_QUEUE_BYTES_MAX.saturating_sub(self.pipe.outgoing.len())
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.pipe.outgoing.len()
+    }
+
+    /// Bytes to write now.
+    pub fn transmit(&self) -> &[u8] {
+        &self.pipe.outgoing
+    }
+
+    /// `n` bytes of `transmit` were written.
+    pub fn transmitted(&mut self, n: usize, now: Instant) {
+        self.pipe.transmitted(n, now);
+    }
+
+    /// Heartbeats and liveness; call at `next_timeout`.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), LinkError> {
+        let established = self.is_established();
+        self.pipe.handle_timeout(established, now)
+    }
+
+    pub fn next_timeout(&self) -> Instant {
+        self.pipe.next_timeout()
+    }
+}
+
+/// What an in-link tells the shell, borrowing from the input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InEvent<'a> {
+    /// The owner proved itself; its changes follow. Newer epochs supersede older.
+    Owner {
+        node: &'a str,
+        node_num: u16,
+        core: u16,
+        epoch: u64,
+    },
+    SnapshotBegin,
+    SnapshotEnd {
+        entries: u64,
+    },
+    Put {
+        table: crate::frame::Table,
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Remove {
+        table: crate::frame::Table,
+        key: &'a [u8],
+    },
+    Route {
+        recipient: &'a str,
+        stanza: &'a [u8],
+    },
+}
+
+#[derive(Debug)]
+enum InState {
+    AwaitHello,
+    AwaitProof { node: String, node_num: u16, core: u16, epoch: u64, owner_nonce: [u8; 32] },
+    Established,
+}
+
+/// The peer's side of a link from one owner.
+#[derive(Debug)]
+pub struct InLink {
+    state: InState,
+    nonce: [u8; 32],
+    pipe: Pipe,
+    reader: Reader,
+}
+
+impl InLink {
+    /// Serves a new connection; `nonce` is our random challenge.
+    pub fn new(nonce: [u8; 32], now: Instant) -> InLink {
+        InLink { state: InState::AwaitHello, nonce, pipe: Pipe::new(now), reader: Reader::default() }
+    }
+
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, InState::Established)
+    }
+
+    /// Handles bytes from the owner, reporting events to `sink`.
+    pub fn handle_input(
+        &mut self,
+        settings: &LinkSettings,
+        input: &[u8],
+        now: Instant,
+        sink: &mut dyn FnMut(InEvent<'_>),
+    ) -> Result<(), LinkError> {
+        self.pipe.last_heard = now;
+        let mut reader = std::mem::take(&mut self.reader);
+        let result = reader.frames(input, |frame| self.on_frame(settings, frame, sink));
+        self.reader = reader;
+        result
+    }
+
+    fn on_frame(
+        &mut self,
+        settings: &LinkSettings,
+        frame: Frame<'_>,
+        sink: &mut dyn FnMut(InEvent<'_>),
+    ) -> Result<(), LinkError> {
+        match (&self.state, frame) {
+            (_, Frame::Heartbeat) => Ok(()),
+            (_, Frame::Refuse { reason }) => Err(LinkError::Refused(reason)),
+            (InState::AwaitHello, Frame::Hello { version, cluster, node, node_num, core, epoch, nonce }) => {
+                let refusal = if version != PROTOCOL_VERSION {
+                    Some(Refusal::Version)
+                } else if cluster != settings.cluster {
+                    Some(Refusal::Cluster)
+                } else {
+                    None
+                };
+                if let Some(reason) = refusal {
+                    self.pipe.push(&Frame::Refuse { reason });
+                    return Err(LinkError::Refusing(reason));
+                }
+                let ours = proof(&settings.secret, b"peer", &settings.cluster, &nonce, &self.nonce);
+                self.pipe.push(&Frame::Challenge {
+                    version: PROTOCOL_VERSION,
+                    node: &settings.node,
+                    nonce: self.nonce,
+                    proof: ours,
+                });
+                self.state = InState::AwaitProof { node: node.to_owned(), node_num, core, epoch, owner_nonce: nonce };
+                Ok(())
+            }
+            (InState::AwaitProof { node, node_num, core, epoch, owner_nonce }, Frame::Proof { proof: theirs }) => {
+                let expected = proof(&settings.secret, b"owner", &settings.cluster, &self.nonce, owner_nonce);
+                if !same(&expected, &theirs) {
+                    self.pipe.push(&Frame::Refuse { reason: Refusal::Secret });
+                    return Err(LinkError::Refusing(Refusal::Secret));
+                }
+                self.pipe.push(&Frame::Welcome);
+                sink(InEvent::Owner { node, node_num: *node_num, core: *core, epoch: *epoch });
+                self.state = InState::Established;
+                Ok(())
+            }
+            (InState::Established, Frame::SnapshotBegin) => {
+                sink(InEvent::SnapshotBegin);
+                Ok(())
+            }
+            (InState::Established, Frame::SnapshotEnd { entries }) => {
+                sink(InEvent::SnapshotEnd { entries });
+                Ok(())
+            }
+            (InState::Established, Frame::Put { table, key, value }) => {
+                sink(InEvent::Put { table, key, value });
+                Ok(())
+            }
+            (InState::Established, Frame::Remove { table, key }) => {
+                sink(InEvent::Remove { table, key });
+                Ok(())
+            }
+            (InState::Established, Frame::Route { recipient, stanza }) => {
+                sink(InEvent::Route { recipient, stanza });
+                Ok(())
+            }
+            (InState::AwaitHello, _) => Err(LinkError::Unexpected("await hello")),
+            (InState::AwaitProof { .. }, _) => Err(LinkError::Unexpected("await proof")),
+            (InState::Established, _) => Err(LinkError::Unexpected("established (peer side)")),
+        }
+    }
+
+    /// Bytes to write now.
+    pub fn transmit(&self) -> &[u8] {
+        &self.pipe.outgoing
+    }
+
+    /// `n` bytes of `transmit` were written.
+    pub fn transmitted(&mut self, n: usize, now: Instant) {
+        self.pipe.transmitted(n, now);
+    }
+
+    /// Heartbeats and liveness; call at `next_timeout`.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), LinkError> {
+        let established = self.is_established();
+        self.pipe.handle_timeout(established, now)
+    }
+
+    pub fn next_timeout(&self) -> Instant {
+        self.pipe.next_timeout()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,167 @@
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::frame::Table;
+
+fn settings(node: &str, num: u16, secret: &[u8]) -> LinkSettings {
+    LinkSettings { cluster: "c".into(), node: node.into(), node_num: num, secret: secret.to_vec() }
+}
+
+/// Moves bytes both ways until neither side has anything to send; collects events.
+fn pump(
+    owner: &mut OutLink,
+    owner_settings: &LinkSettings,
+    peer: &mut InLink,
+    peer_settings: &LinkSettings,
+    now: Instant,
+) -> (Vec<OutEvent>, Vec<String>, Result<(), LinkError>) {
+    let mut out_events = Vec::new();
+    let mut in_events = Vec::new();
+    for _ in 0..10 {
+        let bytes = owner.transmit().to_vec();
+        owner.transmitted(bytes.len(), now);
+        if let Err(e) = peer.handle_input(peer_settings, &bytes, now, &mut |event| in_events.push(format!("{event:?}")))
+        {
+            return (out_events, in_events, Err(e));
+        }
+        let bytes = peer.transmit().to_vec();
+        peer.transmitted(bytes.len(), now);
+        match owner.handle_input(owner_settings, &bytes, now) {
+            Ok(Some(event)) => out_events.push(event),
+            Ok(None) => {}
+            Err(e) => return (out_events, in_events, Err(e)),
+        }
+        if owner.transmit().is_empty() && peer.transmit().is_empty() {
+            break;
+        }
+    }
+    (out_events, in_events, Ok(()))
+}
+
+/// With the same secret and cluster the handshake completes and data flows in order.
+#[test]
+fn handshake_then_ordered_data() {
+    let now = Instant::now();
+    let (a, b) = (settings("a", 1, b"s"), settings("b", 2, b"s"));
+    let mut owner = OutLink::new(&a, 3, 7, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    let (out, ins, result) = pump(&mut owner, &a, &mut peer, &b, now);
+    result.unwrap();
+    assert_eq!(out, vec![OutEvent::Established { peer: "b".into() }]);
+    assert_eq!(ins, vec![r#"Owner { node: "a", node_num: 1, core: 3, epoch: 7 }"#]);
+    owner.send(&Frame::SnapshotBegin).unwrap();
+    owner.send(&Frame::Put { table: Table::Session, key: b"k", value: b"v" }).unwrap();
+    owner.send(&Frame::SnapshotEnd { entries: 1 }).unwrap();
+    owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
+    let (_, ins, result) = pump(&mut owner, &a, &mut peer, &b, now);
+    result.unwrap();
+    assert_eq!(ins.len(), 4);
+    assert!(ins[1].starts_with("Put"));
+    assert!(ins[3].starts_with("Route"));
+}
+
+/// A wrong secret is refused by whichever side checks first, never accepted.
+#[test]
+fn wrong_secret_is_refused() {
+    let now = Instant::now();
+    let (a, b) = (settings("a", 1, b"right"), settings("b", 2, b"wrong"));
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    let (out, ins, result) = pump(&mut owner, &a, &mut peer, &b, now);
+    assert_eq!(result, Err(LinkError::BadProof), "the owner sees the peer cannot prove the secret");
+    assert!(out.is_empty() && ins.is_empty());
+    // And an owner with the wrong secret is refused by the peer.
+    let mut owner = OutLink::new(&b, 0, 1, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    let bytes = owner.transmit().to_vec();
+    peer.handle_input(&a, &bytes, now, &mut |_| {}).unwrap();
+    let challenge = peer.transmit().to_vec();
+    assert_eq!(owner.handle_input(&b, &challenge, now), Err(LinkError::BadProof));
+}
+
+/// A peer of another cluster or protocol version is refused with a reason.
+#[test]
+fn other_cluster_is_refused() {
+    let now = Instant::now();
+    let a = settings("a", 1, b"s");
+    let mut other = settings("b", 2, b"s");
+    other.cluster = "elsewhere".into();
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    let bytes = owner.transmit().to_vec();
+    assert_eq!(peer.handle_input(&other, &bytes, now, &mut |_| {}), Err(LinkError::Refusing(Refusal::Cluster)));
+    let refusal = peer.transmit().to_vec();
+    assert_eq!(owner.handle_input(&a, &refusal, now), Err(LinkError::Refused(Refusal::Cluster)));
+}
+
+/// Garbage and data before the handshake close the link with an error.
+#[test]
+fn garbage_and_early_data_are_errors() {
+    let now = Instant::now();
+    let b = settings("b", 2, b"s");
+    let mut peer = InLink::new([2; 32], now);
+    assert!(matches!(peer.handle_input(&b, b"\x00\x00\x00\x01\xff", now, &mut |_| {}), Err(LinkError::Frame(_))));
+    let mut peer = InLink::new([2; 32], now);
+    let mut early = Vec::new();
+    Frame::Put { table: Table::Session, key: b"k", value: b"v" }.encode(&mut early);
+    assert_eq!(peer.handle_input(&b, &early, now, &mut |_| {}), Err(LinkError::Unexpected("await hello")));
+}
+
+/// Silence kills a link; heartbeats keep it alive.
+#[test]
+fn heartbeats_and_silence() {
+    let now = Instant::now();
+    let (a, b) = (settings("a", 1, b"s"), settings("b", 2, b"s"));
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    let later = now + Duration::from_millis(1500);
+    owner.handle_timeout(later).unwrap();
+    assert!(!owner.transmit().is_empty(), "a heartbeat is due");
+    let bytes = owner.transmit().to_vec();
+    owner.transmitted(bytes.len(), later);
+    peer.handle_input(&b, &bytes, later, &mut |_| {}).unwrap();
+    assert_eq!(owner.handle_timeout(now + Duration::from_secs(10)), Err(LinkError::Silent));
+    assert_eq!(peer.handle_timeout(later + Duration::from_secs(4)), Err(LinkError::Silent));
+}
+
+/// The send queue is bounded.
+#[test]
+fn send_queue_is_bounded() {
+    let now = Instant::now();
+    let (a, b) = (settings("a", 1, b"s"), settings("b", 2, b"s"));
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    let value = vec![0u8; 64 * 1024];
+    let mut sent = 0;
+    while owner.send(&Frame::Put { table: Table::Session, key: b"k", value: &value }).is_ok() {
+        sent += 1;
+        assert!(sent < 1000);
+    }
+    assert!(owner.queued_bytes() <= crate::limits::LINK_QUEUE_BYTES_MAX + value.len() + 32);
+}
+
+/// Frames split into single bytes arrive whole and in order.
+#[test]
+fn byte_by_byte_input() {
+    let now = Instant::now();
+    let (a, b) = (settings("a", 1, b"s"), settings("b", 2, b"s"));
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    for i in 0..5u8 {
+        owner.send(&Frame::Put { table: Table::Session, key: &[i], value: &[i; 3] }).unwrap();
+    }
+    let bytes = owner.transmit().to_vec();
+    let mut keys = Vec::new();
+    for byte in bytes {
+        peer.handle_input(&b, &[byte], now, &mut |event| {
+            if let InEvent::Put { key, .. } = event {
+                keys.push(key[0]);
+            }
+        })
+        .unwrap();
+    }
+    assert_eq!(keys, vec![0, 1, 2, 3, 4]);
+}
