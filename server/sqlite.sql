@@ -22,3 +22,14 @@ CREATE TABLE IF NOT EXISTS secrets (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
 ) WITHOUT ROWID;
+
+-- Cluster discovery (MongooseIM's table, unchanged): one row per live node.
+CREATE TABLE IF NOT EXISTS discovery_nodes (
+    node_name         VARCHAR(250) NOT NULL,
+    cluster_name      VARCHAR(250) NOT NULL,
+    updated_timestamp BIGINT       NOT NULL,
+    node_num          INT          NOT NULL,
+    address           VARCHAR(250) NOT NULL DEFAULT '',
+    PRIMARY KEY (node_name)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS i_discovery_nodes_node_num ON discovery_nodes (cluster_name, node_num);

@@ -38,6 +38,24 @@ pub struct Config {
     pub auth: Auth,
     pub database: Database,
     pub limits: Limits,
+    /// Clustering (`[internal_databases.cets]`), when configured.
+    pub cluster: Option<Cluster>,
+}
+
+/// Clustering: discovery through the database, links between nodes.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub cluster_name: String,
+    /// HMAC key every node of the cluster shares.
+    pub secret: String,
+    /// Where this node accepts other nodes' links.
+    pub listen: SocketAddr,
+    /// What other nodes connect to (written to `discovery_nodes.address`); `None`
+    /// means the listen address, with 127.0.0.1 for an unspecified IP.
+    pub address: Option<String>,
+    /// Discovery rounds once the cluster has formed run every `discovery_interval`
+    /// to twice that (jittered so nodes spread their queries).
+    pub discovery_interval: std::time::Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -139,6 +157,7 @@ impl Config {
         config.limits.framer = FramerLimits::for_tests();
         config.limits.pre_auth_timeout = Duration::from_secs(2);
         config.limits.queued_bytes_per_connection_max = 64 * 1024;
+        config.cluster = None;
         config
     }
 }
@@ -160,6 +179,76 @@ mod raw {
         outgoing_pools: OutgoingPools,
         #[serde(default)]
         limits: Limits,
+        #[serde(default)]
+        internal_databases: InternalDatabases,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct InternalDatabases {
+        #[serde(default)]
+        cets: Option<Cets>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Cets {
+        #[serde(default = "default_backend")]
+        backend: String,
+        #[serde(default = "default_cluster_name")]
+        cluster_name: String,
+        secret: Option<String>,
+        #[serde(default = "default_cets_listen")]
+        listen: String,
+        #[serde(default)]
+        address: Option<String>,
+        #[serde(default = "default_discovery_interval")]
+        discovery_interval: u64,
+    }
+
+    fn default_backend() -> String {
+        "rdbms".to_owned()
+    }
+    fn default_cluster_name() -> String {
+        "starling".to_owned()
+    }
+    fn default_discovery_interval() -> u64 {
+        30
+    }
+    fn default_cets_listen() -> String {
+        "0.0.0.0:5270".to_owned()
+    }
+
+    impl Cets {
+        fn convert(self) -> Result<super::Cluster, ConfigError> {
+            if self.backend != "rdbms" {
+                return Err(invalid(
+                    "internal_databases.cets.backend",
+                    "only \"rdbms\" (discovery through the database)",
+                ));
+            }
+            let secret = self.secret.filter(|s| !s.is_empty()).ok_or_else(|| {
+                invalid("internal_databases.cets.secret", "a shared secret is required for clustering")
+            })?;
+            let name_ok = |n: &str| !n.is_empty() && n.len() <= 250 && n.bytes().all(|b| b.is_ascii_graphic());
+            if !name_ok(&self.cluster_name) {
+                return Err(invalid("internal_databases.cets.cluster_name", "printable ASCII, at most 250 bytes"));
+            }
+            let listen = self
+                .listen
+                .parse()
+                .map_err(|_| invalid("internal_databases.cets.listen", format!("{:?} is not ip:port", self.listen)))?;
+            if !(1..=3600).contains(&self.discovery_interval) {
+                return Err(invalid("internal_databases.cets.discovery_interval", "seconds, 1 to 3600"));
+            }
+            Ok(super::Cluster {
+                cluster_name: self.cluster_name,
+                secret,
+                listen,
+                address: self.address,
+                discovery_interval: std::time::Duration::from_secs(self.discovery_interval),
+            })
+        }
     }
 
     #[derive(Deserialize)]
@@ -458,6 +547,7 @@ mod raw {
                 auth: self.auth.convert()?,
                 database: database(self.outgoing_pools.rdbms, &data_dir)?,
                 limits: self.limits.convert()?,
+                cluster: self.internal_databases.cets.map(Cets::convert).transpose()?,
             })
         }
     }

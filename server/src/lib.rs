@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod store;
 pub mod tls;
 
@@ -51,6 +52,8 @@ pub struct Listeners {
     /// Per c2s listener: its actual address and one socket per core.
     pub c2s: Vec<(SocketAddr, Vec<OwnedFd>)>,
     pub admin: Option<std::net::TcpListener>,
+    /// With clustering: the replication address and one socket per core.
+    pub replication: Option<(SocketAddr, Vec<OwnedFd>)>,
 }
 
 /// The CPUs this process may run on (its affinity mask), in order.
@@ -81,17 +84,17 @@ pub fn core_cpus(config: &Config) -> Vec<usize> {
 /// is resolved by the first bind and reused by the others.
 pub fn bind_listeners(config: &Config) -> Result<Listeners, RunError> {
     let cores = core_cpus(config).len();
-    let mut c2s = Vec::new();
-    for listener in &config.c2s {
-        let mut address = listener.address;
+    let bind_per_core = |mut address: SocketAddr| -> Result<(SocketAddr, Vec<OwnedFd>), RunError> {
         let mut sockets = Vec::with_capacity(cores);
         for _ in 0..cores {
             let socket = reuse_port_socket(address).map_err(|source| RunError::Bind { address, source })?;
             address = socket.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(address);
             sockets.push(OwnedFd::from(std::net::TcpListener::from(socket)));
         }
-        c2s.push((address, sockets));
-    }
+        Ok((address, sockets))
+    };
+    let c2s = config.c2s.iter().map(|listener| bind_per_core(listener.address)).collect::<Result<Vec<_>, _>>()?;
+    let replication = config.cluster.as_ref().map(|cluster| bind_per_core(cluster.listen)).transpose()?;
     let admin = match &config.admin {
         None => None,
         Some(admin) => Some(
@@ -99,7 +102,7 @@ pub fn bind_listeners(config: &Config) -> Result<Listeners, RunError> {
                 .map_err(|source| RunError::Bind { address: admin.address, source })?,
         ),
     };
-    Ok(Listeners { c2s, admin })
+    Ok(Listeners { c2s, admin, replication })
 }
 
 fn reuse_port_socket(address: SocketAddr) -> std::io::Result<socket2::Socket> {
@@ -117,6 +120,8 @@ pub struct Running {
     node: Arc<Node>,
     admin: Option<admin::AdminServer>,
     db_threads: Option<DbThreads>,
+    discovery: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    pub node_name: String,
     pub c2s_addresses: Vec<SocketAddr>,
     pub admin_address: Option<SocketAddr>,
     pub ca_file: std::path::PathBuf,
@@ -130,6 +135,10 @@ impl Running {
     /// Closes every stream with `system-shutdown`, stops the cores, the admin port
     /// and the DB threads.
     pub fn shutdown(mut self) {
+        if let Some((stop, thread)) = self.discovery.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         if let Some(admin) = self.admin.take() {
             admin.stop();
         }
@@ -148,8 +157,9 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
             let storage = store::sqlite::Sqlite::open(path)?;
             (Arc::new(store::sqlite::Sqlite::factory(path.clone())), Box::new(storage))
         }
-        Database::Postgres { .. } => {
-            return Err(RunError::Unsupported("PostgreSQL storage arrives with clustering; use SQLite".into()))
+        Database::Postgres { url, .. } => {
+            let storage = store::postgres::Postgres::connect(url)?;
+            (Arc::new(store::postgres::Postgres::factory(url.clone())), Box::new(storage))
         }
     };
     let mut storage = storage;
@@ -185,7 +195,15 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
             per_core[core].push(socket);
         }
     }
+    let (cluster, discovery_setup) = match (&config.cluster, &listeners.replication) {
+        (Some(cluster), Some((bound, _))) => {
+            let (settings, setup) = join_cluster(&config, cluster, *bound)?;
+            (Some(settings), Some(setup))
+        }
+        _ => (None, None),
+    };
     let settings = Settings {
+        cluster,
         hosts: config.general.hosts.clone(),
         cpus,
         listeners: listeners_settings,
@@ -200,7 +218,14 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
         tls_direct: tls.as_ref().map(|t| t.direct.clone()),
         tls_server_end_point: tls.as_ref().and_then(|t| t.server_end_point.clone()),
     };
-    let node = Arc::new(Node::start(settings, per_core, db)?);
+    let replication = listeners.replication.map(|(_, sockets)| sockets).unwrap_or_default();
+    let node = Arc::new(Node::start_clustered(settings, per_core, replication, db)?);
+    let discovery = discovery_setup.map(|(discovery_settings, factory, first)| {
+        node.update_discovery(first);
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = discovery::spawn(discovery_settings, factory, node.clone(), stopped);
+        (stop, thread)
+    });
     let admin_address = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
     let admin = match listeners.admin {
         None => None,
@@ -210,7 +235,70 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
     };
     let ca_file = config.general.data_dir.join("ca.pem");
     log::info!("node {} up: c2s on {c2s_addresses:?}, admin on {admin_address:?}", config.general.node_name);
-    Ok(Running { node, admin, db_threads: Some(db_threads), c2s_addresses, admin_address, ca_file })
+    Ok(Running {
+        node,
+        admin,
+        db_threads: Some(db_threads),
+        discovery,
+        node_name: config.general.node_name.clone(),
+        c2s_addresses,
+        admin_address,
+        ca_file,
+    })
+}
+
+type DiscoverySetup = (
+    discovery::DiscoverySettings,
+    Arc<discovery::DiscoveryFactory>,
+    Vec<starling_replicate::membership::DiscoveredNode>,
+);
+
+/// Runs the first discovery round (the node needs its number before its cores start)
+/// and prepares the settings of the replication links.
+fn join_cluster(
+    config: &Config,
+    cluster: &config::Cluster,
+    bound: SocketAddr,
+) -> Result<(starling_shard::cluster::ClusterSettings, DiscoverySetup), RunError> {
+    let address = cluster.address.clone().unwrap_or_else(|| {
+        let ip = if bound.ip().is_unspecified() { "127.0.0.1".parse().expect("loopback") } else { bound.ip() };
+        SocketAddr::new(ip, bound.port()).to_string()
+    });
+    let settings = discovery::DiscoverySettings {
+        cluster: cluster.cluster_name.clone(),
+        node: config.general.node_name.clone(),
+        address,
+        interval: cluster.discovery_interval,
+    };
+    let factory: Arc<discovery::DiscoveryFactory> = match &config.database {
+        Database::Sqlite { path, .. } => {
+            let path = path.clone();
+            Arc::new(move || Ok(Box::new(store::sqlite::Sqlite::open(&path)?) as Box<dyn discovery::Discovery>))
+        }
+        Database::Postgres { url, .. } => {
+            let url = url.clone();
+            Arc::new(move || Ok(Box::new(store::postgres::Postgres::connect(&url)?) as Box<dyn discovery::Discovery>))
+        }
+    };
+    let first = discovery::first_round(&settings, &*factory, std::time::Duration::from_secs(60))?;
+    let me = first
+        .iter()
+        .find(|n| n.name == settings.node)
+        .ok_or_else(|| RunError::Unsupported("discovery did not return this node".into()))?;
+    let link = starling_replicate::link::LinkSettings {
+        cluster: cluster.cluster_name.clone(),
+        node: settings.node.clone(),
+        node_num: me.node_num,
+        secret: cluster.secret.as_bytes().to_vec(),
+    };
+    log::info!(
+        "cluster {}: this node is {} (node_num {}), replication at {}",
+        link.cluster,
+        link.node,
+        link.node_num,
+        settings.address
+    );
+    Ok((starling_shard::cluster::ClusterSettings { link }, (settings, factory, first)))
 }
 
 fn c2s_settings(config: &Config, mode: TlsMode, decoy_secret: Vec<u8>) -> C2sSettings {

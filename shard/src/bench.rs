@@ -51,6 +51,7 @@ impl RouteBench {
             tls_starttls: None,
             tls_direct: None,
             tls_server_end_point: None,
+            cluster: None,
         };
         // Invariant: two executors start on this machine (memlock allows them).
         let node = Node::start(settings, vec![Vec::new(), Vec::new()], db).expect("benchmark node");
@@ -72,6 +73,7 @@ impl RouteBench {
                     available: true,
                     priority: 0,
                     presence: None,
+                    created_ms: 0,
                 });
             }
         });

@@ -52,6 +52,7 @@ mod tests {
             tls_starttls: None,
             tls_direct: None,
             tls_server_end_point: None,
+            cluster: None,
         };
         let shared = Arc::new(Shared { settings, db });
         let executor =

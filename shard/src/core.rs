@@ -74,6 +74,10 @@ impl Batch {
 pub(crate) enum CoreMessage {
     /// Stamped stanzas for accounts homed on the receiving core.
     Stanzas(Batch),
+    /// Replicated changes for entries homed on the receiving core (or for all cores).
+    Replica(Vec<crate::cluster::ReplicaOp>),
+    /// Stanzas from other nodes for one session each (recipient full JID).
+    Routes(Vec<(Box<str>, Vec<u8>)>),
     /// A connection to adopt.
     Adopt(Box<Transfer>),
 }
@@ -95,6 +99,8 @@ pub(crate) struct Stats {
 pub(crate) struct Outbox {
     /// Full batches waiting, then the one being filled.
     queue: RefCell<Vec<Batch>>,
+    replica: RefCell<Vec<crate::cluster::ReplicaOp>>,
+    routes: RefCell<Vec<(Box<str>, Vec<u8>)>>,
     waker: Cell<Option<Waker>>,
     adoptions: RefCell<Vec<Transfer>>,
 }
@@ -132,10 +138,13 @@ pub struct Core {
     pub(crate) live: RefCell<HashMap<u64, Rc<Mailbox>>>,
     next_id: Cell<u64>,
     pub(crate) stopping: Cell<bool>,
+    /// Clustering state, when this node is part of a cluster.
+    pub(crate) cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Core {
     pub(crate) fn new(id: usize, count: usize, shared: Arc<Shared>) -> Core {
+        let shared_cluster = shared.settings.cluster.clone().map(crate::cluster::Cluster::new);
         Core {
             id,
             count,
@@ -150,6 +159,7 @@ impl Core {
             live: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
             stopping: Cell::new(false),
+            cluster: shared_cluster,
         }
     }
 
@@ -182,6 +192,22 @@ impl Core {
         // Invariant: a batch was pushed just above if there was none.
         queue.last_mut().expect("a batch").push(stanza);
         drop(queue);
+        if let Some(waker) = outbox.waker.take() {
+            waker.wake();
+        }
+    }
+
+    pub(crate) fn send_replica_to_core(&self, peer: usize, op: crate::cluster::ReplicaOp) {
+        let outbox = &self.outboxes[peer];
+        outbox.replica.borrow_mut().push(op);
+        if let Some(waker) = outbox.waker.take() {
+            waker.wake();
+        }
+    }
+
+    pub(crate) fn send_route_to_core(&self, peer: usize, recipient: &str, stanza: &[u8]) {
+        let outbox = &self.outboxes[peer];
+        outbox.routes.borrow_mut().push((recipient.into(), stanza.to_vec()));
         if let Some(waker) = outbox.waker.take() {
             waker.wake();
         }
@@ -222,17 +248,30 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
     loop {
         // Take everything queued at once (linear, whatever the backlog), then send it in
         // batches.
-        let (stanzas, adoptions) = futures_lite::future::poll_fn(|cx| {
+        let (stanzas, adoptions, replica, routes) = futures_lite::future::poll_fn(|cx| {
             let outbox = &core.outboxes[peer];
             let mut queue = outbox.queue.borrow_mut();
             let mut adoptions = outbox.adoptions.borrow_mut();
-            if queue.is_empty() && adoptions.is_empty() {
+            let mut replica = outbox.replica.borrow_mut();
+            let mut routes = outbox.routes.borrow_mut();
+            if queue.is_empty() && adoptions.is_empty() && replica.is_empty() && routes.is_empty() {
                 outbox.waker.set(Some(cx.waker().clone()));
                 return Poll::Pending;
             }
-            Poll::Ready((std::mem::take(&mut *queue), std::mem::take(&mut *adoptions)))
+            Poll::Ready((
+                std::mem::take(&mut *queue),
+                std::mem::take(&mut *adoptions),
+                std::mem::take(&mut *replica),
+                std::mem::take(&mut *routes),
+            ))
         })
         .await;
+        if !replica.is_empty() && senders.send_to(peer, CoreMessage::Replica(replica)).await.is_err() {
+            return;
+        }
+        if !routes.is_empty() && senders.send_to(peer, CoreMessage::Routes(routes)).await.is_err() {
+            return;
+        }
         for transfer in adoptions {
             if senders.send_to(peer, CoreMessage::Adopt(Box::new(transfer))).await.is_err() {
                 return;
@@ -260,6 +299,16 @@ pub(crate) async fn receive(core: Rc<Core>, receivers: Receivers<CoreMessage>) {
                         CoreMessage::Stanzas(batch) => {
                             for stanza in batch.stanzas() {
                                 crate::router::deliver(&core, stanza);
+                            }
+                        }
+                        CoreMessage::Replica(ops) => {
+                            for op in ops {
+                                crate::cluster::apply(&core, op);
+                            }
+                        }
+                        CoreMessage::Routes(routes) => {
+                            for (recipient, stanza) in routes {
+                                crate::router::deliver_local(&core, &recipient, &stanza);
                             }
                         }
                         CoreMessage::Adopt(transfer) => {

@@ -186,3 +186,15 @@ impl Io {
         self.flush(Duration::from_secs(1)).await;
     }
 }
+
+/// Writes all of `bytes` to a plain stream (used to flush a refusal before closing).
+pub(crate) async fn write_all_plain(stream: &mut TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = futures_lite::future::poll_fn(|cx| Pin::new(&mut *stream).poll_write(cx, bytes)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}

@@ -22,6 +22,7 @@
 pub mod bench;
 pub mod blocking;
 mod budget;
+pub mod cluster;
 mod connection;
 mod core;
 mod io;

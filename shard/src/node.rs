@@ -30,6 +30,7 @@ type Job = Box<dyn FnOnce(&Core) + Send>;
 
 enum Control {
     Run(Job),
+    Discovered(Vec<starling_replicate::membership::DiscoveredNode>),
     Stop,
 }
 
@@ -62,8 +63,18 @@ pub enum StartError {
 }
 
 impl Node {
-    /// Starts one pinned executor per entry of `settings.cpus`.
+    /// Starts one pinned executor per entry of `settings.cpus`. `replication` holds one
+    /// listening socket per core for other nodes' links (with clustering on).
     pub fn start(settings: Settings, sockets: ListenerSockets, db: DbPool) -> Result<Node, StartError> {
+        Node::start_clustered(settings, sockets, Vec::new(), db)
+    }
+
+    pub fn start_clustered(
+        settings: Settings,
+        sockets: ListenerSockets,
+        replication: Vec<OwnedFd>,
+        db: DbPool,
+    ) -> Result<Node, StartError> {
         let cores = settings.cpus.len();
         if sockets.len() != cores {
             return Err(StartError::Sockets { cores, sockets: sockets.len() });
@@ -73,7 +84,9 @@ impl Node {
         let mesh = MeshBuilder::<CoreMessage, _>::full(cores, CORE_CHANNEL_BATCHES);
         let mut controls = Vec::with_capacity(cores);
         let mut handles = Vec::with_capacity(cores);
+        let mut replication = replication.into_iter();
         for (index, (cpu, core_sockets)) in cpus.into_iter().zip(sockets).enumerate() {
+            let replication_socket = replication.next();
             let (sender, receiver) = unbounded();
             controls.push(sender);
             let shared = shared.clone();
@@ -82,7 +95,7 @@ impl Node {
                 .name(&format!("starling-core-{index}"))
                 // We use no DMA files; the default 10 MiB would exceed an 8 MiB memlock.
                 .io_memory(64 * 1024)
-                .spawn(move || run_core(shared, mesh, cores, core_sockets, receiver))
+                .spawn(move || run_core(shared, mesh, cores, core_sockets, replication_socket, receiver))
                 .map_err(|e| StartError::Executor(e.to_string()))?;
             handles.push(handle);
         }
@@ -160,6 +173,69 @@ impl Node {
         self.ask_all(move |core| core.sessions.borrow().kick_account(&user, condition)).into_iter().sum()
     }
 
+    /// Hands a discovery result to every core (they connect to new peers).
+    pub fn update_discovery(&self, nodes: Vec<starling_replicate::membership::DiscoveredNode>) {
+        for control in &self.controls {
+            let _ = control.unbounded_send(Control::Discovered(nodes.clone()));
+        }
+    }
+
+    /// The last discovery round failed: the cluster keeps its node list.
+    pub fn discovery_failed(&self) {
+        self.ask_all(|core| {
+            if let Some(cluster) = &core.cluster {
+                cluster.discovery_works.set(false);
+            }
+        });
+    }
+
+    /// `cets systemInfo` of this node.
+    pub fn cluster_status(&self, node_name: &str) -> starling_replicate::membership::SystemInfo {
+        let stats: Vec<crate::cluster::CoreClusterStats> =
+            self.ask_all(crate::cluster::stats).into_iter().flatten().collect();
+        let discovered = stats.first().map(|s| s.discovered.clone()).unwrap_or_default();
+        let works = !stats.is_empty() && stats.iter().all(|s| s.discovery_works);
+        use starling_replicate::membership::PeerLinks;
+        fn peer<'a>(links: &'a mut std::collections::BTreeMap<String, PeerLinks>, name: &str) -> &'a mut PeerLinks {
+            links.entry(name.to_owned()).or_insert_with(|| PeerLinks { name: name.to_owned(), ..Default::default() })
+        }
+        let mut links = std::collections::BTreeMap::new();
+        for core in &stats {
+            for name in &core.out_up {
+                peer(&mut links, name).out_up += 1;
+            }
+            for name in &core.in_up {
+                peer(&mut links, name).in_up += 1;
+            }
+        }
+        let links: Vec<_> = links.into_values().filter(|l| l.name != node_name).collect();
+        starling_replicate::membership::system_info(node_name, self.cores(), &discovered, &links, works)
+    }
+
+    /// `cets tableInfo`: (table, entries, bytes) of this node, local and replicated.
+    pub fn table_info(&self) -> Vec<(starling_replicate::frame::Table, usize, usize)> {
+        use starling_replicate::frame::Table;
+        let local = self.ask_all(|core| core.sessions.borrow().len()).into_iter().sum::<usize>();
+        let stats: Vec<crate::cluster::CoreClusterStats> =
+            self.ask_all(crate::cluster::stats).into_iter().flatten().collect();
+        let remote: usize = stats.iter().map(|s| s.remote_sessions).sum();
+        let remote_bytes: usize = stats.iter().map(|s| s.remote_bytes).sum();
+        let mut tables = vec![(Table::Session, local + remote, remote_bytes + local * 64)];
+        for table in [Table::Sm, Table::Component, Table::ClusterId] {
+            let count: usize =
+                stats.iter().flat_map(|s| s.other_tables.iter()).filter(|(t, _)| *t == table).map(|(_, n)| n).sum();
+            tables.push((table, count, count * 64));
+        }
+        tables
+    }
+
+    /// Replicated sessions held on this node (all cores).
+    pub fn remote_sessions(&self) -> usize {
+        self.ask_all(|core| core.cluster.as_ref().map(|c| c.replica.borrow().store.len()).unwrap_or(0))
+            .into_iter()
+            .sum()
+    }
+
     /// Stops accepting, closes every stream with `system-shutdown`, waits for them (at
     /// most the shutdown grace), and stops the cores.
     /// Safe to call more than once; later calls find nothing left to stop.
@@ -179,6 +255,7 @@ async fn run_core(
     mesh: MeshBuilder<CoreMessage, glommio::channels::channel_mesh::Full>,
     cores: usize,
     sockets: Vec<OwnedFd>,
+    replication: Option<OwnedFd>,
     controls: UnboundedReceiver<Control>,
 ) {
     let (senders, receivers) = match mesh.join().await {
@@ -198,6 +275,11 @@ async fn run_core(
         let socket = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
         tasks.push(glommio::spawn_local(accept(core.clone(), socket, listener)));
     }
+    if let Some(fd) = replication {
+        // SAFETY: the server bound and listens on this socket and gave us ownership.
+        let socket = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        tasks.push(glommio::spawn_local(crate::cluster::accept(core.clone(), socket)));
+    }
     let mut services = Vec::new();
     for peer in (0..cores).filter(|&peer| peer != id) {
         services.push(glommio::spawn_local(crate::core::forward(core.clone(), senders.clone(), peer)));
@@ -216,10 +298,11 @@ async fn run_core(
     }
 }
 
-async fn serve_controls(core: &Core, mut controls: UnboundedReceiver<Control>) {
+async fn serve_controls(core: &Rc<Core>, mut controls: UnboundedReceiver<Control>) {
     while let Some(control) = controls.next().await {
         match control {
             Control::Run(job) => job(core),
+            Control::Discovered(nodes) => crate::cluster::reconcile(core, nodes),
             Control::Stop => return,
         }
     }

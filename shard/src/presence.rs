@@ -35,6 +35,9 @@ pub(crate) fn outbound(core: &Core, state: &mut State, stanza: &Stanza<'_>, to: 
 /// sent directed presence to learn it is unavailable.
 pub(crate) fn session_ended(core: &Core, state: &mut State) {
     let session = core.sessions.borrow_mut().unbind(&state.jid, state.id);
+    if let (Some(cluster), Some(_)) = (&core.cluster, &session) {
+        cluster.publish(state.jid.as_str(), None);
+    }
     match session {
         // Replaced by a newer session with the same full JID: that one speaks now.
         None => {}
@@ -60,6 +63,9 @@ fn broadcast_available(core: &Core, state: &mut State, stanza: &Stanza<'_>) {
             let mut stored = Vec::new();
             stanza.write_stamped(state.jid.as_str(), &mut stored);
             session.presence = Some(stored.into_boxed_slice());
+            if let Some(cluster) = &core.cluster {
+                cluster.publish(state.jid.as_str(), Some(session.entry()));
+            }
         }
     }
     share_with_own_resources(core, state, Some(stanza));
@@ -83,6 +89,9 @@ fn go_unavailable(core: &Core, state: &mut State, stanza: Option<&Stanza<'_>>) {
         if let Some(session) = sessions.session_mut(state.jid.as_str()) {
             session.available = false;
             session.presence = None;
+            if let Some(cluster) = &core.cluster {
+                cluster.publish(state.jid.as_str(), Some(session.entry()));
+            }
         }
     }
     share_with_own_resources(core, state, stanza);
@@ -104,6 +113,27 @@ fn share_with_own_resources(core: &Core, state: &State, stanza: Option<&Stanza<'
             None => unavailable(state.jid.as_str(), sibling.jid.as_str(), &mut bytes),
         }
         sibling.mailbox.push(&bytes, limit);
+    }
+    drop(sessions);
+    // Resources of the same account on other nodes.
+    if let Some(cluster) = &core.cluster {
+        let remote: Vec<(u16, Box<str>)> = cluster
+            .replica
+            .borrow()
+            .store
+            .sessions(state.jid.bare_str())
+            .iter()
+            .filter(|s| s.entry.available && &*s.full != state.jid.as_str())
+            .map(|s| (s.owner.node_num, s.full.clone()))
+            .collect();
+        for (node, full) in remote {
+            let mut bytes = Vec::new();
+            match stanza {
+                Some(stanza) => stanza.write_addressed(state.jid.as_str(), &full, &mut bytes),
+                None => unavailable(state.jid.as_str(), &full, &mut bytes),
+            }
+            cluster.route(node, &full, &bytes);
+        }
     }
 }
 

@@ -12,8 +12,10 @@ use starling_wire::error::{StanzaError, StanzaErrorCondition};
 use starling_wire::jid::JidRef;
 use starling_wire::stanza::{IqType, MessageType, PresenceType, Stanza, StanzaKind};
 
+use std::rc::Rc;
+
 use crate::core::Core;
-use crate::sessions::Session;
+use crate::mailbox::Mailbox;
 
 /// Sends a stamped stanza to the account `to_bare` (normalised), wherever it is homed.
 pub(crate) fn route(core: &Core, to_bare: &str, stanza: &[u8]) {
@@ -43,6 +45,51 @@ pub(crate) fn deliver(core: &Core, bytes: &[u8]) {
     }
 }
 
+/// Where one resource of an account is: here, or on another node.
+enum Target {
+    Local(Rc<Mailbox>),
+    Remote { node: u16, full: Box<str> },
+}
+
+struct Resource {
+    available: bool,
+    priority: i8,
+    target: Target,
+}
+
+/// Every resource of `bare`: local sessions, and replicated ones on other nodes.
+fn resources(core: &Core, bare: &str) -> Vec<Resource> {
+    let mut all: Vec<Resource> = core
+        .sessions
+        .borrow()
+        .sessions(bare)
+        .iter()
+        .map(|s| Resource { available: s.available, priority: s.priority, target: Target::Local(s.mailbox.clone()) })
+        .collect();
+    if let Some(cluster) = &core.cluster {
+        let replica = cluster.replica.borrow();
+        all.extend(replica.store.sessions(bare).iter().map(|s| Resource {
+            available: s.entry.available,
+            priority: s.entry.priority,
+            target: Target::Remote { node: s.owner.node_num, full: s.full.clone() },
+        }));
+    }
+    all
+}
+
+fn send(core: &Core, target: &Target, bytes: &[u8]) {
+    match target {
+        Target::Local(mailbox) => {
+            mailbox.push(bytes, core.limits().queued_bytes_per_connection_max);
+        }
+        Target::Remote { node, full } => {
+            if let Some(cluster) = &core.cluster {
+                cluster.route(*node, full, bytes);
+            }
+        }
+    }
+}
+
 fn deliver_message(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
     let kind = stanza.message_type();
     if to.is_full() {
@@ -56,32 +103,27 @@ fn deliver_message(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
             _ => {}
         }
     }
-    let sessions = core.sessions.borrow();
-    let candidates: Vec<&Session> =
-        sessions.sessions(to.bare_str()).iter().filter(|s| s.available && s.priority >= 0).collect();
+    let candidates: Vec<Resource> =
+        resources(core, to.bare_str()).into_iter().filter(|r| r.available && r.priority >= 0).collect();
     // RFC 6121 section 8.5.2.
-    let targets: Vec<&Session> = match kind {
+    let targets: Vec<Resource> = match kind {
         MessageType::Error => return,
         MessageType::Groupchat => Vec::new(),
         MessageType::Headline => candidates,
         MessageType::Normal | MessageType::Chat => {
-            let top = candidates.iter().map(|s| s.priority).max();
-            candidates.into_iter().filter(|s| Some(s.priority) == top).collect()
+            let top = candidates.iter().map(|r| r.priority).max();
+            candidates.into_iter().filter(|r| Some(r.priority) == top).collect()
         }
     };
     if targets.is_empty() {
-        drop(sessions);
         if kind != MessageType::Headline {
             // No offline storage yet: the sender learns the message was not delivered.
             reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable);
         }
         return;
     }
-    let mailboxes: Vec<_> = targets.iter().map(|s| s.mailbox.clone()).collect();
-    drop(sessions);
-    let limit = core.limits().queued_bytes_per_connection_max;
-    for mailbox in mailboxes {
-        mailbox.push(stanza.bytes, limit);
+    for resource in &targets {
+        send(core, &resource.target, stanza.bytes);
     }
 }
 
@@ -95,13 +137,8 @@ fn deliver_presence(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
         // Probes are answered by the server once rosters exist; errors are dropped.
         PresenceType::Probe | PresenceType::Error => {}
         _ => {
-            let sessions = core.sessions.borrow();
-            let mailboxes: Vec<_> =
-                sessions.sessions(to.bare_str()).iter().filter(|s| s.available).map(|s| s.mailbox.clone()).collect();
-            drop(sessions);
-            let limit = core.limits().queued_bytes_per_connection_max;
-            for mailbox in mailboxes {
-                mailbox.push(stanza.bytes, limit);
+            for resource in resources(core, to.bare_str()).iter().filter(|r| r.available) {
+                send(core, &resource.target, stanza.bytes);
             }
         }
     }
@@ -119,15 +156,37 @@ fn deliver_iq(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
     }
 }
 
-/// Pushes to the session `full`; false if there is none.
+/// Pushes to the session `full`, here or on another node; false if there is none.
 fn push_to_full(core: &Core, full: &str, bytes: &[u8]) -> bool {
     let mailbox = core.sessions.borrow().session(full).map(|s| s.mailbox.clone());
+    if let Some(mailbox) = mailbox {
+        mailbox.push(bytes, core.limits().queued_bytes_per_connection_max);
+        return true;
+    }
+    let Some(cluster) = &core.cluster else { return false };
+    let remote = cluster.replica.borrow().store.session(full).map(|s| s.owner.node_num);
+    match remote {
+        Some(node) => cluster.route(node, full, bytes),
+        None => false,
+    }
+}
+
+/// Delivers a stanza another node routed to the local session `recipient`; if the
+/// session is gone meanwhile, the sender gets `service-unavailable`.
+pub(crate) fn deliver_local(core: &Core, recipient: &str, bytes: &[u8]) {
+    let mailbox = core.sessions.borrow().session(recipient).map(|s| s.mailbox.clone());
     match mailbox {
         Some(mailbox) => {
+            core.stats.stanzas_delivered.set(core.stats.stanzas_delivered.get() + 1);
             mailbox.push(bytes, core.limits().queued_bytes_per_connection_max);
-            true
         }
-        None => false,
+        None => {
+            if let Ok(stanza) = Stanza::parse(bytes) {
+                if stanza.kind != StanzaKind::Presence {
+                    reply_error(core, &stanza, StanzaErrorCondition::ServiceUnavailable);
+                }
+            }
+        }
     }
 }
 

@@ -26,6 +26,21 @@ pub(crate) struct Session {
     /// The last available presence this session broadcast, stamped, to replay to the
     /// account's other resources when they come online.
     pub presence: Option<Box<[u8]>>,
+    /// When it was bound (ms since the UNIX epoch): the newer of two sessions with
+    /// one full JID wins.
+    pub created_ms: u64,
+}
+
+impl Session {
+    /// The replicated form of this session.
+    pub fn entry(&self) -> crate::cluster::store::SessionEntry {
+        crate::cluster::store::SessionEntry {
+            session: self.id.0,
+            created_ms: self.created_ms,
+            priority: self.priority,
+            available: self.available,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -88,6 +103,11 @@ impl SessionTable {
         Some(session)
     }
 
+    /// Every session.
+    pub fn all(&self) -> impl Iterator<Item = &Session> {
+        self.accounts.values().flatten()
+    }
+
     /// Every bound full JID (admin listing).
     pub fn jids(&self) -> impl Iterator<Item = &FullJid> {
         self.accounts.values().flatten().map(|s| &s.jid)
@@ -117,6 +137,7 @@ mod tests {
             available: false,
             priority: 0,
             presence: None,
+            created_ms: 0,
         }
     }
 

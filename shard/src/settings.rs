@@ -42,4 +42,6 @@ pub struct Settings {
     pub tls_direct: Option<Arc<rustls::ServerConfig>>,
     /// RFC 5929 `tls-server-end-point` data for our certificate.
     pub tls_server_end_point: Option<Vec<u8>>,
+    /// Clustering, when configured.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }

@@ -163,6 +163,102 @@ impl AdminQuery {
     async fn server(&self) -> ServerAdminQuery {
         ServerAdminQuery
     }
+
+    /// CETS internal database management
+    async fn cets(&self) -> CetsAdminQuery {
+        CetsAdminQuery
+    }
+}
+
+/// Allow admin to get information about CETS status
+pub struct CetsAdminQuery;
+
+#[Object(name = "CETSAdminQuery")]
+impl CetsAdminQuery {
+    /// Get a list of tables from the local node
+    async fn table_info(&self, context: &Context<'_>) -> Option<Vec<Option<CetsTableInfo>>> {
+        let admin = context.data::<Admin>().ok()?;
+        let node = admin.node.as_ref()?;
+        let nodes: Vec<Option<String>> =
+            node.cluster_status(&admin.node_name).joined_nodes.into_iter().map(Some).collect();
+        Some(
+            node.table_info()
+                .into_iter()
+                .map(|(table, size, bytes)| {
+                    Some(CetsTableInfo {
+                        table_name: Some(table.name().to_owned()),
+                        // MongooseIM reports ETS memory in words.
+                        memory: Some((bytes / 8) as i64),
+                        size: Some(size as i64),
+                        nodes: Some(nodes.clone()),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Get status of CETS
+    async fn system_info(&self, context: &Context<'_>) -> Option<CetsSystemInfo> {
+        let admin = context.data::<Admin>().ok()?;
+        let info = admin.node.as_ref()?.cluster_status(&admin.node_name);
+        let list = |names: Vec<String>| Some(names.into_iter().map(Some).collect::<Vec<_>>());
+        Some(CetsSystemInfo {
+            available_nodes: list(info.available_nodes),
+            unavailable_nodes: list(info.unavailable_nodes),
+            joined_nodes: list(info.joined_nodes),
+            discovered_nodes: list(info.discovered_nodes),
+            remote_nodes_without_disco: list(info.remote_nodes_without_disco),
+            remote_nodes_with_unknown_tables: list(info.remote_nodes_with_unknown_tables),
+            remote_unknown_tables: list(info.remote_unknown_tables),
+            remote_nodes_with_missing_tables: list(info.remote_nodes_with_missing_tables),
+            remote_missing_tables: list(info.remote_missing_tables),
+            conflict_nodes: list(info.conflict_nodes),
+            conflict_tables: list(info.conflict_tables),
+            discovery_works: Some(info.discovery_works),
+        })
+    }
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "CETSTableInfo")]
+pub struct CetsTableInfo {
+    /// ETS table name
+    table_name: Option<String>,
+    /// Memory (in words)
+    memory: Option<i64>,
+    /// Size (in records)
+    size: Option<i64>,
+    /// A list of clustered nodes
+    nodes: Option<Vec<Option<String>>>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "CETSSystemInfo")]
+pub struct CetsSystemInfo {
+    /// Available nodes (nodes that are connected to us and have the CETS disco process started)
+    available_nodes: Option<Vec<Option<String>>>,
+    /// Unavailable nodes (nodes that do not respond to our pings)
+    unavailable_nodes: Option<Vec<Option<String>>>,
+    /// Joined nodes (nodes that have our local tables running)
+    joined_nodes: Option<Vec<Option<String>>>,
+    /// Discovered nodes (nodes that are extracted from the discovery backend)
+    discovered_nodes: Option<Vec<Option<String>>>,
+    /// Nodes with stopped CETS discovery
+    remote_nodes_without_disco: Option<Vec<Option<String>>>,
+    /// Nodes that have more tables registered than the local node
+    remote_nodes_with_unknown_tables: Option<Vec<Option<String>>>,
+    /// Unknown remote tables
+    remote_unknown_tables: Option<Vec<Option<String>>>,
+    /// Nodes that are available, but do not host some of our local tables
+    remote_nodes_with_missing_tables: Option<Vec<Option<String>>>,
+    /// Missing remote tables
+    remote_missing_tables: Option<Vec<Option<String>>>,
+    /// Nodes that replicate at least one of our local tables to a different list of nodes
+    conflict_nodes: Option<Vec<Option<String>>>,
+    /// Tables that have conflicting replication destinations
+    conflict_tables: Option<Vec<Option<String>>>,
+    /// Returns true if the last discovery attempt is successful
+    discovery_works: Option<bool>,
 }
 
 pub struct AdminMutation;

@@ -4,6 +4,7 @@
 //!
 //! Schema files live next to the code (`sqlite.sql`) and are applied on start.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::num::NonZeroU32;
@@ -108,8 +109,29 @@ pub trait Storage: Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Accounts are created once, found, listed, re-keyed and removed; run by each
+    /// backend's tests on a real database.
+    pub(crate) fn account_lifecycle(store: &mut dyn Storage) {
+        let alice: BareJid = "alice@localhost".parse().unwrap();
+        let keys = AccountKeys::from_password("secret", NonZeroU32::new(16).unwrap());
+        assert!(store.register(&alice, &keys).unwrap());
+        assert!(!store.register(&alice, &keys).unwrap(), "second registration is refused");
+        assert!(store.exists(&alice).unwrap());
+        let stored = store.credentials(&alice, Hash::Sha256).unwrap().unwrap();
+        assert!(stored.verify_password("secret"));
+        assert_eq!(store.credentials(&alice, Hash::Sha1).unwrap().unwrap(), keys.sha1);
+        assert_eq!(store.list("localhost").unwrap(), vec!["alice@localhost"]);
+        assert_eq!(store.count("localhost").unwrap(), 1);
+        let new_keys = AccountKeys::from_password("other", NonZeroU32::new(16).unwrap());
+        assert!(store.set_keys(&alice, &new_keys).unwrap());
+        assert!(store.credentials(&alice, Hash::Sha256).unwrap().unwrap().verify_password("other"));
+        assert!(store.remove(&alice).unwrap());
+        assert!(!store.remove(&alice).unwrap());
+        assert!(store.credentials(&alice, Hash::Sha256).unwrap().is_none());
+    }
 
     /// MongooseIM's serialised SCRAM form round-trips and checks the right password.
     #[test]

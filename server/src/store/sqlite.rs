@@ -55,6 +55,10 @@ impl Sqlite {
         move || Ok(Box::new(Sqlite::open(&path)?) as Box<dyn Store>)
     }
 
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
     fn user_key(user: &BareJid) -> (&str, &str) {
         (user.domain(), user.local().unwrap_or(""))
     }
@@ -197,29 +201,13 @@ impl Storage for Sqlite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::NonZeroU32;
 
     /// Accounts are created once, found, listed, re-keyed and removed in a real file.
     #[test]
     fn account_lifecycle_in_a_real_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Sqlite::open(&dir.path().join("s.db")).unwrap();
-        let alice: BareJid = "alice@localhost".parse().unwrap();
-        let keys = AccountKeys::from_password("secret", NonZeroU32::new(16).unwrap());
-        assert!(store.register(&alice, &keys).unwrap());
-        assert!(!store.register(&alice, &keys).unwrap(), "second registration is refused");
-        assert!(store.exists(&alice).unwrap());
-        let stored = store.credentials(&alice, Hash::Sha256).unwrap().unwrap();
-        assert!(stored.verify_password("secret"));
-        assert_eq!(store.credentials(&alice, Hash::Sha1).unwrap().unwrap(), keys.sha1);
-        assert_eq!(store.list("localhost").unwrap(), vec!["alice@localhost"]);
-        assert_eq!(store.count("localhost").unwrap(), 1);
-        let new_keys = AccountKeys::from_password("other", NonZeroU32::new(16).unwrap());
-        assert!(store.set_keys(&alice, &new_keys).unwrap());
-        assert!(store.credentials(&alice, Hash::Sha256).unwrap().unwrap().verify_password("other"));
-        assert!(store.remove(&alice).unwrap());
-        assert!(!store.remove(&alice).unwrap());
-        assert!(store.credentials(&alice, Hash::Sha256).unwrap().is_none());
+        crate::store::tests::account_lifecycle(&mut store);
     }
 
     /// A secret is created once and then stable, across connections.
