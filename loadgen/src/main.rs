@@ -190,15 +190,15 @@ fn main() {
                 iterations,
             };
             starling_loadgen::accounts::write_csv(&accounts.out, &set)
-            .map(|()| {
-                eprintln!(
-                    "{} accounts in {:.1} s -> {}",
-                    accounts.users,
-                    started.elapsed().as_secs_f64(),
-                    accounts.out.display()
-                )
-            })
-            .map_err(|e| e.to_string())
+                .map(|()| {
+                    eprintln!(
+                        "{} accounts in {:.1} s -> {}",
+                        accounts.users,
+                        started.elapsed().as_secs_f64(),
+                        accounts.out.display()
+                    )
+                })
+                .map_err(|e| e.to_string())
         }
         Command::Limit(limit) => loopback_only(&limit.listen)
             .and_then(|()| starling_loadgen::limit::serve(limit.listen, limit.domain).map_err(|e| e.to_string())),
