@@ -1,6 +1,8 @@
 //! A node in-process on 127.0.0.1:0, and a small blocking XMPP client for tests.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -87,7 +89,10 @@ pub struct Client {
 
 impl Client {
     pub fn connect(address: SocketAddr) -> Client {
-        let stream = TcpStream::connect(address).unwrap();
+        Client::from_stream(TcpStream::connect(address).unwrap())
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         stream.set_nodelay(true).unwrap();
         Client { stream, framer: Framer::new(FramerLimits::DEFAULT), pending: Vec::new(), jid: String::new() }
@@ -188,7 +193,12 @@ impl Client {
 
     /// Logs in with SCRAM-SHA-256 and binds `resource`.
     pub fn login(address: SocketAddr, user: &str, password: &str, resource: &str) -> Client {
-        let mut client = Client::connect(address);
+        Client::login_on(TcpStream::connect(address).unwrap(), user, password, resource)
+    }
+
+    /// Logs in on an already connected stream.
+    pub fn login_on(stream: TcpStream, user: &str, password: &str, resource: &str) -> Client {
+        let mut client = Client::from_stream(stream);
         client.open();
         client.scram(user, password).expect("login succeeds");
         client.open();

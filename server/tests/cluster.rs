@@ -1,0 +1,357 @@
+//! Real-process cluster tests: `starling serve` processes on loopback sharing one
+//! SQLite file (or one PostgreSQL database), forming a cluster with no commands, in
+//! any start order; chat between nodes; kill -9 and a fresh replacement; a database
+//! that goes away and comes back. The partition test uses network namespaces.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Client;
+use starling_server::store::{AccountKeys, Storage};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Where the cluster keeps its tables.
+#[derive(Clone)]
+enum Db {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Db {
+    fn config(&self) -> String {
+        match self {
+            Db::Sqlite(path) => format!(
+                "[outgoing_pools.rdbms.default]\nworkers = 2\n[outgoing_pools.rdbms.default.connection]\ndriver = 'sqlite'\ndatabase = '{}'\n",
+                path.display()
+            ),
+            Db::Postgres(url) => {
+                let database = url.split("dbname=").nth(1).unwrap().split_whitespace().next().unwrap();
+                let port = url.split("port=").nth(1).unwrap().split_whitespace().next().unwrap();
+                format!("[outgoing_pools.rdbms.default]\nworkers = 2\n[outgoing_pools.rdbms.default.connection]\ndriver = 'pgsql'\nhost = '127.0.0.1'\nport = {port}\ndatabase = '{database}'\nusername = 'postgres'\n")
+            }
+        }
+    }
+
+    fn register(&self, users: &[&str]) {
+        let keys = AccountKeys::from_password("secret", std::num::NonZeroU32::new(64).unwrap());
+        let mut store: Box<dyn Storage> = match self {
+            Db::Sqlite(path) => Box::new(starling_server::store::sqlite::Sqlite::open(path).unwrap()),
+            Db::Postgres(url) => Box::new(starling_server::store::postgres::Postgres::connect(url).unwrap()),
+        };
+        for user in users {
+            store.register(&format!("{user}@localhost").parse().unwrap(), &keys).unwrap();
+        }
+    }
+}
+
+struct Node {
+    name: String,
+    child: Child,
+    c2s: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Node {
+    fn start(dir: &Path, name: &str, db: &Db, netns: Option<(&str, &str)>) -> Node {
+        Node::start_with(dir, name, db, netns, "sesame")
+    }
+
+    fn start_with(dir: &Path, name: &str, db: &Db, netns: Option<(&str, &str)>, secret: &str) -> Node {
+        let c2s_port = free_port();
+        let admin_port = free_port();
+        let cets_port = free_port();
+        let (listen_ip, advertise) = match netns {
+            Some((_, ip)) => ("0.0.0.0".to_owned(), format!("{ip}:{cets_port}")),
+            None => ("127.0.0.1".to_owned(), format!("127.0.0.1:{cets_port}")),
+        };
+        let data = dir.join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let config = data.join("starling.toml");
+        let text = format!(
+            "[general]\nnode_name = '{name}'\ndata_dir = '{}'\ncores = 2\nloglevel = 'info'\n\
+             [[listen.c2s]]\nport = {c2s_port}\nip_address = '{c2s_ip}'\ntls.mode = 'none'\n\
+             [listen.admin]\nport = {admin_port}\n\
+             [auth.password]\nscram_iterations = 64\n\
+             [internal_databases.cets]\ncluster_name = 'test'\nsecret = '{secret}'\nlisten = '{listen_ip}:{cets_port}'\naddress = '{advertise}'\ndiscovery_interval = 2\n{}",
+            data.display(),
+            db.config(),
+            c2s_ip = if netns.is_some() { "0.0.0.0" } else { "127.0.0.1" },
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(data.join("server.log")).unwrap();
+        let mut command = match netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_starling")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_starling")),
+        };
+        let child =
+            command.arg("serve").arg("--config").arg(&config).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        Node {
+            name: name.to_owned(),
+            child,
+            c2s: format!("127.0.0.1:{c2s_port}").parse().unwrap(),
+            admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+        }
+    }
+
+    fn graphql(&self, query: &str) -> Option<serde_json::Value> {
+        let body = serde_json::json!({ "query": query }).to_string();
+        let mut stream = TcpStream::connect_timeout(&self.admin, Duration::from_millis(500)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "POST /api/graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).ok()?;
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+        serde_json::from_slice(&response[split + 4..]).ok()
+    }
+
+    fn system_info(&self) -> Option<serde_json::Value> {
+        let answer = self.graphql(
+            "{ cets { systemInfo { availableNodes unavailableNodes joinedNodes discoveredNodes remoteNodesWithoutDisco \
+             remoteNodesWithUnknownTables remoteUnknownTables remoteNodesWithMissingTables remoteMissingTables conflictNodes conflictTables discoveryWorks } } }",
+        )?;
+        Some(answer["data"]["cets"]["systemInfo"].clone())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SIGTERM first (clean shutdown), then make sure.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+}
+
+fn names(value: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> =
+        value.as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Waits until `check` holds, or fails with `what` and the last state.
+fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match check() {
+            Ok(()) => return,
+            Err(state) => last = state,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}: {last}");
+}
+
+/// Every node sees exactly `expected` joined, discovered and available; nothing else.
+fn formed(nodes: &[&Node], expected: &[&str]) -> Result<(), String> {
+    let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    for node in nodes {
+        let info = node.system_info().ok_or("no answer")?;
+        for field in ["joinedNodes", "discoveredNodes", "availableNodes"] {
+            if names(&info[field]) != expected {
+                return Err(format!("{}: {field} = {:?}", node.name, names(&info[field])));
+            }
+        }
+        for field in ["unavailableNodes", "conflictNodes", "remoteNodesWithoutDisco"] {
+            if !names(&info[field]).is_empty() {
+                return Err(format!("{}: {field} = {:?}", node.name, names(&info[field])));
+            }
+        }
+        if info["discoveryWorks"] != true {
+            return Err(format!("{}: discoveryWorks false", node.name));
+        }
+    }
+    Ok(())
+}
+
+/// alice on one node and bob on another exchange messages and presence; returns their
+/// sessions, still open.
+fn chat_across(a: &Node, b: &Node) -> (Client, Client) {
+    let mut alice = Client::login(a.c2s, "alice", "secret", "a");
+    let mut bob = Client::login(b.c2s, "bob", "secret", "b");
+    alice.presence();
+    bob.presence();
+    // The sessions reach the other node's table before messages can find them.
+    std::thread::sleep(Duration::from_millis(500));
+    alice.send("<message to='bob@localhost' type='chat'><body>across the cluster</body></message>");
+    assert!(bob.expect("across the cluster").contains("from='alice@localhost/a'"));
+    bob.send("<message to='alice@localhost/a' type='chat'><body>and back</body></message>");
+    assert!(alice.expect("and back").contains("from='bob@localhost/b'"));
+    alice.send("<presence to='bob@localhost'><status>hi</status></presence>");
+    bob.expect("<status>hi</status>");
+    (alice, bob)
+}
+
+/// Three nodes on one SQLite file form a cluster within 10 s in any start order, and
+/// route between each other.
+#[test]
+fn three_nodes_on_sqlite_form_and_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::Sqlite(dir.path().join("shared.db"));
+    db.register(&["alice", "bob", "carol"]);
+    let n3 = Node::start(dir.path(), "node3@localhost", &db, None);
+    std::thread::sleep(Duration::from_millis(300));
+    let n1 = Node::start(dir.path(), "node1@localhost", &db, None);
+    let n2 = Node::start(dir.path(), "node2@localhost", &db, None);
+    let started = Instant::now();
+    wait_for(Duration::from_secs(10), "three joined nodes", || {
+        formed(&[&n1, &n2, &n3], &["node1@localhost", "node2@localhost", "node3@localhost"])
+    });
+    eprintln!("formed in {:?}", started.elapsed());
+    let _sessions = chat_across(&n1, &n3);
+    let tables = n1.graphql("{ cets { tableInfo { tableName memory size nodes } } }").unwrap();
+    let session = tables["data"]["cets"]["tableInfo"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tableName"] == "cets_session")
+        .cloned()
+        .unwrap();
+    assert!(session["size"].as_i64().unwrap() >= 2, "{session}");
+    assert_eq!(names(&session["nodes"]).len(), 3);
+}
+
+/// kill -9 a node: within 5 s the others drop its sessions and report it
+/// unavailable; a fresh node with a new name joins with no command, and chat works.
+#[test]
+fn killed_node_is_dropped_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::Sqlite(dir.path().join("shared.db"));
+    db.register(&["alice", "bob"]);
+    let n1 = Node::start(dir.path(), "n1@localhost", &db, None);
+    let mut n2 = Node::start(dir.path(), "n2@localhost", &db, None);
+    wait_for(Duration::from_secs(10), "two joined nodes", || formed(&[&n1, &n2], &["n1@localhost", "n2@localhost"]));
+    let _bob = Client::login(n2.c2s, "bob", "secret", "b");
+    wait_for(Duration::from_secs(5), "bob replicated to n1", || {
+        let size = n1.graphql("{ cets { tableInfo { tableName size } } }").ok_or("no answer")?;
+        let sessions = size["data"]["cets"]["tableInfo"][0]["size"].as_i64().unwrap_or(0);
+        if sessions == 1 {
+            Ok(())
+        } else {
+            Err(format!("{sessions} sessions"))
+        }
+    });
+    n2.kill();
+    let killed = Instant::now();
+    wait_for(Duration::from_secs(5), "n2's sessions dropped and n2 unavailable", || {
+        let info = n1.system_info().ok_or("no answer")?;
+        let size = n1.graphql("{ cets { tableInfo { tableName size } } }").ok_or("no answer")?;
+        let sessions = size["data"]["cets"]["tableInfo"][0]["size"].as_i64().unwrap_or(-1);
+        if names(&info["unavailableNodes"]) == ["n2@localhost"] && sessions == 0 {
+            Ok(())
+        } else {
+            Err(format!("unavailable {:?}, sessions {sessions}", names(&info["unavailableNodes"])))
+        }
+    });
+    eprintln!("dropped within {:?}", killed.elapsed());
+    let n3 = Node::start(dir.path(), "n3@localhost", &db, None);
+    wait_for(Duration::from_secs(10), "n3 joined", || {
+        let info = n1.system_info().ok_or("no answer")?;
+        if names(&info["joinedNodes"]) == ["n1@localhost", "n3@localhost"] {
+            Ok(())
+        } else {
+            Err(format!("{info}"))
+        }
+    });
+    chat_across(&n3, &n1);
+}
+
+/// The same cluster on PostgreSQL (a fresh database on the local server), with the
+/// database going away and coming back: the cluster keeps running on its node list
+/// (discoveryWorks false) and recovers by itself.
+#[test]
+fn three_nodes_on_postgres_survive_a_database_outage() {
+    let database = format!("starling_test_{}", std::process::id());
+    let _dropped_at_the_end = PgDatabase::create(&database);
+    // The nodes reach PostgreSQL through a proxy we can cut, not the shared server.
+    let proxy = common::proxy::Proxy::start("127.0.0.1:5432".parse().unwrap());
+    let url = format!("host=127.0.0.1 port={} dbname={database} user=postgres", proxy.port());
+    let db = Db::Postgres(url);
+    db.register(&["alice", "bob"]);
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = Node::start(dir.path(), "pg1@localhost", &db, None);
+    let n2 = Node::start(dir.path(), "pg2@localhost", &db, None);
+    let n3 = Node::start(dir.path(), "pg3@localhost", &db, None);
+    let all = ["pg1@localhost", "pg2@localhost", "pg3@localhost"];
+    wait_for(Duration::from_secs(10), "three joined nodes", || formed(&[&n1, &n2, &n3], &all));
+    proxy.cut();
+    wait_for(Duration::from_secs(15), "discoveryWorks false", || {
+        let info = n1.system_info().ok_or("no answer")?;
+        if info["discoveryWorks"] == false {
+            Ok(())
+        } else {
+            Err(format!("{info}"))
+        }
+    });
+    let info = n1.system_info().unwrap();
+    assert_eq!(names(&info["joinedNodes"]), all, "the cluster keeps running without the database");
+    proxy.restore();
+    wait_for(Duration::from_secs(15), "discovery recovered", || formed(&[&n1, &n2, &n3], &all));
+    chat_across(&n1, &n2);
+}
+
+/// A fresh database on the local PostgreSQL server, dropped when the test ends (pass
+/// or fail).
+struct PgDatabase(String);
+
+impl PgDatabase {
+    const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+
+    fn create(name: &str) -> PgDatabase {
+        let mut admin = postgres::Client::connect(Self::ADMIN, postgres::NoTls)
+            .expect("PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth)");
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        PgDatabase(name.to_owned())
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = postgres::Client::connect(Self::ADMIN, postgres::NoTls) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+        }
+    }
+}
+
+/// A node with the wrong secret never joins, and the others carry on.
+#[test]
+fn wrong_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::Sqlite(dir.path().join("shared.db"));
+    let n1 = Node::start(dir.path(), "good1@localhost", &db, None);
+    let n2 = Node::start(dir.path(), "good2@localhost", &db, None);
+    let _evil = Node::start_with(dir.path(), "evil@localhost", &db, None, "wrong");
+    std::thread::sleep(Duration::from_secs(3));
+    for node in [&n1, &n2] {
+        let info = node.system_info().unwrap();
+        assert_eq!(names(&info["joinedNodes"]), ["good1@localhost", "good2@localhost"], "{info}");
+        assert_eq!(names(&info["unavailableNodes"]), ["evil@localhost"], "{info}");
+    }
+}
