@@ -10,8 +10,9 @@
 //! network heals and writes stop: every live node holds exactly what every other
 //! live owner has.
 //!
-//! A failure prints its seed; `SIM_SEED=<seed>` replays it exactly and
-//! `SIM_SEEDS=<n>` runs more seeds (`scripts/simulate.sh` runs thousands).
+//! A failure prints its seed; `SIM_SEED=<seed>` replays it exactly (with the same
+//! `SIM_STEPS`, default 2000) and `SIM_SEEDS=<n>` runs more seeds
+//! (`scripts/simulate.sh` runs thousands).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -99,6 +100,8 @@ struct World {
     connections: Vec<Connection>,
     cut: BTreeSet<(usize, usize)>,
     seed: u64,
+    /// When each step ran (timeouts fire only at steps; a clock jump delays them).
+    step_times: Vec<Duration>,
 }
 
 fn owner_id(node: usize, core: u16) -> OwnerId {
@@ -143,6 +146,7 @@ impl World {
             connections: Vec::new(),
             cut: BTreeSet::new(),
             seed,
+            step_times: Vec::new(),
         }
     }
 
@@ -192,6 +196,7 @@ impl World {
         } else {
             Duration::from_millis(1 + self.rng.below(40))
         };
+        self.step_times.push(self.now);
         self.perturb();
         self.connect();
         self.deliver();
@@ -539,9 +544,19 @@ impl World {
         }
     }
 
+    /// Whether a crashed node's entries must be gone by now: a live peer notices the
+    /// silence at its first step after the dead time (plus the last in-flight
+    /// delay), and drops the entries at its first step a grace later.
+    fn must_be_gone(&self, died: Duration) -> bool {
+        let silent = died + LINK_DEAD_AFTER + Duration::from_millis(100);
+        let Some(noticed) = self.step_times.get(self.step_times.partition_point(|t| *t < silent)) else {
+            return false;
+        };
+        self.now >= *noticed + OWNER_GRACE
+    }
+
     /// Invariants that hold at every step.
     fn check_always(&self) {
-        let limit = LINK_DEAD_AFTER + OWNER_GRACE + Duration::from_millis(500);
         for (x, node) in self.nodes.iter().enumerate() {
             if !node.alive {
                 continue;
@@ -558,13 +573,13 @@ impl World {
             }
             for (y, other) in self.nodes.iter().enumerate() {
                 let Some(died) = other.died_at else { continue };
-                if self.now.saturating_sub(died) < limit {
+                if !self.must_be_gone(died) {
                     continue;
                 }
                 for (owner, epoch) in &other.old_epochs {
                     let held =
                         node.replica.store.entries.values().any(|o| o.get(owner).is_some_and(|(e, _)| e == epoch));
-                    assert!(!held, "seed {}: node {x} still holds entries of crashed node {y} ({owner:?} epoch {epoch}) after {limit:?}", self.seed);
+                    assert!(!held, "seed {}: node {x} still holds entries of crashed node {y} ({owner:?} epoch {epoch}), dead since {died:?}, now {:?}", self.seed, self.now);
                 }
             }
         }
@@ -608,7 +623,8 @@ fn run(seed: u64, steps: usize) {
         world.step();
         world.check_always();
     }
-    // Heal: no partitions, every node up, no more writes; let it settle.
+    // Heal: no partitions, no more writes; some crashed nodes come back, the others
+    // stay dead (their entries must be gone); let it settle.
     world.cut.clear();
     for node in 0..NODES {
         if !world.nodes[node].alive && world.rng.chance(50) {
@@ -618,6 +634,7 @@ fn run(seed: u64, steps: usize) {
     let settle = world.now + Duration::from_secs(20);
     while world.now < settle {
         world.now += Duration::from_millis(5);
+        world.step_times.push(world.now);
         world.connect();
         world.deliver();
         world.timeouts();
@@ -639,7 +656,8 @@ fn seeds() -> Vec<u64> {
 /// invariants hold at every step.
 #[test]
 fn replication_survives_faults() {
+    let steps = std::env::var("SIM_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
     for seed in seeds() {
-        run(seed, 2000);
+        run(seed, steps);
     }
 }
