@@ -53,7 +53,8 @@ impl std::str::FromStr for AuthMode {
 /// What every user of a run shares.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunSettings {
-    pub target: SocketAddr,
+    /// Servers (nodes of one cluster, say); user n logs in to `targets[n % len]`.
+    pub targets: Vec<SocketAddr>,
     pub domain: String,
     pub auth: AuthMode,
     /// `{n}` is replaced by the user's number.
@@ -76,6 +77,12 @@ pub struct RunSettings {
 }
 
 impl RunSettings {
+    /// The server user `user` logs in to: users are spread over the targets by
+    /// number, so closed-loop pairs (n, n+1) cross between two nodes.
+    pub fn target(&self, user: u64) -> SocketAddr {
+        self.targets[(user % self.targets.len() as u64) as usize]
+    }
+
     pub fn user_name(&self, user: u64) -> String {
         self.user_template.replace("{n}", &user.to_string())
     }
@@ -285,7 +292,7 @@ async fn retry_pause(worker: &Worker, end: Duration) {
 
 async fn login(worker: &Worker, user: u64, local: u64, source: Option<IpAddr>) -> Result<Conn, LoginError> {
     let settings = &worker.settings;
-    let stream = crate::net::connect(source, settings.target).map_err(|_| LoginError::Connect)?;
+    let stream = crate::net::connect(source, settings.target(user)).map_err(|_| LoginError::Connect)?;
     let mut conn = Conn { stream, framer: Framer::new(FramerLimits::DEFAULT) };
     let header = format!(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
@@ -469,7 +476,11 @@ async fn session(worker: &Worker, user: u64, mut conn: Conn, until: Duration) ->
         if closed_loop.is_some() && now < messaging_start {
             wake_at = wake_at.min(messaging_start);
         }
-        let wake = wait(worker, &mut conn, wake_at.saturating_sub(now), pair.as_deref(), sent_closed).await;
+        // A freed closed-loop slot only matters while messaging (else waiting on it
+        // would return at once and spin, starving the other users of this core).
+        let sending = now >= messaging_start && now < messaging_end;
+        let pair_slot = pair.as_deref().filter(|_| sending);
+        let wake = wait(worker, &mut conn, wake_at.saturating_sub(now), pair_slot, sent_closed).await;
         match wake {
             Wake::Input => {
                 if let Some(ended) = take_frames(worker, &mut conn, own_pair.as_deref()) {
@@ -595,7 +606,7 @@ mod tests {
 
     fn settings() -> RunSettings {
         RunSettings {
-            target: "127.0.0.1:5222".parse().unwrap(),
+            targets: vec!["127.0.0.1:5222".parse().unwrap()],
             domain: "localhost".into(),
             auth: AuthMode::Scram,
             user_template: "user{n}".into(),

@@ -38,9 +38,10 @@ struct Run {
     /// how many users (sessions)
     #[argh(option)]
     users: u64,
-    /// server address (only 127.0.0.0/8 is accepted)
-    #[argh(option, default = "\"127.0.0.1:5222\".parse().unwrap()")]
-    target: SocketAddr,
+    /// server address, only 127.0.0.0/8 (default 127.0.0.1:5222); repeat it for the
+    /// nodes of a cluster: user n logs in to the (n mod count)-th
+    #[argh(option)]
+    target: Vec<SocketAddr>,
     /// the XMPP domain
     #[argh(option, default = "String::from(\"localhost\")")]
     domain: String,
@@ -211,7 +212,10 @@ fn main() {
 }
 
 fn run_command(run: Run) -> Result<(), String> {
-    loopback_only(&run.target)?;
+    let targets = if run.target.is_empty() { vec!["127.0.0.1:5222".parse().unwrap()] } else { run.target };
+    for target in &targets {
+        loopback_only(target)?;
+    }
     if run.duration <= 0.0 || run.duration > 24.0 * 3600.0 {
         return Err("--duration must be between 0 and 86400 seconds".into());
     }
@@ -230,7 +234,7 @@ fn run_command(run: Run) -> Result<(), String> {
     });
     let out = run.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{}-{name}", today())));
     let settings = RunSettings {
-        target: run.target,
+        targets,
         domain: run.domain,
         auth: run.auth,
         user_template: run.user_template,

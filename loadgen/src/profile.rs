@@ -166,7 +166,7 @@ pub fn first_send(user: u64, interval: Duration) -> Duration {
 
 /// Closed-loop pairs: even users send to the next user; odd users only receive.
 pub fn partner(user: u64, first: u64) -> Option<u64> {
-    (user - first).is_multiple_of(2).then_some(user + 1)
+    user.checked_sub(first)?.is_multiple_of(2).then_some(user + 1)
 }
 
 #[cfg(test)]
@@ -225,5 +225,6 @@ mod tests {
     fn closed_loop_pairs() {
         assert_eq!(partner(10, 10), Some(11));
         assert_eq!(partner(11, 10), None);
+        assert_eq!(partner(9, 10), None, "users before the first have no partner");
     }
 }

@@ -127,7 +127,7 @@ pub fn markdown(result: &RunResult) -> String {
             settings.users,
             settings.profile.login_rate,
             settings.duration,
-            settings.target,
+            settings.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" "),
             settings.auth
         );
     }

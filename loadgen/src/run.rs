@@ -218,12 +218,25 @@ pub fn run(options: &RunOptions) -> Result<RunResult, String> {
     }
     let started = Instant::now() + Duration::from_millis(500);
     let result = collect(options, &machine, &incoming, children.len(), started, warmup);
-    for mut child in children {
+    // A worker that already exited with a failure crashed (the others are stopped).
+    let mut failed = Vec::new();
+    for (index, mut child) in children.into_iter().enumerate() {
+        if let Ok(Some(status)) = child.try_wait() {
+            if !status.success() {
+                failed.push(format!("worker {index} ({status})"));
+            }
+        }
         let _ = child.kill();
         let _ = child.wait();
     }
-    let result = result?;
+    let mut result = result?;
+    if !failed.is_empty() {
+        result.notes.push(format!("failed: {}", failed.join(", ")));
+    }
     crate::report::write(&options.out, &result).map_err(|e| format!("writing the report: {e}"))?;
+    if !failed.is_empty() {
+        return Err(format!("{}; partial report in {}", result.notes.join("; "), options.out.display()));
+    }
     Ok(result)
 }
 
@@ -316,7 +329,7 @@ fn collect(
     let _ = delivery_total.add(&second_delivery);
     let mut notes = Vec::new();
     if done.iter().any(|d| !d) {
-        notes.push("some workers did not finish before the deadline".to_owned());
+        notes.push("some workers did not finish (deadline passed, or they exited)".to_owned());
     }
     let summary = summarise(settings, &timeline, &totals, server_start);
     Ok(RunResult {

@@ -1,0 +1,126 @@
+//! The load generator end to end: accounts imported into an in-process Starling through
+//! the admin API (`importUsers` with precomputed SCRAM keys), then a tiny run of the
+//! real `starling-loadgen` binary (two worker processes), whose counts must add up
+//! with what the server saw.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+
+use starling_server::config::{Config, TlsMode};
+
+const USERS: u64 = 200;
+
+struct Node {
+    running: starling_server::Running,
+    _dir: tempfile::TempDir,
+}
+
+fn start_node() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path());
+    config.c2s[0].tls = TlsMode::None;
+    let listeners = starling_server::bind_listeners(&config).unwrap();
+    let running = starling_server::run(config, listeners).unwrap();
+    Node { running, _dir: dir }
+}
+
+/// POSTs a GraphQL query to the admin port and returns the JSON answer.
+fn graphql(admin: SocketAddr, query: &str) -> serde_json::Value {
+    let body = serde_json::json!({ "query": query }).to_string();
+    let mut stream = TcpStream::connect(admin).unwrap();
+    write!(
+        stream,
+        "POST /api/graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap()
+}
+
+fn loadgen(args: &[&str]) -> std::process::Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_starling-loadgen")).args(args).output().unwrap();
+    assert!(output.status.success(), "starling-loadgen {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn import_accounts(node: &Node, dir: &Path) {
+    let csv = dir.join("users.csv");
+    loadgen(&["accounts", "--users", &USERS.to_string(), "--iterations", "64", "--out", csv.to_str().unwrap()]);
+    let admin = node.running.admin_address.unwrap();
+    let query = format!(r#"mutation {{ account {{ importUsers(filename: "{}") {{ created }} }} }}"#, csv.display());
+    let answer = graphql(admin, &query);
+    let created = answer["data"]["account"]["importUsers"]["created"].as_array().map(Vec::len);
+    assert_eq!(created, Some(USERS as usize), "{answer}");
+}
+
+/// A closed-loop throughput run of a few seconds: every user logs in with cached
+/// SCRAM keys, every message sent is delivered (none lost or bounced), the server
+/// routed at least as many stanzas as were delivered, and the report is written.
+#[test]
+fn tiny_throughput_run_adds_up() {
+    let node = start_node();
+    let work = tempfile::tempdir().unwrap();
+    import_accounts(&node, work.path());
+    let out = work.path().join("report");
+    let target = node.running.c2s_addresses[0].to_string();
+    let output = loadgen(&[
+        "run",
+        "--profile",
+        "throughput",
+        "--users",
+        &USERS.to_string(),
+        "--target",
+        &target,
+        "--duration",
+        "7",
+        "--rate",
+        "400",
+        "--in-flight",
+        "2",
+        "--iterations",
+        "64",
+        "--sessions-per-worker",
+        "100",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    let summary = &result["summary"];
+    let totals = &result["totals"];
+    let context = format!(
+        "{summary}\n{totals}\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(result["workers"], 2, "{context}");
+    assert_eq!(summary["peak_sessions"], USERS, "{context}");
+    assert_eq!(totals["logins"], USERS, "{context}");
+    assert_eq!(totals["login_failures"], 0, "{context}");
+    assert_eq!(totals["cold_logins"], 0, "cached client keys must match the imported ones: {context}");
+    assert_eq!(totals["stream_errors"], 0, "{context}");
+    let sent = summary["sent"].as_u64().unwrap();
+    let delivered = summary["delivered"].as_u64().unwrap();
+    assert!(delivered > 1000, "a healthy server delivers thousands in seconds: {context}");
+    assert_eq!(summary["lost"], 0, "{context}");
+    assert_eq!(summary["bounced"], 0, "{context}");
+    assert_eq!(sent, delivered, "{context}");
+    let stats = node.running.node().stats();
+    assert!(
+        stats.stanzas_delivered >= delivered,
+        "server delivered {} < client received {delivered}",
+        stats.stanzas_delivered
+    );
+    assert!(result["delivery_latency_us"].is_object(), "{context}");
+    for file in ["README.md", "result.json"] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let charts =
+        std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "svg"));
+    assert!(charts.count() >= 2, "plots missing");
+}
