@@ -67,6 +67,7 @@ TOML
     "$peers/register_users.sh" ejabberd "$users" >/dev/null
     # shellcheck disable=SC1091
     pid="$(cat "${RUN_DIR:-/tmp/peers-run}/ejabberd/log/ejabberd.pid")"
+    taskset -a -cp 0 "$pid" >/dev/null   # every BEAM thread on CPU 0, like the others
     run_loadgen ejabberd 127.0.0.1:5222 "$pid" plain "${EJABBERD_RATE:-}"
     "$peers/stop_ejabberd.sh" >/dev/null 2>&1 || true
     ;;
@@ -75,6 +76,7 @@ TOML
     "$peers/start_prosody.sh" --fresh
     "$peers/register_users.sh" prosody "$users" >/dev/null
     pid="$(cat "${RUN_DIR:-/tmp/peers-run}/prosody/server.pid")"
+    taskset -a -cp 0 "$pid" >/dev/null
     run_loadgen prosody 127.0.0.1:5223 "$pid" plain "${PROSODY_RATE:-}"
     "$peers/stop_prosody.sh" >/dev/null 2>&1 || true
     ;;
