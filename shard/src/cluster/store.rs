@@ -143,6 +143,9 @@ impl ReplicaStore for RemoteSessions {
                 existing.entry = entry;
             }
             None => {
+                // Most accounts have one or two sessions: grow one at a time instead
+                // of Vec's default of four (which tripled the memory per entry).
+                sessions.reserve_exact(1);
                 sessions.push(RemoteSession { full: full.into(), owner, epoch, entry });
                 self.count += 1;
                 self.conflicts.push((full.into(), owner, entry));
