@@ -5,10 +5,10 @@
 //! node_num)`. Each round, in one transaction: read the database's clock, select the
 //! cluster's rows, update our row (or insert it with the first free `node_num >= 1`),
 //! delete rows older than an hour, and hand the node list to the cores. Rounds run
-//! every 5 s while the cluster forms (the first 5 minutes, or until a peer joined),
-//! then every `discovery_interval` to twice that (default 30-60 s), and 1 s after an
-//! error. A database outage leaves the cluster on
-//! its last node list, with `discoveryWorks: false`, and heals by itself.
+//! every 5 s while the cluster forms (the first 5 minutes) and after a round that
+//! found the node list changed, otherwise every `discovery_interval` to twice that
+//! (default 30-60 s), and 1 s after an error. A database outage leaves the cluster
+//! on its last node list, with `discoveryWorks: false`, and heals by itself.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -178,6 +178,7 @@ pub fn spawn(
         .name("starling-discovery".into())
         .spawn(move || {
             let started = Instant::now();
+            let mut known: Vec<String> = Vec::new();
             let mut db: Option<Box<dyn Discovery>> = None;
             loop {
                 if db.is_none() {
@@ -189,10 +190,17 @@ pub fn spawn(
                 };
                 let wait = match result {
                     Ok(nodes) => {
+                        // Keep rounds fast while the cluster forms and whenever the
+                        // node list changed (more nodes may be starting): waiting for
+                        // one peer to join was not enough, a staggered start of 16
+                        // nodes then took up to a slow round (60 s) to form.
+                        let mut names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+                        names.sort_unstable();
+                        let changed = names != known;
+                        known = names;
                         node.update_discovery(nodes);
-                        let joined = node.cluster_status(&settings.node).joined_nodes.len() > 1;
-                        if started.elapsed() < FORMING && !joined {
-                            Duration::from_secs(5)
+                        if started.elapsed() < FORMING || changed {
+                            Duration::from_secs(5).min(settings.interval)
                         } else {
                             settings.interval + Duration::from_millis(jitter(settings.interval.as_millis() as u64))
                         }
@@ -204,9 +212,23 @@ pub fn spawn(
                         Duration::from_secs(1)
                     }
                 };
-                match stop.recv_timeout(wait) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return,
+                // Wait in 1 s slices: a node we have not discovered that linked to
+                // us (a fresh node joining a formed cluster) starts a round at once
+                // instead of at the next slow round.
+                let until = Instant::now() + wait;
+                loop {
+                    let slice = until.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+                    if slice.is_zero() {
+                        break;
+                    }
+                    match stop.recv_timeout(slice) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let status = node.cluster_status(&settings.node);
+                    if status.available_nodes.iter().any(|n| !status.discovered_nodes.contains(n)) {
+                        break;
+                    }
                 }
             }
         })
