@@ -55,6 +55,7 @@ TOML
   echo $! > "$node/pid"
   if [ "$i" -eq 1 ]; then
     for _ in $(seq 1 100); do [ -f "$node/cert.pem" ] && break; sleep 0.1; done
+    [ -f "$node/cert.pem" ] || { echo "node1 did not start:"; tail -3 "$node/server.log"; exit 1; }
   fi
   echo "node$i@localhost: pid $(cat "$node/pid"), c2s $((5222 + 1000 * (i - 1))), admin $((5551 + i - 1)), log $node/server.log"
 }
