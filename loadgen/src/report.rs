@@ -233,3 +233,50 @@ pub fn compare(results: &[RunResult]) -> String {
     text.push('\n');
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{Second, Summary};
+
+    fn result(name: &str, delivered_rate: f64, p99_us: u64) -> RunResult {
+        let second = |t: f64| Second { t, sessions: 10, delivered_per_second: 100, ..Second::default() };
+        RunResult {
+            name: name.into(),
+            command: format!("starling-loadgen run --name {name}"),
+            timeline: vec![second(1.0), second(2.0)],
+            delivery_latency_us: Percentiles { count: 200, p50: 500, p90: 800, p99: p99_us, p999: p99_us, max: p99_us },
+            summary: Summary { peak_sessions: 10, delivered_rate, sent: 200, delivered: 200, ..Summary::default() },
+            ..RunResult::default()
+        }
+    }
+
+    /// Ratios say how many times better the first run is: higher-is-better figures
+    /// divide the first by the other, lower-is-better ones the other by the first.
+    #[test]
+    fn comparison_ratios_favour_the_better_direction() {
+        let text = compare(&[result("a", 1000.0, 2000), result("b", 250.0, 8000)]);
+        assert!(text.contains("| delivered messages/s | 1000.0 | 250.0 (first is 4.0x) |"), "{text}");
+        assert!(text.contains("| delivery p99 (ms) | 2.0 | 8.0 (first is 4.0x) |"), "{text}");
+        assert!(text.contains("| server bytes per session | - | - |"), "{text}");
+        assert!(text.contains("Lost messages (sent, neither delivered nor bounced): a 0; b 0;"), "{text}");
+    }
+
+    /// The summary carries the command and the headline figures; the folder gets the
+    /// JSON, the Markdown and SVG charts.
+    #[test]
+    fn report_folder_has_summary_and_charts() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = result("a", 1000.0, 2000);
+        write(dir.path(), &run).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
+        assert!(text.contains("starling-loadgen run --name a"), "{text}");
+        assert!(text.contains("| messages sent / delivered / bounced / lost | 200 / 200 / 0 / 0 |"), "{text}");
+        for chart in ["sessions.svg", "throughput.svg", "latency.svg"] {
+            let svg = std::fs::read_to_string(dir.path().join(chart)).unwrap();
+            assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{chart}");
+        }
+        let back: RunResult = serde_json::from_slice(&std::fs::read(dir.path().join("result.json")).unwrap()).unwrap();
+        assert_eq!(back.summary.delivered, 200);
+    }
+}
