@@ -4,7 +4,7 @@
 //! with what the server saw.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 
@@ -123,4 +123,60 @@ fn tiny_throughput_run_adds_up() {
     let charts =
         std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "svg"));
     assert!(charts.count() >= 2, "plots missing");
+}
+
+/// A hostile server: of every three connections it closes one at once, stalls one
+/// (reads, never answers) and answers one with a stream error. The run still ends on
+/// time, succeeds, counts the failures and writes its report.
+#[test]
+fn misbehaving_server_is_counted_not_fatal() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut stalled = Vec::new();
+        for (index, stream) in listener.incoming().enumerate().take(10_000) {
+            let Ok(mut stream) = stream else { continue };
+            match index % 3 {
+                0 => drop(stream),
+                1 => stalled.push(stream),
+                _ => {
+                    let mut buffer = [0u8; 1024];
+                    let _ = stream.read(&mut buffer);
+                    let _ = stream.write_all(
+                        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='x' version='1.0'>\
+                          <stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>",
+                    );
+                }
+            }
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("report");
+    let started = std::time::Instant::now();
+    loadgen(&[
+        "run",
+        "--profile",
+        "connect",
+        "--users",
+        "30",
+        "--target",
+        &target,
+        "--duration",
+        "3",
+        "--rate",
+        "100",
+        "--auth",
+        "plain",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "the run must end on time");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    let totals = &result["totals"];
+    assert_eq!(totals["logins"], 0, "{totals}");
+    assert!(totals["connect_attempts"].as_u64().unwrap() >= 30, "{totals}");
+    assert!(totals["login_failures"].as_u64().unwrap() >= 10, "{totals}");
+    assert!(totals["stream_errors"].as_u64().unwrap() >= 5, "{totals}");
+    assert!(out.join("README.md").is_file());
 }
