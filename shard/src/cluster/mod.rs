@@ -519,17 +519,15 @@ fn broadcast(core: &Core, owner: OwnerId, epoch: u64, change: Change) {
 /// settles the conflict: the newer session wins, the older gets `conflict`.
 pub(crate) fn apply(core: &Core, op: ReplicaOp) {
     let Some(cluster) = &core.cluster else { return };
-    let mut replica = cluster.replica.borrow_mut();
-    replica.apply(op.owner, op.epoch, &op.change);
-    let conflicts = std::mem::take(&mut replica.store.conflicts);
-    drop(replica);
-    for (full, owner, remote) in conflicts {
-        let local = core.sessions.borrow().session(&full).map(|s| (s.entry(), s.mailbox.clone()));
-        if let Some((entry, mailbox)) = local {
-            let remote_newer = (remote.created_ms, owner.node_num) > (entry.created_ms, cluster.node_num());
-            if remote_newer {
-                mailbox.kick(starling_wire::error::StreamErrorCondition::Conflict);
-            }
+    let applied = cluster.replica.borrow_mut().apply(op.owner, op.epoch, &op.change);
+    let Change::Put { table: Table::Session, key, value } = &op.change else { return };
+    let (true, Ok(full), Some(remote)) = (applied, std::str::from_utf8(key), SessionEntry::decode(value)) else {
+        return;
+    };
+    let local = core.sessions.borrow().session(full).map(|s| (s.entry(), s.mailbox.clone()));
+    if let Some((entry, mailbox)) = local {
+        if (remote.created_ms, op.owner.node_num) > (entry.created_ms, cluster.node_num()) {
+            mailbox.kick(starling_wire::error::StreamErrorCondition::Conflict);
         }
     }
 }

@@ -63,8 +63,6 @@ pub struct RemoteSessions {
     count: usize,
     /// Entries of the other tables (few: components, cluster id), kept whole.
     others: HashMap<(Table, Box<[u8]>), Claims>,
-    /// A put that replaced a local session's full JID: the shell kicks the older one.
-    pub conflicts: Vec<(Box<str>, OwnerId, SessionEntry)>,
 }
 
 fn bare_of(full: &str) -> &str {
@@ -148,7 +146,6 @@ impl ReplicaStore for RemoteSessions {
                 sessions.reserve_exact(1);
                 sessions.push(RemoteSession { full: full.into(), owner, epoch, entry });
                 self.count += 1;
-                self.conflicts.push((full.into(), owner, entry));
             }
         }
     }
