@@ -148,18 +148,24 @@ impl FullJid {
     }
 }
 
+/// Splits a JID's text into (localpart, domain, resource) per RFC 7622 section 3.2:
+/// the resource starts at the first `/`, the localpart ends at the first `@` before it.
+fn split(text: &str) -> (Option<&str>, &str, Option<&str>) {
+    let (bare, resource) = match text.split_once('/') {
+        Some((bare, resource)) => (bare, Some(resource)),
+        None => (text, None),
+    };
+    match bare.split_once('@') {
+        Some((local, domain)) => (Some(local), domain, resource),
+        None => (None, bare, resource),
+    }
+}
+
 impl Jid {
     /// Parses and normalises any JID (RFC 7622 section 3.2: the resource starts at the
     /// first `/`, the localpart ends at the first `@` before it).
     pub fn parse(text: &str) -> Result<Jid, JidError> {
-        let (bare, resource) = match text.find('/') {
-            Some(slash) => (&text[..slash], Some(&text[slash + 1..])),
-            None => (text, None),
-        };
-        let (local, domain) = match bare.find('@') {
-            Some(at) => (Some(&bare[..at]), &bare[at + 1..]),
-            None => (None, bare),
-        };
+        let (local, domain, resource) = split(text);
         let bare = BareJid::new(local, domain)?;
         match resource {
             None => Ok(Jid::Bare(bare)),
@@ -241,14 +247,7 @@ impl<'a> JidRef<'a> {
 
     /// The normalised text: borrowed from `text` when nothing changed.
     fn normalise(text: &str) -> Result<Cow<'_, str>, JidError> {
-        let (bare, resource) = match text.find('/') {
-            Some(slash) => (&text[..slash], Some(&text[slash + 1..])),
-            None => (text, None),
-        };
-        let (local, domain) = match bare.find('@') {
-            Some(at) => (Some(&bare[..at]), &bare[at + 1..]),
-            None => (None, bare),
-        };
+        let (local, domain, resource) = split(text);
         let local = local.map(normalise_local).transpose()?;
         let domain_normal = normalise_domain(domain)?;
         let resource = resource.map(normalise_resource).transpose()?;
