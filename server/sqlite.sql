@@ -33,3 +33,71 @@ CREATE TABLE IF NOT EXISTS discovery_nodes (
     PRIMARY KEY (node_name)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS i_discovery_nodes_node_num ON discovery_nodes (cluster_name, node_num);
+
+-- Rosters (RFC 6121 section 2). One row per contact; `visible` is 0 for a contact known
+-- only by a pending inbound subscription request. Groups are joined with U+001F, a
+-- character XML cannot carry.
+CREATE TABLE IF NOT EXISTS rosterusers (
+    server       TEXT    NOT NULL,
+    username     TEXT    NOT NULL,
+    jid          TEXT    NOT NULL,
+    name         TEXT    NOT NULL DEFAULT '',
+    subscription TEXT    NOT NULL DEFAULT 'none',
+    ask          INTEGER NOT NULL DEFAULT 0,
+    pending_in   INTEGER NOT NULL DEFAULT 0,
+    approved     INTEGER NOT NULL DEFAULT 0,
+    visible      INTEGER NOT NULL DEFAULT 1,
+    groups       TEXT    NOT NULL DEFAULT '',
+    PRIMARY KEY (server, username, jid)
+) WITHOUT ROWID;
+
+-- Roster versions (XEP-0237): a counter per account.
+CREATE TABLE IF NOT EXISTS roster_version (
+    server   TEXT    NOT NULL,
+    username TEXT    NOT NULL,
+    version  INTEGER NOT NULL,
+    PRIMARY KEY (server, username)
+) WITHOUT ROWID;
+
+-- Block lists (XEP-0191).
+CREATE TABLE IF NOT EXISTS blocking (
+    server   TEXT    NOT NULL,
+    username TEXT    NOT NULL,
+    jid      TEXT    NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (server, username, jid)
+) WITHOUT ROWID;
+
+-- Offline messages (XEP-0160), delivered and deleted at the next available presence.
+CREATE TABLE IF NOT EXISTS offline_message (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    server     TEXT    NOT NULL,
+    username   TEXT    NOT NULL,
+    stanza     BLOB    NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS i_offline_message_user ON offline_message (server, username, id);
+
+-- Per-account XML documents: vCard (XEP-0054), private XML (XEP-0049), last activity
+-- (XEP-0012), archive preferences (XEP-0313).
+CREATE TABLE IF NOT EXISTS account_data (
+    server   TEXT NOT NULL,
+    username TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    value    BLOB NOT NULL,
+    PRIMARY KEY (server, username, kind, key)
+) WITHOUT ROWID;
+
+-- Message archive (XEP-0313). `id` embeds the node number, so ids from every node of
+-- a cluster are unique in one archive and grow with time.
+CREATE TABLE IF NOT EXISTS mam_message (
+    server       TEXT    NOT NULL,
+    username     TEXT    NOT NULL,
+    id           INTEGER NOT NULL,
+    timestamp_us INTEGER NOT NULL,
+    remote_bare  TEXT    NOT NULL,
+    stanza       BLOB    NOT NULL,
+    PRIMARY KEY (server, username, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS i_mam_message_with ON mam_message (server, username, remote_bare, id);

@@ -16,6 +16,8 @@ use std::thread::JoinHandle;
 use starling_wire::jid::BareJid;
 use starling_wire::sasl::scram::{Credentials, Hash};
 
+use crate::roster::{Roster, RosterItem};
+
 /// Why a storage call failed. Every variant means "this request failed", never "the
 /// node is broken": the caller answers with an XMPP error and carries on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +38,139 @@ pub enum StoreError {
 pub trait Store: Send {
     /// The stored SCRAM credentials of `user` for `hash`, `None` for no such user.
     fn credentials(&mut self, user: &BareJid, hash: Hash) -> Result<Option<Credentials>, StoreError>;
+
+    // The IM data of an account (RFC 6121, XEPs). A backend that has not implemented
+    // them yet answers `Query`, so clients get `internal-server-error`, never a crash.
+
+    /// The roster and block list of `user` (empty for a new account).
+    fn account(&mut self, user: &BareJid) -> Result<AccountData, StoreError> {
+        let _ = user;
+        Err(unsupported())
+    }
+    /// Inserts or replaces one roster item and sets the roster version.
+    fn roster_put(&mut self, user: &BareJid, item: &RosterItem, version: u64) -> Result<(), StoreError> {
+        let _ = (user, item, version);
+        Err(unsupported())
+    }
+    /// Removes one roster item and sets the roster version.
+    fn roster_delete(&mut self, user: &BareJid, jid: &str, version: u64) -> Result<(), StoreError> {
+        let _ = (user, jid, version);
+        Err(unsupported())
+    }
+    /// Adds JIDs to the block list (XEP-0191).
+    fn block(&mut self, user: &BareJid, jids: &[String]) -> Result<(), StoreError> {
+        let _ = (user, jids);
+        Err(unsupported())
+    }
+    /// Removes JIDs from the block list; an empty list removes every entry.
+    fn unblock(&mut self, user: &BareJid, jids: &[String]) -> Result<(), StoreError> {
+        let _ = (user, jids);
+        Err(unsupported())
+    }
+    /// Stores an offline message (XEP-0160); `false` when `user` already has `max`.
+    fn offline_push(&mut self, user: &BareJid, stanza: &[u8], max: usize) -> Result<bool, StoreError> {
+        let _ = (user, stanza, max);
+        Err(unsupported())
+    }
+    /// Takes (returns and deletes) every offline message of `user`, oldest first.
+    fn offline_take(&mut self, user: &BareJid) -> Result<Vec<Vec<u8>>, StoreError> {
+        let _ = user;
+        Err(unsupported())
+    }
+    /// One stored XML document of `user` (vCard, private XML, ...).
+    fn data(&mut self, user: &BareJid, kind: DataKind, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = (user, kind, key);
+        Err(unsupported())
+    }
+    /// Stores (`Some`) or deletes (`None`) one document of `user`.
+    fn set_data(&mut self, user: &BareJid, kind: DataKind, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let _ = (user, kind, key, value);
+        Err(unsupported())
+    }
+    /// Appends a message to the archive of `user` (XEP-0313).
+    fn archive_put(&mut self, user: &BareJid, message: &ArchivedMessage) -> Result<(), StoreError> {
+        let _ = (user, message);
+        Err(unsupported())
+    }
+    /// One page of the archive of `user`.
+    fn archive_query(&mut self, user: &BareJid, query: &ArchiveQuery) -> Result<ArchivePage, StoreError> {
+        let _ = (user, query);
+        Err(unsupported())
+    }
+}
+
+fn unsupported() -> StoreError {
+    StoreError::Query("not supported by this storage backend yet".into())
+}
+
+/// What the home core loads for an account when it first needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountData {
+    pub roster: Roster,
+    /// Blocked JIDs (XEP-0191), normalised, in the order they were added.
+    pub blocked: Vec<String>,
+}
+
+/// Kinds of per-account XML documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    /// XEP-0054 vCard-temp (key "").
+    Vcard,
+    /// XEP-0049 private XML storage (key: the child's `name namespace`).
+    Private,
+    /// XEP-0012 last activity (key ""; value `seconds-since-epoch status`).
+    LastActivity,
+    /// XEP-0313 archiving preferences (key "").
+    ArchivePreferences,
+}
+
+impl DataKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataKind::Vcard => "vcard",
+            DataKind::Private => "private",
+            DataKind::LastActivity => "last",
+            DataKind::ArchivePreferences => "mam_prefs",
+        }
+    }
+}
+
+/// One archived message (XEP-0313).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    /// Unique in the archive across the cluster and increasing with time.
+    pub id: u64,
+    /// Microseconds since the UNIX epoch.
+    pub timestamp_us: u64,
+    /// The other party's bare JID.
+    pub with: String,
+    /// The message as delivered (stamped).
+    pub stanza: Vec<u8>,
+}
+
+/// A page request against an archive (XEP-0313 filters, XEP-0059 paging).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveQuery {
+    pub with: Option<String>,
+    pub start_us: Option<u64>,
+    pub end_us: Option<u64>,
+    /// Only ids greater than this.
+    pub after_id: Option<u64>,
+    /// Only ids smaller than this.
+    pub before_id: Option<u64>,
+    /// The page is taken from the end (RSM `<before/>`, empty or with an id).
+    pub from_end: bool,
+    pub max: usize,
+}
+
+/// One page of archived messages, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchivePage {
+    pub messages: Vec<ArchivedMessage>,
+    /// No more messages in the paging direction.
+    pub complete: bool,
+    /// Messages matching the filters (without paging).
+    pub count: u64,
 }
 
 /// A unit of work: given the thread's store (or why it could not be opened), runs and
@@ -49,6 +184,9 @@ pub type StoreFactory = dyn Fn() -> Result<Box<dyn Store>, StoreError> + Send + 
 #[derive(Clone)]
 pub struct DbPool {
     jobs: crossbeam_channel::Sender<Job>,
+    /// One queue per thread, for jobs that must run in order per key (one account's
+    /// roster writes): a key always goes to the same thread.
+    keyed: Vec<crossbeam_channel::Sender<Job>>,
 }
 
 /// The pool's threads. `join` stops them even while `DbPool` clones remain.
@@ -66,25 +204,50 @@ impl DbPool {
         assert!(workers > 0, "a pool needs at least one thread");
         let (jobs, receiver) = crossbeam_channel::bounded::<Job>(queue_max);
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let mut keyed = Vec::with_capacity(workers);
         let handles = (0..workers)
             .map(|i| {
                 let receiver = receiver.clone();
+                let (own, own_receiver) = crossbeam_channel::bounded::<Job>(queue_max);
+                keyed.push(own);
                 let stopped = stopped.clone();
                 let factory = factory.clone();
                 std::thread::Builder::new()
                     .name(format!("starling-db-{i}"))
-                    .spawn(move || run_worker(&receiver, &stopped, &*factory))
+                    .spawn(move || run_worker(&receiver, &own_receiver, &stopped, &*factory))
                     // Invariant: thread creation fails only when the process is out of resources at startup.
                     .expect("spawning a DB thread")
             })
             .collect();
-        (DbPool { jobs }, DbThreads { handles, stop: Some(stop) })
+        (DbPool { jobs, keyed }, DbThreads { handles, stop: Some(stop) })
     }
 
     /// Runs `work` on a DB thread and returns its result. Fails with `Stopped` when
     /// the pool is gone or its queue is full (backpressure: the caller answers
     /// `resource-constraint`/`internal-server-error` rather than queueing forever).
     pub fn run<T, F>(&self, work: F) -> impl Future<Output = Result<T, StoreError>> + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        Self::queue(&self.jobs, work)
+    }
+
+    /// Like [`DbPool::run`], but jobs with the same `key` run one after another in the
+    /// order they were queued (this call queues at once, before the future is polled).
+    pub fn run_for<T, F>(&self, key: &str, work: F) -> impl Future<Output = Result<T, StoreError>> + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let thread = crate::core::home_core(key, self.keyed.len());
+        Self::queue(&self.keyed[thread], work)
+    }
+
+    fn queue<T, F>(
+        jobs: &crossbeam_channel::Sender<Job>,
+        work: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + 'static
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
@@ -96,7 +259,7 @@ impl DbPool {
             let _ = reply.send(result);
             failed
         });
-        let queued = self.jobs.try_send(job).is_ok();
+        let queued = jobs.try_send(job).is_ok();
         async move {
             if !queued {
                 return Err(StoreError::Stopped);
@@ -119,6 +282,7 @@ impl DbThreads {
 
 fn run_worker(
     receiver: &crossbeam_channel::Receiver<Job>,
+    own: &crossbeam_channel::Receiver<Job>,
     stopped: &crossbeam_channel::Receiver<()>,
     factory: &StoreFactory,
 ) {
@@ -126,6 +290,10 @@ fn run_worker(
     loop {
         let job = crossbeam_channel::select! {
             recv(receiver) -> job => match job {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            recv(own) -> job => match job {
                 Ok(job) => job,
                 Err(_) => return,
             },

@@ -31,6 +31,7 @@ pub mod limits;
 mod mailbox;
 mod node;
 mod presence;
+pub mod roster;
 mod router;
 mod session;
 mod sessions;

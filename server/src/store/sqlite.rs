@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use starling_shard::blocking::{Store, StoreError};
+use starling_shard::blocking::{AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, Store, StoreError};
+use starling_shard::roster::{Roster, RosterItem, Subscription};
 use starling_wire::jid::BareJid;
 use starling_wire::sasl::scram::{Credentials, Hash};
 
@@ -86,6 +87,287 @@ impl Store for Sqlite {
             })
             .transpose()
     }
+
+    fn account(&mut self, user: &BareJid) -> Result<AccountData, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let version = self
+            .connection
+            .prepare_cached("SELECT version FROM roster_version WHERE server = ?1 AND username = ?2")
+            .and_then(|mut s| s.query_row(params![server, username], |row| row.get::<_, i64>(0)).optional())
+            .map_err(query_error)?
+            .unwrap_or(0) as u64;
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT jid, name, subscription, ask, pending_in, approved, visible, groups FROM rosterusers \
+                 WHERE server = ?1 AND username = ?2 ORDER BY jid",
+            )
+            .map_err(query_error)?;
+        let items = statement
+            .query_map(params![server, username], |row| {
+                let groups: String = row.get(7)?;
+                Ok(RosterItem {
+                    jid: row.get(0)?,
+                    name: row.get(1)?,
+                    subscription: Subscription::parse(&row.get::<_, String>(2)?),
+                    ask: row.get(3)?,
+                    pending_in: row.get(4)?,
+                    approved: row.get(5)?,
+                    visible: row.get(6)?,
+                    groups: groups.split(GROUP_SEPARATOR).filter(|g| !g.is_empty()).map(str::to_owned).collect(),
+                })
+            })
+            .map_err(query_error)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(query_error)?;
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT jid FROM blocking WHERE server = ?1 AND username = ?2 ORDER BY added_at, jid")
+            .map_err(query_error)?;
+        let blocked = statement
+            .query_map(params![server, username], |row| row.get::<_, String>(0))
+            .map_err(query_error)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(query_error)?;
+        Ok(AccountData { roster: Roster { version, items }, blocked })
+    }
+
+    fn roster_put(&mut self, user: &BareJid, item: &RosterItem, version: u64) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        let groups = item.groups.join(&GROUP_SEPARATOR.to_string());
+        self.in_transaction(|connection| {
+            connection
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO rosterusers (server, username, jid, name, subscription, ask, pending_in, \
+                     approved, visible, groups) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?
+                .execute(params![
+                    server,
+                    username,
+                    item.jid,
+                    item.name,
+                    item.subscription.as_str(),
+                    item.ask,
+                    item.pending_in,
+                    item.approved,
+                    item.visible,
+                    groups
+                ])?;
+            set_roster_version(connection, server, username, version)
+        })
+    }
+
+    fn roster_delete(&mut self, user: &BareJid, jid: &str, version: u64) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.in_transaction(|connection| {
+            connection
+                .prepare_cached("DELETE FROM rosterusers WHERE server = ?1 AND username = ?2 AND jid = ?3")?
+                .execute(params![server, username, jid])?;
+            set_roster_version(connection, server, username, version)
+        })
+    }
+
+    fn block(&mut self, user: &BareJid, jids: &[String]) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        let now = now_us() as i64;
+        self.in_transaction(|connection| {
+            let mut statement = connection.prepare_cached(
+                "INSERT OR IGNORE INTO blocking (server, username, jid, added_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for jid in jids {
+                statement.execute(params![server, username, jid, now])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn unblock(&mut self, user: &BareJid, jids: &[String]) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.in_transaction(|connection| {
+            if jids.is_empty() {
+                connection
+                    .prepare_cached("DELETE FROM blocking WHERE server = ?1 AND username = ?2")?
+                    .execute(params![server, username])?;
+                return Ok(());
+            }
+            let mut statement =
+                connection.prepare_cached("DELETE FROM blocking WHERE server = ?1 AND username = ?2 AND jid = ?3")?;
+            for jid in jids {
+                statement.execute(params![server, username, jid])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn offline_push(&mut self, user: &BareJid, stanza: &[u8], max: usize) -> Result<bool, StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.in_transaction(|connection| {
+            let stored: i64 = connection
+                .prepare_cached("SELECT COUNT(*) FROM offline_message WHERE server = ?1 AND username = ?2")?
+                .query_row(params![server, username], |row| row.get(0))?;
+            if stored as usize >= max {
+                return Ok(false);
+            }
+            connection
+                .prepare_cached(
+                    "INSERT INTO offline_message (server, username, stanza, created_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![server, username, stanza, (now_us() / 1_000_000) as i64])?;
+            Ok(true)
+        })
+    }
+
+    fn offline_take(&mut self, user: &BareJid) -> Result<Vec<Vec<u8>>, StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.in_transaction(|connection| {
+            let messages = connection
+                .prepare_cached("SELECT stanza FROM offline_message WHERE server = ?1 AND username = ?2 ORDER BY id")?
+                .query_map(params![server, username], |row| row.get::<_, Vec<u8>>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            connection
+                .prepare_cached("DELETE FROM offline_message WHERE server = ?1 AND username = ?2")?
+                .execute(params![server, username])?;
+            Ok(messages)
+        })
+    }
+
+    fn data(&mut self, user: &BareJid, kind: DataKind, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.connection
+            .prepare_cached(
+                "SELECT value FROM account_data WHERE server = ?1 AND username = ?2 AND kind = ?3 AND key = ?4",
+            )
+            .and_then(|mut s| s.query_row(params![server, username, kind.as_str(), key], |row| row.get(0)).optional())
+            .map_err(query_error)
+    }
+
+    fn set_data(&mut self, user: &BareJid, kind: DataKind, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        let result = match value {
+            Some(value) => self
+                .connection
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO account_data (server, username, kind, key, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut s| s.execute(params![server, username, kind.as_str(), key, value])),
+            None => self
+                .connection
+                .prepare_cached(
+                    "DELETE FROM account_data WHERE server = ?1 AND username = ?2 AND kind = ?3 AND key = ?4",
+                )
+                .and_then(|mut s| s.execute(params![server, username, kind.as_str(), key])),
+        };
+        result.map(|_| ()).map_err(query_error)
+    }
+
+    fn archive_put(&mut self, user: &BareJid, message: &ArchivedMessage) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.connection
+            .prepare_cached(
+                "INSERT OR IGNORE INTO mam_message (server, username, id, timestamp_us, remote_bare, stanza) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    server,
+                    username,
+                    message.id as i64,
+                    message.timestamp_us as i64,
+                    message.with,
+                    message.stanza
+                ])
+            })
+            .map(|_| ())
+            .map_err(query_error)
+    }
+
+    fn archive_query(&mut self, user: &BareJid, query: &ArchiveQuery) -> Result<ArchivePage, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let mut filters = String::from("server = ?1 AND username = ?2");
+        let mut values: Vec<rusqlite::types::Value> = vec![server.to_owned().into(), username.to_owned().into()];
+        let mut add = |clause: &str, value: rusqlite::types::Value| {
+            values.push(value);
+            filters.push_str(&format!(" AND {clause} ?{}", values.len()));
+        };
+        if let Some(with) = &query.with {
+            add("remote_bare =", with.clone().into());
+        }
+        if let Some(start) = query.start_us {
+            add("timestamp_us >=", (start as i64).into());
+        }
+        if let Some(end) = query.end_us {
+            add("timestamp_us <=", (end as i64).into());
+        }
+        let count: i64 = self
+            .connection
+            .query_row(
+                &format!("SELECT COUNT(*) FROM mam_message WHERE {filters}"),
+                rusqlite::params_from_iter(values.iter()),
+                |row| row.get(0),
+            )
+            .map_err(query_error)?;
+        let mut add = |clause: &str, value: rusqlite::types::Value| {
+            values.push(value);
+            filters.push_str(&format!(" AND {clause} ?{}", values.len()));
+        };
+        if let Some(after) = query.after_id {
+            add("id >", (after as i64).into());
+        }
+        if let Some(before) = query.before_id {
+            add("id <", (before as i64).into());
+        }
+        let order = if query.from_end { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT id, timestamp_us, remote_bare, stanza FROM mam_message WHERE {filters} ORDER BY id {order} LIMIT {}",
+            query.max + 1
+        );
+        let mut messages = self
+            .connection
+            .prepare(&sql)
+            .and_then(|mut s| {
+                s.query_map(rusqlite::params_from_iter(values.iter()), |row| {
+                    Ok(ArchivedMessage {
+                        id: row.get::<_, i64>(0)? as u64,
+                        timestamp_us: row.get::<_, i64>(1)? as u64,
+                        with: row.get(2)?,
+                        stanza: row.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(query_error)?;
+        let complete = messages.len() <= query.max;
+        messages.truncate(query.max);
+        if query.from_end {
+            messages.reverse();
+        }
+        Ok(ArchivePage { messages, complete, count: count as u64 })
+    }
+}
+
+/// Separates roster group names in one column; XML text cannot contain it.
+const GROUP_SEPARATOR: char = '\u{1f}';
+
+fn set_roster_version(connection: &Connection, server: &str, username: &str, version: u64) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached("INSERT OR REPLACE INTO roster_version (server, username, version) VALUES (?1, ?2, ?3)")?
+        .execute(params![server, username, version as i64])?;
+    Ok(())
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl Sqlite {
+    /// Runs `work` in one immediate transaction (all or nothing).
+    fn in_transaction<T>(&mut self, work: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let transaction =
+            self.connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(query_error)?;
+        let result = work(&transaction).map_err(query_error)?;
+        transaction.commit().map_err(query_error)?;
+        Ok(result)
+    }
 }
 
 impl Storage for Sqlite {
@@ -127,11 +409,18 @@ impl Storage for Sqlite {
 
     fn remove(&mut self, user: &BareJid) -> Result<bool, StoreError> {
         let (server, username) = Self::user_key(user);
-        let removed = self
-            .connection
-            .execute("DELETE FROM users WHERE server = ?1 AND username = ?2", params![server, username])
-            .map_err(query_error)?;
-        Ok(removed == 1)
+        // Everything the account stored goes with it (as `mongooseimctl unregister` does).
+        self.in_transaction(|connection| {
+            for table in ["rosterusers", "roster_version", "blocking", "offline_message", "account_data", "mam_message"]
+            {
+                connection.execute(
+                    &format!("DELETE FROM {table} WHERE server = ?1 AND username = ?2"),
+                    params![server, username],
+                )?;
+            }
+            connection.execute("DELETE FROM users WHERE server = ?1 AND username = ?2", params![server, username])
+        })
+        .map(|removed| removed == 1)
     }
 
     fn set_keys(&mut self, user: &BareJid, keys: &AccountKeys) -> Result<bool, StoreError> {
@@ -208,6 +497,75 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Sqlite::open(&dir.path().join("s.db")).unwrap();
         crate::store::tests::account_lifecycle(&mut store);
+    }
+
+    /// Rosters, block lists, offline messages, documents and the archive survive
+    /// reopening the file, and removing the account removes them.
+    #[test]
+    fn im_data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let alice: BareJid = "alice@localhost".parse().unwrap();
+        let item = RosterItem {
+            jid: "bob@localhost".into(),
+            name: "Bob".into(),
+            subscription: Subscription::Both,
+            ask: true,
+            visible: true,
+            groups: vec!["Friends".into(), "Work".into()],
+            ..RosterItem::default()
+        };
+        {
+            let mut store = Sqlite::open(&path).unwrap();
+            store.roster_put(&alice, &item, 3).unwrap();
+            store.roster_put(&alice, &RosterItem { jid: "carol@localhost".into(), ..item.clone() }, 4).unwrap();
+            store.roster_delete(&alice, "carol@localhost", 5).unwrap();
+            store.block(&alice, &["spam@evil".into(), "evil".into()]).unwrap();
+            store.unblock(&alice, &["evil".into()]).unwrap();
+            assert!(store.offline_push(&alice, b"<message>1</message>", 2).unwrap());
+            assert!(store.offline_push(&alice, b"<message>2</message>", 2).unwrap());
+            assert!(!store.offline_push(&alice, b"<message>3</message>", 2).unwrap(), "full at the limit");
+            store.set_data(&alice, DataKind::Vcard, "", Some(b"<vCard/>")).unwrap();
+            for id in 1..=5u64 {
+                let with = if id % 2 == 0 { "bob@localhost" } else { "carol@localhost" };
+                let message =
+                    ArchivedMessage { id, timestamp_us: id * 10, with: with.into(), stanza: vec![b'0' + id as u8] };
+                store.archive_put(&alice, &message).unwrap();
+            }
+        }
+        let mut store = Sqlite::open(&path).unwrap();
+        let account = store.account(&alice).unwrap();
+        assert_eq!(account.roster, Roster { version: 5, items: vec![item] });
+        assert_eq!(account.blocked, vec!["spam@evil".to_owned()]);
+        assert_eq!(
+            store.offline_take(&alice).unwrap(),
+            vec![b"<message>1</message>".to_vec(), b"<message>2</message>".to_vec()]
+        );
+        assert!(store.offline_take(&alice).unwrap().is_empty(), "taken once");
+        assert_eq!(store.data(&alice, DataKind::Vcard, "").unwrap(), Some(b"<vCard/>".to_vec()));
+        assert_eq!(store.data(&alice, DataKind::Private, "").unwrap(), None);
+
+        let ids = |page: &ArchivePage| page.messages.iter().map(|m| m.id).collect::<Vec<_>>();
+        let first = store.archive_query(&alice, &ArchiveQuery { max: 2, ..ArchiveQuery::default() }).unwrap();
+        assert_eq!((ids(&first), first.complete, first.count), (vec![1, 2], false, 5));
+        let next = store
+            .archive_query(&alice, &ArchiveQuery { max: 2, after_id: Some(2), ..ArchiveQuery::default() })
+            .unwrap();
+        assert_eq!(ids(&next), vec![3, 4]);
+        let last =
+            store.archive_query(&alice, &ArchiveQuery { max: 2, from_end: true, ..ArchiveQuery::default() }).unwrap();
+        assert_eq!((ids(&last), last.complete), (vec![4, 5], false));
+        let with = ArchiveQuery { with: Some("bob@localhost".into()), max: 10, ..ArchiveQuery::default() };
+        let bob = store.archive_query(&alice, &with).unwrap();
+        assert_eq!((ids(&bob), bob.complete, bob.count), (vec![2, 4], true, 2));
+        let window = ArchiveQuery { start_us: Some(20), end_us: Some(30), max: 10, ..ArchiveQuery::default() };
+        assert_eq!(ids(&store.archive_query(&alice, &window).unwrap()), vec![2, 3]);
+
+        let keys = AccountKeys::from_password("p", std::num::NonZeroU32::new(1).unwrap());
+        store.register(&alice, &keys).unwrap();
+        assert!(store.remove(&alice).unwrap());
+        assert_eq!(store.account(&alice).unwrap(), AccountData::default(), "removal takes the data with it");
+        assert_eq!(store.archive_query(&alice, &with).unwrap().count, 0);
     }
 
     /// A secret is created once and then stable, across connections.
