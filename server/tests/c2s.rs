@@ -34,14 +34,14 @@ fn two_clients_chat_and_ping() {
     assert!(bob.expect("type='unavailable'").contains("from='alice@localhost/phone'"));
 }
 
-/// Messages to an account with no available resource, and IQs to a missing resource,
-/// get service-unavailable; other domains get remote-server-not-found; disco works.
+/// Messages to an account that does not exist, and IQs to a missing resource, get
+/// service-unavailable; other domains get remote-server-not-found; disco works.
 #[test]
 fn delivery_errors_and_disco() {
     let node = TestNode::start();
     let mut alice = Client::login(node.c2s, "alice", "secret", "r");
     alice.presence();
-    alice.send("<message to='carol@localhost' type='chat' id='x1'><body>?</body></message>");
+    alice.send("<message to='nobody@localhost' type='chat' id='x1'><body>?</body></message>");
     assert!(alice.expect("id='x1'").contains("<service-unavailable"));
     alice.send("<iq to='bob@localhost/none' type='get' id='x2'><query xmlns='jabber:iq:version'/></iq>");
     assert!(alice.expect("id='x2'").contains("<service-unavailable"));

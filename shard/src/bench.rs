@@ -67,6 +67,7 @@ impl RouteBench {
                 let jid = format!("{bare}/bench").parse().expect("valid JID");
                 let mailbox = Rc::new(Mailbox::default());
                 sessions.bind(Session {
+                    carbons: false,
                     id: SessionId(i as u64),
                     jid,
                     mailbox,

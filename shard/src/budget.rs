@@ -58,7 +58,7 @@ mod tests {
         let executor =
             glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(64 * 1024).make().unwrap();
         let future_bytes = executor.run(async move {
-            let core = Rc::new(Core::new(0, 1, shared));
+            let core = Core::new(0, 1, shared);
             let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let address = listener.local_addr().unwrap();
             let client = glommio::net::TcpStream::connect(address).await.unwrap();

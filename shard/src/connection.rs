@@ -182,7 +182,16 @@ fn bind(
     let jid = user.with_resource(&resource).map_err(|_| StanzaError::new(StanzaErrorCondition::BadRequest))?;
     let created_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let session = Session { id, jid: jid.clone(), mailbox, available: false, priority: 0, presence: None, created_ms };
+    let session = Session {
+        id,
+        jid: jid.clone(),
+        mailbox,
+        available: false,
+        priority: 0,
+        presence: None,
+        created_ms,
+        carbons: false,
+    };
     let entry = session.entry();
     if let Bound::Replaced(old) = sessions.bind(session) {
         old.kick(StreamErrorCondition::Conflict);

@@ -123,6 +123,7 @@ pub(crate) struct Shared {
 }
 
 pub struct Core {
+    me: std::rc::Weak<Core>,
     pub(crate) id: usize,
     pub(crate) count: usize,
     pub(crate) shared: Arc<Shared>,
@@ -140,12 +141,19 @@ pub struct Core {
     pub(crate) stopping: Cell<bool>,
     /// Clustering state, when this node is part of a cluster.
     pub(crate) cluster: Option<crate::cluster::Cluster>,
+    /// IM state of the accounts homed here that are in use (`account.rs`).
+    pub(crate) accounts: RefCell<HashMap<Box<str>, crate::account::Slot>>,
+    /// The last archive id this core handed out (`archive.rs`).
+    pub(crate) archive_clock: Cell<u64>,
+    /// When this core started (XEP-0012 server uptime).
+    pub(crate) started: std::time::Instant,
 }
 
 impl Core {
-    pub(crate) fn new(id: usize, count: usize, shared: Arc<Shared>) -> Core {
+    pub(crate) fn new(id: usize, count: usize, shared: Arc<Shared>) -> Rc<Core> {
         let shared_cluster = shared.settings.cluster.clone().map(crate::cluster::Cluster::new);
-        Core {
+        Rc::new_cyclic(|me| Core {
+            me: me.clone(),
             id,
             count,
             shared,
@@ -160,7 +168,16 @@ impl Core {
             next_id: Cell::new(1),
             stopping: Cell::new(false),
             cluster: shared_cluster,
-        }
+            accounts: RefCell::new(HashMap::new()),
+            archive_clock: Cell::new(0),
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// A counted handle to this core, for tasks that outlive the caller's borrow.
+    pub(crate) fn rc(&self) -> Rc<Core> {
+        // Invariant: a Core only exists inside the Rc built by `new`.
+        self.me.upgrade().expect("core alive")
     }
 
     pub(crate) fn limits(&self) -> &Limits {

@@ -1,10 +1,11 @@
 //! IQs the server answers itself (RFC 6120 sections 8.2.3, 8.4 and 10.3): XEP-0199
 //! ping, XEP-0030 service discovery, XEP-0092 software version, the legacy session
-//! request, and `service-unavailable` for every namespace it does not serve.
+//! request, vCards (XEP-0054) and last activity (XEP-0012) of other accounts, and `service-unavailable` for every namespace it does not serve.
 //!
 //! These are parsed into a tree (roxmltree): they are rare next to routed stanzas.
 
 use starling_wire::error::{StanzaError, StanzaErrorCondition};
+use starling_wire::jid::BareJid;
 use starling_wire::stanza::{IqType, Stanza};
 
 use crate::core::Core;
@@ -14,6 +15,8 @@ pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 pub const NS_VERSION: &str = "jabber:iq:version";
 pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+pub const NS_LAST: &str = "jabber:iq:last";
+use crate::im::NS_VCARD;
 
 /// The single child of a get/set IQ, as (namespace, name, has `node`).
 fn payload(stanza: &Stanza<'_>) -> Result<(String, String, bool), StanzaErrorCondition> {
@@ -30,7 +33,13 @@ fn payload(stanza: &Stanza<'_>) -> Result<(String, String, bool), StanzaErrorCon
 
 /// Answers an IQ addressed to the server (no `to`, or our domain) from `requester`.
 /// The reply (result or error) is appended to `out`, the requester's own stream.
-pub(crate) fn answer_for_server(stanza: &Stanza<'_>, requester: &str, domain: Option<&str>, out: &mut Vec<u8>) {
+pub(crate) fn answer_for_server(
+    core: &Core,
+    stanza: &Stanza<'_>,
+    requester: &str,
+    domain: Option<&str>,
+    out: &mut Vec<u8>,
+) {
     let from = domain.unwrap_or("");
     let Some(kind) = stanza.iq_type().filter(|_| stanza.id.is_some()) else {
         return error(stanza, from, requester, StanzaErrorCondition::BadRequest, out);
@@ -53,6 +62,11 @@ pub(crate) fn answer_for_server(stanza: &Stanza<'_>, requester: &str, domain: Op
             stanza.write_iq_result(from, requester, b"<query xmlns='http://jabber.org/protocol/disco#items'/>", out)
         }
         (IqType::Get, NS_VERSION, "query") => stanza.write_iq_result(from, requester, version().as_bytes(), out),
+        // XEP-0012 section 5: a server's last activity is its uptime.
+        (IqType::Get, NS_LAST, "query") => {
+            let uptime = format!("<query xmlns='jabber:iq:last' seconds='{}'/>", core.started.elapsed().as_secs());
+            stanza.write_iq_result(from, requester, uptime.as_bytes(), out)
+        }
         _ => error(stanza, from, requester, StanzaErrorCondition::ServiceUnavailable, out),
     }
 }
@@ -70,14 +84,68 @@ pub(crate) fn answer_for_account(core: &Core, stanza: &Stanza<'_>, account: &str
         Ok((namespace, name, false))
             if stanza.iq_type() == Some(IqType::Get) && namespace == NS_DISCO_INFO && name == "query" =>
         {
-            let info = "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/></query>";
+            let info =
+                "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/>\
+                        <feature var='urn:xmpp:mam:2'/></query>";
             stanza.write_iq_result(from, &sender, info.as_bytes(), &mut reply)
+        }
+        Ok((namespace, name, _))
+            if stanza.iq_type() == Some(IqType::Get)
+                && matches!((namespace.as_str(), name.as_str()), (NS_VCARD, "vCard") | (NS_LAST, "query")) =>
+        {
+            let Ok(user) = account.parse::<BareJid>() else { return };
+            let request = crate::im::Request::new(stanza, account, &sender);
+            let core = core.rc();
+            let last = namespace == NS_LAST;
+            glommio::spawn_local(async move {
+                let reply = match last {
+                    true => last_activity(&core, &user, request).await,
+                    false => crate::im::read_vcard(core.clone(), user, request).await,
+                };
+                let bare = sender.split('/').next().unwrap_or(&sender).to_owned();
+                crate::router::route(&core, &bare, &reply);
+            })
+            .detach();
+            return;
         }
         Ok(_) => error(stanza, from, &sender, StanzaErrorCondition::ServiceUnavailable, &mut reply),
         Err(condition) => error(stanza, from, &sender, condition, &mut reply),
     }
     let bare = sender.split('/').next().unwrap_or(&sender).to_owned();
     crate::router::route(core, &bare, &reply);
+}
+
+/// XEP-0012 section 4: how long `user` has been away, for a requester the user shares
+/// presence with (`forbidden` otherwise); 0 while a resource is online.
+async fn last_activity(core: &Core, user: &BareJid, request: crate::im::Request) -> Vec<u8> {
+    let requester = request.requester_bare().to_owned();
+    let allowed = requester == user.as_str()
+        || match crate::account::load(core, user).await {
+            Ok(account) => account.borrow().roster.item(&requester).is_some_and(|i| i.subscription.from()),
+            Err(_) => return request.error(StanzaErrorCondition::InternalServerError),
+        };
+    crate::account::release(core, user.as_str());
+    if !allowed {
+        return request.error(StanzaErrorCondition::Forbidden);
+    }
+    if core.sessions.borrow().sessions(user.as_str()).iter().any(|s| s.available) {
+        return request.result(b"<query xmlns='jabber:iq:last' seconds='0'/>");
+    }
+    let owner = user.clone();
+    let stored = core
+        .shared
+        .db
+        .run_for(user.as_str(), move |store| store.data(&owner, crate::blocking::DataKind::LastActivity, ""))
+        .await;
+    match stored {
+        Ok(Some(value)) => {
+            let then: u64 = std::str::from_utf8(&value).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let seconds = (crate::delay::now_us() / 1_000_000).saturating_sub(then);
+            request.result(format!("<query xmlns='jabber:iq:last' seconds='{seconds}'/>").as_bytes())
+        }
+        Ok(None) => request.error(StanzaErrorCondition::ItemNotFound),
+        Err(_) => request.error(StanzaErrorCondition::InternalServerError),
+    }
 }
 
 fn error(stanza: &Stanza<'_>, from: &str, to: &str, condition: StanzaErrorCondition, out: &mut Vec<u8>) {
@@ -89,7 +157,20 @@ fn error(stanza: &Stanza<'_>, from: &str, to: &str, condition: StanzaErrorCondit
 
 /// XEP-0030 identity and features of the server.
 fn server_info() -> String {
-    let features = [NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_VERSION, "urn:xmpp:stream-limits:0"];
+    let features = [
+        NS_DISCO_INFO,
+        NS_DISCO_ITEMS,
+        NS_PING,
+        NS_VERSION,
+        NS_LAST,
+        NS_VCARD,
+        crate::im::NS_PRIVATE,
+        crate::im::NS_BLOCKING,
+        crate::im::NS_CARBONS,
+        crate::archive::NS_MAM,
+        "msgoffline",
+        "urn:xmpp:stream-limits:0",
+    ];
     let mut query = String::from(
         "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Starling'/>",
     );

@@ -18,24 +18,35 @@
 //!
 //! Drive it with [`Node::start`] and stop it with [`Node::shutdown`].
 
+mod account;
+mod archive;
 #[doc(hidden)]
 pub mod bench;
 pub mod blocking;
 mod budget;
+mod carbons;
 pub mod cluster;
 mod connection;
 mod core;
+mod delay;
+mod im;
 mod io;
 mod iq;
 pub mod limits;
 mod mailbox;
 mod node;
+mod offline;
 mod presence;
 pub mod roster;
 mod router;
 mod session;
 mod sessions;
 pub mod settings;
+mod subscription;
 
 pub use crate::core::Core;
+
+/// Stream features this shard adds after authentication, next to resource binding:
+/// roster versioning (XEP-0237) and client state indication (XEP-0352).
+pub const STREAM_FEATURES: &str = "<ver xmlns='urn:xmpp:features:rosterver'/><csi xmlns='urn:xmpp:csi:0'/>";
 pub use node::{Node, NodeStats, StartError};

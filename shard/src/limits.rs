@@ -54,3 +54,23 @@ const _: () = assert!(READ_BUFFER_BYTES >= 16 * 1024 + 2048, "room for one full 
 /// Recipients of directed presence one session remembers (RFC 6121 section 4.6),
 /// told when it goes unavailable. Cost: one boxed JID each.
 pub const DIRECTED_PRESENCE_MAX: usize = 1000;
+
+/// Contacts one roster holds, counting contacts known only by a pending subscription
+/// request, so a flood of requests is bounded too. Beyond it a roster set gets
+/// `resource-constraint` and new requests are dropped. Cost: ~150 B per cached item.
+pub const ROSTER_ITEMS_MAX: usize = 2000;
+
+/// Offline messages stored per account (XEP-0160); beyond it the sender gets
+/// `resource-constraint` (ejabberd's and MongooseIM's bounce policy).
+pub const OFFLINE_MESSAGES_PER_USER_MAX: usize = 1000;
+
+/// Bytes of one stored document: a vCard (XEP-0054), one private XML child (XEP-0049).
+/// Larger ones get `not-acceptable`. Half the default stanza limit (64 KiB), so a
+/// client can learn the limit without losing its stream; avatars belong in XEP-0084.
+pub const DOCUMENT_BYTES_MAX: usize = 32 * 1024;
+
+/// JIDs one block list holds (XEP-0191); beyond it `resource-constraint`.
+pub const BLOCKED_JIDS_MAX: usize = 1000;
+
+/// Messages one archive query page returns at most (XEP-0313 with XEP-0059 `max`).
+pub const ARCHIVE_PAGE_MAX: usize = 250;

@@ -267,7 +267,7 @@ async fn run_core(
     };
     // The mesh numbers its members; that number is this core's identity.
     let id = senders.peer_id();
-    let core = Rc::new(Core::new(id, cores, shared));
+    let core = Core::new(id, cores, shared);
     let senders = Rc::new(senders);
     let mut tasks = Vec::new();
     for (listener, fd) in sockets.into_iter().enumerate() {

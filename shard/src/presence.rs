@@ -1,38 +1,52 @@
 //! Presence a client sends (RFC 6121 section 4): initial and unavailable presence
-//! shared with the account's other resources, directed presence routed and
+//! shared with the account's other resources and with the contacts subscribed to it,
+//! probes to the contacts it is subscribed to, directed presence routed and
 //! remembered, and the unavailable presence sent for a client that goes away.
-//!
-//! Rosters, subscriptions and probes arrive with the IM issue; until then presence
-//! broadcast reaches the account's own resources and directed recipients only.
+//! Subscription presence is handed to `subscription.rs`.
 
 use starling_wire::error::StanzaErrorCondition;
 use starling_wire::jid::JidRef;
 use starling_wire::stanza::{PresenceType, Stanza};
 
+use crate::account;
 use crate::core::Core;
+use crate::im::Outcome;
 use crate::limits::DIRECTED_PRESENCE_MAX;
 use crate::router::route;
 use crate::session::{reply_here, State};
 
 /// Handles a presence stanza from the client; `stamped` carries its `from`.
-pub(crate) fn outbound(core: &Core, state: &mut State, stanza: &Stanza<'_>, to: Option<&JidRef<'_>>, stamped: &[u8]) {
+pub(crate) fn outbound(
+    core: &Core,
+    state: &mut State,
+    stanza: &Stanza<'_>,
+    to: Option<&JidRef<'_>>,
+    stamped: &[u8],
+) -> Outcome {
     let Some(kind) = stanza.presence_type() else {
         reply_here(state, stanza, StanzaErrorCondition::BadRequest);
-        return;
+        return Outcome::Done;
     };
     match (to, kind) {
-        (None, PresenceType::Available) => broadcast_available(core, state, stanza),
+        (None, PresenceType::Available) => return broadcast_available(core, state, stanza),
         (None, PresenceType::Unavailable) => go_unavailable(core, state, Some(stanza)),
         (None, _) => {}
+        (
+            Some(to),
+            PresenceType::Subscribe | PresenceType::Subscribed | PresenceType::Unsubscribe | PresenceType::Unsubscribed,
+        ) => return crate::subscription::outbound(core, state, stanza, to, kind),
+        // Probes are the server's business (RFC 6121 section 4.3).
+        (Some(_), PresenceType::Probe) => {}
         (Some(to), _) => {
             route(core, to.bare_str(), stamped);
             track_directed(state, to, kind);
         }
     }
+    Outcome::Done
 }
 
-/// The client is gone: if it was available, its other resources and the contacts it
-/// sent directed presence to learn it is unavailable.
+/// The client is gone: if it was available, its other resources, its subscribers and
+/// the contacts it sent directed presence to learn it is unavailable.
 pub(crate) fn session_ended(core: &Core, state: &mut State) {
     let session = core.sessions.borrow_mut().unbind(&state.jid, state.id);
     if let (Some(cluster), Some(_)) = (&core.cluster, &session) {
@@ -43,15 +57,21 @@ pub(crate) fn session_ended(core: &Core, state: &mut State) {
         None => {}
         Some(session) if session.available => {
             share_with_own_resources(core, state, None);
+            tell_subscribers(core, state, None);
             tell_directed(core, state);
         }
         Some(_) => tell_directed(core, state),
     }
+    if core.sessions.borrow().sessions(state.jid.bare_str()).is_empty() {
+        crate::offline::record_last_activity(core, &state.jid.to_bare());
+    }
+    account::release(core, state.jid.bare_str());
 }
 
 /// Initial (or updated) available presence: remember it, share it with the account's
-/// other available resources, and on the first one show them to this client.
-fn broadcast_available(core: &Core, state: &mut State, stanza: &Stanza<'_>) {
+/// other available resources and its subscribers; on the first one show this client
+/// its siblings, probe its contacts, and hand it pending requests and offline messages.
+fn broadcast_available(core: &Core, state: &mut State, stanza: &Stanza<'_>) -> Outcome {
     let priority = priority_of(stanza);
     let mut first = false;
     {
@@ -81,6 +101,112 @@ fn broadcast_available(core: &Core, state: &mut State, stanza: &Stanza<'_>) {
             }
         }
     }
+    let core = core.rc();
+    let user = state.jid.to_bare();
+    let full = state.jid.as_str().to_owned();
+    let mut presence = Vec::with_capacity(stanza.bytes.len() + 64);
+    stanza.write_stamped(&full, &mut presence);
+    Outcome::Wait(Box::pin(async move {
+        let account = match account::load(&core, &user).await {
+            Ok(account) => account,
+            Err(error) => {
+                log::warn!("presence: cannot load {user}: {error}");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        let sources: Vec<String> = {
+            let cached = account.borrow();
+            if let Ok(stanza) = Stanza::parse(&presence) {
+                for contact in cached.roster.presence_subscribers().filter(|c| !account::blocks(&cached, c)) {
+                    let mut bytes = Vec::with_capacity(presence.len() + 32);
+                    stanza.write_addressed(&full, contact, &mut bytes);
+                    route(&core, contact, &bytes);
+                }
+            }
+            if !first {
+                return out;
+            }
+            crate::subscription::pending_requests(&account, &full, &mut out);
+            cached.roster.presence_sources().map(str::to_owned).collect()
+        };
+        // RFC 6121 section 4.2.2: probes go from the bare JID.
+        for contact in &sources {
+            crate::subscription::send(&core, user.as_str(), contact, "probe");
+        }
+        if priority >= 0 {
+            out.extend_from_slice(&crate::offline::take(&core, &user).await);
+        }
+        out
+    }))
+}
+
+/// Sends the current presence of every available resource of `user` to `contact`
+/// (a bare or full JID): after a subscription is approved, or to answer a probe.
+pub(crate) fn send_current_to(core: &Core, user: &str, contact: &str) {
+    let presences: Vec<(String, Vec<u8>)> = core
+        .sessions
+        .borrow()
+        .sessions(user)
+        .iter()
+        .filter(|s| s.available)
+        .filter_map(|s| {
+            let stanza = Stanza::parse(s.presence.as_deref()?).ok()?;
+            let mut bytes = Vec::new();
+            stanza.write_addressed(s.jid.as_str(), contact, &mut bytes);
+            Some((s.jid.as_str().to_owned(), bytes))
+        })
+        .collect();
+    let bare = contact.split('/').next().unwrap_or(contact);
+    for (_, bytes) in presences {
+        route(core, bare, &bytes);
+    }
+}
+
+/// Sends unavailable presence from every available resource of `user` to `contact`:
+/// after a subscription is cancelled, or when the contact is blocked.
+pub(crate) fn send_unavailable_to(core: &Core, user: &str, contact: &str) {
+    let resources: Vec<String> = core
+        .sessions
+        .borrow()
+        .sessions(user)
+        .iter()
+        .filter(|s| s.available)
+        .map(|s| s.jid.as_str().to_owned())
+        .collect();
+    let bare = contact.split('/').next().unwrap_or(contact);
+    for full in resources {
+        let mut bytes = Vec::new();
+        unavailable(&full, contact, &mut bytes);
+        route(core, bare, &bytes);
+    }
+}
+
+/// A probe reached `to` (an account homed here) from `prober`: answered with the
+/// current presence when the prober is subscribed (RFC 6121 section 4.3.2). An
+/// account with no session is not loaded, and then nothing is sent.
+pub(crate) fn answer_probe(core: &Core, to: &JidRef<'_>, prober: &str) {
+    let Some(account) = account::cached(core, to.bare_str()) else { return };
+    let prober_bare = prober.split('/').next().unwrap_or(prober);
+    let subscribed = account.borrow().roster.item(prober_bare).is_some_and(|i| i.subscription.from());
+    if subscribed && !account::blocks(&account.borrow(), prober) {
+        send_current_to(core, to.bare_str(), prober);
+    }
+}
+
+/// Tells the contacts subscribed to the account the session's new presence
+/// (`stanza`, or unavailable), from the cached roster.
+fn tell_subscribers(core: &Core, state: &State, stanza: Option<&Stanza<'_>>) {
+    let Some(account) = account::cached(core, state.jid.bare_str()) else { return };
+    let cached = account.borrow();
+    for contact in cached.roster.presence_subscribers().filter(|c| !account::blocks(&cached, c)) {
+        let mut bytes = Vec::new();
+        match stanza {
+            Some(stanza) => stanza.write_addressed(state.jid.as_str(), contact, &mut bytes),
+            None => unavailable(state.jid.as_str(), contact, &mut bytes),
+        }
+        route(core, contact, &bytes);
+    }
 }
 
 fn go_unavailable(core: &Core, state: &mut State, stanza: Option<&Stanza<'_>>) {
@@ -95,6 +221,7 @@ fn go_unavailable(core: &Core, state: &mut State, stanza: Option<&Stanza<'_>>) {
         }
     }
     share_with_own_resources(core, state, stanza);
+    tell_subscribers(core, state, stanza);
     tell_directed(core, state);
 }
 

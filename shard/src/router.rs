@@ -90,10 +90,25 @@ fn send(core: &Core, target: &Target, bytes: &[u8]) {
     }
 }
 
+/// The sender's JID text (empty when the stanza has none).
+fn sender(stanza: &Stanza<'_>) -> String {
+    stanza.from.and_then(|f| f.value()).map(|f| f.into_owned()).unwrap_or_default()
+}
+
 fn deliver_message(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
     let kind = stanza.message_type();
+    let from = sender(stanza);
+    if crate::account::blocks_sender(core, to.bare_str(), &from) {
+        // XEP-0191 section 3.5: the blocked sender learns nothing but unavailability.
+        return reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable);
+    }
+    let conversational = crate::carbons::eligible(stanza);
     if to.is_full() {
         if push_to_full(core, to.as_str(), stanza.bytes) {
+            crate::archive::archive(core, stanza, to.bare_str(), &from);
+            if conversational {
+                crate::carbons::received(core, to.bare_str(), stanza.bytes, |s| s.jid.as_str() == to.as_str());
+            }
             return;
         }
         // RFC 6121 section 8.5.3.2.1: no such resource.
@@ -116,36 +131,70 @@ fn deliver_message(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
         }
     };
     if targets.is_empty() {
-        if kind != MessageType::Headline {
-            // No offline storage yet: the sender learns the message was not delivered.
-            reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable);
+        // XEP-0160: kept for the next login, or (no body) dropped quietly.
+        if kind != MessageType::Headline && crate::offline::storable(stanza) {
+            crate::archive::archive(core, stanza, to.bare_str(), &from);
+            crate::offline::store(core, stanza, to.bare_str());
         }
         return;
     }
     for resource in &targets {
         send(core, &resource.target, stanza.bytes);
     }
+    crate::archive::archive(core, stanza, to.bare_str(), &from);
+    if conversational {
+        let delivered: Vec<*const Mailbox> = targets
+            .iter()
+            .filter_map(|r| match &r.target {
+                Target::Local(mailbox) => Some(Rc::as_ptr(mailbox)),
+                Target::Remote { .. } => None,
+            })
+            .collect();
+        crate::carbons::received(core, to.bare_str(), stanza.bytes, |s| delivered.contains(&Rc::as_ptr(&s.mailbox)));
+    }
 }
 
 fn deliver_presence(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
     let Some(kind) = stanza.presence_type() else { return };
+    let from = sender(stanza);
+    match kind {
+        // RFC 6121 section 3: subscription presence is handled for the bare JID.
+        PresenceType::Subscribe | PresenceType::Subscribed | PresenceType::Unsubscribe | PresenceType::Unsubscribed => {
+            return crate::subscription::inbound(core, stanza, to, kind)
+        }
+        PresenceType::Probe => return crate::presence::answer_probe(core, to, &from),
+        PresenceType::Error if !to.is_full() => return,
+        // XEP-0191 section 3.5: presence from a blocked contact is dropped.
+        _ if crate::account::blocks_sender(core, to.bare_str(), &from) => return,
+        _ => {}
+    }
     if to.is_full() {
-        push_to_full(core, to.as_str(), stanza.bytes);
+        let mailbox = core.sessions.borrow().session(to.as_str()).map(|s| s.mailbox.clone());
+        match mailbox {
+            Some(mailbox) => {
+                mailbox.push_deferrable(Some(&from), stanza.bytes, core.limits().queued_bytes_per_connection_max);
+            }
+            None => {
+                push_to_full(core, to.as_str(), stanza.bytes);
+            }
+        }
         return;
     }
-    match kind {
-        // Probes are answered by the server once rosters exist; errors are dropped.
-        PresenceType::Probe | PresenceType::Error => {}
-        _ => {
-            for resource in resources(core, to.bare_str()).iter().filter(|r| r.available) {
-                send(core, &resource.target, stanza.bytes);
+    for resource in resources(core, to.bare_str()).iter().filter(|r| r.available) {
+        match &resource.target {
+            Target::Local(mailbox) => {
+                mailbox.push_deferrable(Some(&from), stanza.bytes, core.limits().queued_bytes_per_connection_max);
             }
+            remote => send(core, remote, stanza.bytes),
         }
     }
 }
 
 fn deliver_iq(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
     let request = matches!(stanza.iq_type(), Some(IqType::Get | IqType::Set));
+    if request && crate::account::blocks_sender(core, to.bare_str(), &sender(stanza)) {
+        return reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable);
+    }
     if to.is_full() {
         if !push_to_full(core, to.as_str(), stanza.bytes) && request {
             reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable);

@@ -12,6 +12,7 @@ use starling_wire::jid::{FullJid, Jid, JidRef};
 use starling_wire::stanza::{Stanza, StanzaKind, StanzaParseError};
 
 use crate::core::Core;
+use crate::im::{Outcome, Pending};
 use crate::io::{Io, Wake};
 use crate::limits::READS_PER_WAKEUP_MAX;
 use crate::mailbox::Mailbox;
@@ -53,6 +54,11 @@ pub(crate) fn run(
     let mut session = (io, framer, State { jid, id, out: Vec::new(), directed: Vec::new() });
     async move {
         let (io, framer, state) = &mut session;
+        // The roster and block list, for presence and blocking decisions; a failure
+        // here is retried by the first request that needs them.
+        if let Err(error) = crate::account::load(&core, &state.jid.to_bare()).await {
+            log::warn!("c2s: cannot load the account of {}: {error}", state.jid);
+        }
         let end = serve(&core, io, framer, state, &mailbox).await;
         crate::presence::session_ended(&core, state);
         let closing = match end {
@@ -80,8 +86,23 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
         }
         match io.wait(core, mailbox, None, limit).await {
             Wake::Read(n) => {
-                if let Err(end) = pump_read(core, io, framer, state, n) {
-                    return end;
+                let mut pending = match pump_read(core, io, framer, state, n) {
+                    Ok(pending) => pending,
+                    Err(end) => return end,
+                };
+                // A stanza waits for the store: answer it before reading the next one,
+                // so this client's stanzas are handled in order.
+                while let Some(work) = pending {
+                    if !state.out.is_empty() {
+                        io.queue(&state.out);
+                        state.out.clear();
+                    }
+                    let reply = work.await;
+                    state.out.extend_from_slice(&reply);
+                    pending = match pump(core, framer, state, &[]) {
+                        Ok(pending) => pending,
+                        Err(end) => return end,
+                    };
                 }
                 reads += 1;
             }
@@ -106,7 +127,13 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
     }
 }
 
-fn pump_read(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State, n: usize) -> Result<(), End> {
+fn pump_read(
+    core: &Core,
+    io: &mut Io,
+    framer: &mut Framer,
+    state: &mut State,
+    n: usize,
+) -> Result<Option<Pending>, End> {
     let read = core.read_buffer.borrow();
     if io.tls.is_none() {
         return pump(core, framer, state, &read[..n]);
@@ -120,23 +147,37 @@ fn pump_read(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State, n
     pump(core, framer, state, &plain)
 }
 
-fn pump(core: &Core, framer: &mut Framer, state: &mut State, input: &[u8]) -> Result<(), End> {
+/// Frames and handles `input` (after anything stashed) until more input is needed, or
+/// a stanza waits for the store (the rest is stashed; call again with no input).
+fn pump(core: &Core, framer: &mut Framer, state: &mut State, input: &[u8]) -> Result<Option<Pending>, End> {
     let mut input = input;
     loop {
         match framer.next(&mut input) {
-            Ok(Some(Frame::Element(bytes))) => handle_element(core, state, bytes).map_err(End::Error)?,
+            Ok(Some(Frame::Element(bytes))) => {
+                if let Some(pending) = handle_element(core, state, bytes).map_err(End::Error)? {
+                    framer.stash(input);
+                    return Ok(Some(pending));
+                }
+            }
             Ok(Some(Frame::StreamClose)) => return Err(End::ClientClosed),
             Ok(Some(Frame::StreamHeader(_))) => {
                 return Err(End::Error(StreamError::new(StreamErrorCondition::InternalServerError)))
             }
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(None),
             Err(error) => return Err(End::Error(error.into())),
         }
     }
 }
 
-/// Handles one top-level element from the client.
-pub(crate) fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Result<(), StreamError> {
+/// Handles one top-level element from the client; `Some` when it waits for the store.
+pub(crate) fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Result<Option<Pending>, StreamError> {
+    if let Some(inactive) = client_state(bytes) {
+        let limit = core.limits().queued_bytes_per_connection_max;
+        if let Some(session) = core.sessions.borrow().session(state.jid.as_str()) {
+            session.mailbox.set_inactive(inactive, limit);
+        }
+        return Ok(None);
+    }
     let stanza = match Stanza::parse(bytes) {
         Ok(stanza) => stanza,
         Err(StanzaParseError::NotAStanza) => return Err(StreamError::new(StreamErrorCondition::UnsupportedStanzaType)),
@@ -148,42 +189,91 @@ pub(crate) fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Re
         Some(Ok(to)) => Some(to),
         Some(Err(())) => {
             reply_here(state, &stanza, StanzaErrorCondition::JidMalformed);
-            return Ok(());
+            return Ok(None);
         }
     };
     // The core's stamping buffer: routing copies out of it, so it is free again after.
     let mut stamped = core.stamp_buffer.take();
     stamped.clear();
     stanza.write_stamped(state.jid.as_str(), &mut stamped);
-    route_stamped(core, state, &stanza, to, &stamped);
+    let pending = route_stamped(core, state, &stanza, to, &stamped);
     core.stamp_buffer.replace(stamped);
-    Ok(())
+    Ok(pending)
 }
 
-fn route_stamped(core: &Core, state: &mut State, stanza: &Stanza<'_>, to: Option<JidRef<'_>>, stamped: &[u8]) {
-    if stanza.kind == StanzaKind::Presence {
-        crate::presence::outbound(core, state, stanza, to.as_ref(), stamped);
-        return;
+/// XEP-0352 `<active/>`/`<inactive/>` nonzas: `Some(inactive)`.
+fn client_state(bytes: &[u8]) -> Option<bool> {
+    let inactive = if bytes.starts_with(b"<inactive") {
+        true
+    } else if bytes.starts_with(b"<active") {
+        false
+    } else {
+        return None;
+    };
+    let namespace = starling_wire::xml::attribute(bytes, b"xmlns")?.value()?;
+    (namespace == "urn:xmpp:csi:0").then_some(inactive)
+}
+
+fn route_stamped(
+    core: &Core,
+    state: &mut State,
+    stanza: &Stanza<'_>,
+    to: Option<JidRef<'_>>,
+    stamped: &[u8],
+) -> Option<Pending> {
+    let own = to.as_ref().is_none_or(|to| !to.is_full() && to.bare_str() == state.jid.bare_str());
+    let outcome = match stanza.kind {
+        StanzaKind::Presence => crate::presence::outbound(core, state, stanza, to.as_ref(), stamped),
+        StanzaKind::Iq if own => crate::im::from_client(core, state, stanza),
+        _ => Outcome::NotMine,
+    };
+    match outcome {
+        Outcome::Done => return None,
+        Outcome::Wait(pending) => return Some(pending),
+        Outcome::NotMine => {}
     }
     let Some(to) = to else {
         if stanza.kind == StanzaKind::Iq {
-            crate::iq::answer_for_server(stanza, state.jid.as_str(), None, &mut state.out);
+            crate::iq::answer_for_server(core, stanza, state.jid.as_str(), None, &mut state.out);
         }
-        return;
+        return None;
     };
     if !core.shared.settings.hosts.iter().any(|host| host == to.domain()) {
         // No server-to-server connections: other domains are unreachable.
         reply_here(state, stanza, StanzaErrorCondition::RemoteServerNotFound);
-        return;
+        return None;
     }
     let server = to.local().is_none() && !to.is_full();
     match stanza.kind {
         StanzaKind::Iq if server => {
-            crate::iq::answer_for_server(stanza, state.jid.as_str(), Some(to.as_str()), &mut state.out)
+            crate::iq::answer_for_server(core, stanza, state.jid.as_str(), Some(to.as_str()), &mut state.out)
         }
         _ if server => {}
+        StanzaKind::Message => send_message(core, state, stanza, &to, stamped),
         _ => crate::router::route(core, to.bare_str(), stamped),
     }
+    None
+}
+
+/// A message from the client: refused if the user blocks the recipient (XEP-0191
+/// section 3.6), else copied to the user's other resources (XEP-0280), archived in
+/// the user's archive (XEP-0313) and routed.
+fn send_message(core: &Core, state: &mut State, stanza: &Stanza<'_>, to: &JidRef<'_>, stamped: &[u8]) {
+    let own_bare = state.jid.bare_str();
+    if crate::account::blocks_sender(core, own_bare, to.as_str()) {
+        let blocked = StanzaError::with_text(StanzaErrorCondition::NotAcceptable, "you have blocked this contact");
+        let from = to.as_str().to_owned();
+        stanza.write_error_reply(&from, state.jid.as_str(), &blocked, &mut state.out);
+        return;
+    }
+    let Ok(message) = Stanza::parse(stamped) else { return };
+    if crate::carbons::eligible(&message) {
+        crate::carbons::sent(core, state.jid.as_str(), stamped);
+    }
+    if to.bare_str() != own_bare {
+        crate::archive::archive(core, &message, own_bare, to.bare_str());
+    }
+    crate::router::route(core, to.bare_str(), stamped);
 }
 
 /// RFC 6120 section 8.1.2.1: a client's `from`, if present, must be its own full or

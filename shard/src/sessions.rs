@@ -29,6 +29,8 @@ pub(crate) struct Session {
     /// When it was bound (ms since the UNIX epoch): the newer of two sessions with
     /// one full JID wins.
     pub created_ms: u64,
+    /// XEP-0280: the client enabled message carbons.
+    pub carbons: bool,
 }
 
 impl Session {
@@ -138,6 +140,7 @@ mod tests {
             priority: 0,
             presence: None,
             created_ms: 0,
+            carbons: false,
         }
     }
 

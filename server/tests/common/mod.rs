@@ -46,6 +46,16 @@ impl TestNode {
         TestNode { running: Some(running), dir, c2s, admin, config }
     }
 
+    /// Stops the node and starts it again on the same data directory (new ports).
+    pub fn restart(&mut self) {
+        self.shutdown();
+        let listeners = starling_server::bind_listeners(&self.config).unwrap();
+        let running = starling_server::run(self.config.clone(), listeners).unwrap();
+        self.c2s = running.c2s_addresses[0];
+        self.admin = running.admin_address.unwrap();
+        self.running = Some(running);
+    }
+
     pub fn running(&self) -> &starling_server::Running {
         self.running.as_ref().unwrap()
     }
