@@ -7,14 +7,13 @@ messages, directed presence and pings. Exits 0 when everything arrived as expect
 Usage: chat.py HOST STARTTLS_PORT DIRECT_TLS_PORT CA_FILE
 """
 import asyncio
-import logging
 import ssl
 import sys
 
 import slixmpp
+from common import TIMEOUT, expect, run
 
 HOST, STARTTLS_PORT, DIRECT_PORT, CA = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-TIMEOUT = 10
 
 
 class Client(slixmpp.ClientXMPP):
@@ -46,18 +45,6 @@ class Client(slixmpp.ClientXMPP):
     def on_failed(self, _):
         if not self.started.done():
             self.started.set_exception(RuntimeError(f"authentication failed for {self.boundjid}"))
-
-
-async def expect(queue, predicate, what):
-    async def wait():
-        while True:
-            item = await queue.get()
-            if predicate(item):
-                return item
-    try:
-        return await asyncio.wait_for(wait(), TIMEOUT)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}")
 
 
 async def main():
@@ -99,10 +86,4 @@ async def main():
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.ERROR)
-    try:
-        asyncio.run(main())
-    except Exception as error:  # any failure is a test failure
-        print(f"FAILED: {error!r}")
-        sys.exit(1)
-    print("black-box chat: OK")
+    run(main, "chat")

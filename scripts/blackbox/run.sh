@@ -47,12 +47,16 @@ for _ in $(seq 1 100); do
   if "$bin" --config "$work/starling.toml" server status >/dev/null 2>&1; then break; fi
   sleep 0.1
 done
-for user in alice bob; do
+for user in alice bob carol; do
   "$bin" --config "$work/starling.toml" account registerUser --username "$user" --domain localhost --password secret >/dev/null
 done
 
 status=0
-timeout 60 "$python" "$root/scripts/blackbox/chat.py" 127.0.0.1 "$starttls_port" "$direct_port" "$work/data/ca.pem" || status=$?
+for test in chat im; do
+  if [ "$status" -eq 0 ]; then
+    timeout 90 "$python" "$root/scripts/blackbox/$test.py" 127.0.0.1 "$starttls_port" "$direct_port" "$work/data/ca.pem" || status=$?
+  fi
+done
 
 kill -TERM "$server_pid"
 for _ in $(seq 1 100); do
