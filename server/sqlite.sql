@@ -101,3 +101,21 @@ CREATE TABLE IF NOT EXISTS mam_message (
     PRIMARY KEY (server, username, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS i_mam_message_with ON mam_message (server, username, remote_bare, id);
+
+-- Personal eventing (XEP-0163): nodes with their access model, and their items.
+CREATE TABLE IF NOT EXISTS pep_node (
+    server       TEXT NOT NULL,
+    username     TEXT NOT NULL,
+    node         TEXT NOT NULL,
+    access_model TEXT NOT NULL,
+    PRIMARY KEY (server, username, node)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pep_item (
+    server       TEXT    NOT NULL,
+    username     TEXT    NOT NULL,
+    node         TEXT    NOT NULL,
+    item_id      TEXT    NOT NULL,
+    payload      BLOB    NOT NULL,
+    published_us INTEGER NOT NULL,
+    PRIMARY KEY (server, username, node, item_id)
+) WITHOUT ROWID;

@@ -2,7 +2,8 @@
 
 alice (STARTTLS) and bob (direct TLS) build a mutual subscription through slixmpp's
 roster handling (RFC 6121), then exercise service discovery (XEP-0030), software
-version (XEP-0092), vCards (XEP-0054), blocking (XEP-0191), carbons (XEP-0280), the
+version (XEP-0092), personal eventing with caps (XEP-0163, XEP-0115, XEP-0107),
+vCards (XEP-0054), blocking (XEP-0191), carbons (XEP-0280), the
 message archive (XEP-0313 with XEP-0059), client state indication (XEP-0352), last
 activity (XEP-0012) and offline delivery (XEP-0160 with XEP-0203 delay). Every step
 checks what arrived, not only that no error came back.
@@ -17,8 +18,8 @@ import slixmpp
 from common import TIMEOUT, expect, nothing, run
 
 HOST, STARTTLS_PORT, DIRECT_PORT, CA = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-PLUGINS = ["xep_0030", "xep_0012", "xep_0054", "xep_0059", "xep_0092", "xep_0191", "xep_0199", "xep_0203",
-           "xep_0280", "xep_0313", "xep_0352"]
+PLUGINS = ["xep_0030", "xep_0012", "xep_0054", "xep_0059", "xep_0092", "xep_0107", "xep_0115", "xep_0163",
+           "xep_0191", "xep_0199", "xep_0203", "xep_0280", "xep_0313", "xep_0352"]
 
 
 class Client(slixmpp.ClientXMPP):
@@ -34,6 +35,8 @@ class Client(slixmpp.ClientXMPP):
         self.messages = asyncio.Queue()
         self.presences = asyncio.Queue()
         self.carbons = asyncio.Queue()
+        self.moods = asyncio.Queue()
+        self.add_event_handler("user_mood_publish", lambda m: self.moods.put_nowait(m))
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("message", lambda m: self.messages.put_nowait(m))
         self.add_event_handler("message_error", lambda m: self.messages.put_nowait(m))
@@ -95,6 +98,13 @@ async def main():
     got = await expect(alice.presences, lambda p: p["status"] == "ready", "bob's broadcast presence")
     assert str(got["from"]) == "bob@localhost/phone", got
     print("presence: broadcast to the subscribed contact")
+
+    # Personal eventing: slixmpp announces mood+notify in its caps (XEP-0115).
+    await asyncio.sleep(0.5)
+    await alice.plugin["xep_0107"].publish_mood("happy", text="sunny", timeout=TIMEOUT)
+    event = await expect(bob.moods, lambda m: str(m["from"]) == "alice@localhost", "alice's mood event")
+    assert event["pubsub_event"]["items"]["item"]["mood"]["value"] == "happy", event
+    print("PEP: mood published by alice, event received by bob through +notify")
 
     vcard = alice.plugin["xep_0054"].make_vcard()
     vcard["FN"] = "Alice Example"

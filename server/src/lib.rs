@@ -314,7 +314,7 @@ fn c2s_settings(config: &Config, mode: TlsMode, decoy_secret: Vec<u8>) -> C2sSet
         stanza_bytes_max: config.limits.framer.stanza_bytes_max,
         scram_iterations: config.auth.scram_iterations,
         decoy_secret,
-        bind_features_extra: starling_shard::STREAM_FEATURES.as_bytes().to_vec(),
+        bind_features_extra: starling_shard::stream_features().into_bytes(),
     }
 }
 

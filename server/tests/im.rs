@@ -341,3 +341,83 @@ fn unknown_and_malformed_requests() {
     alice.send("<iq type='get' id='u4' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
     assert!(alice.expect("id='u4'").contains("type='result'"), "still up");
 }
+
+/// Makes `a` and `b` (both available) subscribed to each other.
+fn subscribe_both(a: &mut Client, a_bare: &str, b: &mut Client, b_bare: &str) {
+    a.send(&format!("<presence to='{b_bare}' type='subscribe'/>"));
+    b.expect("type='subscribe'");
+    b.send(&format!("<presence to='{a_bare}' type='subscribed'/><presence to='{a_bare}' type='subscribe'/>"));
+    a.expect("type='subscribe'");
+    a.send(&format!("<presence to='{b_bare}' type='subscribed'/>"));
+    b.expect("subscription='both'");
+    a.expect("subscription='both'");
+}
+
+/// A client's XEP-0115 presence announcing `+notify` for `node`, and (`answer`) its
+/// reply to the server's disco#info query when the server does not know the hash.
+fn announce_caps(client: &mut Client, node: &str, answer: bool) {
+    use base64::Engine as _;
+    let features = ["http://jabber.org/protocol/caps".to_owned(), format!("{node}+notify")];
+    let mut sorted = features.to_vec();
+    sorted.sort();
+    let input = format!("client/pc//Test<{}<", sorted.join("<"));
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, input.as_bytes());
+    let ver = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+    client.send(&format!(
+        "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:test' ver='{ver}'/></presence>"
+    ));
+    if !answer {
+        return;
+    }
+    let query = client.expect("disco#info");
+    let id = query.split("id='").nth(1).unwrap().split('\'').next().unwrap().to_owned();
+    let body: String = features.iter().map(|f| format!("<feature var='{f}'/>")).collect();
+    client.send(&format!(
+        "<iq type='result' to='localhost' id='{id}'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:test#{ver}'>\
+         <identity category='client' type='pc' name='Test'/>{body}</query></iq>"
+    ));
+}
+
+/// XEP-0163 with XEP-0115: a published item reaches a subscribed contact whose caps
+/// ask for the node, is readable by that contact but not by a stranger, is sent as
+/// the last item to a contact that logs in later, and whitelist nodes stay private.
+#[test]
+fn personal_eventing_with_notify_filtering() {
+    let node = TestNode::start();
+    let mut alice = Client::login(node.c2s, "alice", "secret", "a");
+    let mut bob = Client::login(node.c2s, "bob", "secret", "b");
+    alice.presence();
+    bob.presence();
+    subscribe_both(&mut alice, "alice@localhost", &mut bob, "bob@localhost");
+    announce_caps(&mut bob, "urn:xmpp:mood", true);
+    std::thread::sleep(Duration::from_millis(200));
+    alice.send(
+        "<iq type='set' id='p1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:mood'>\
+                <item id='current'><mood xmlns='urn:xmpp:mood'><happy/></mood></item></publish></pubsub></iq>",
+    );
+    assert!(alice.expect("id='p1'").contains("<item id='current'/>"));
+    let event = bob.expect("pubsub#event");
+    assert!(event.contains("from='alice@localhost'") && event.contains("<happy/>"), "{event}");
+    assert!(alice.next_within(Duration::from_millis(300)).is_none_or(|f| !f.contains("pubsub#event")), "no +notify");
+
+    bob.send("<iq type='get' id='p2' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:mood'/></pubsub></iq>");
+    assert!(bob.expect("id='p2'").contains("<item id='current'><mood xmlns='urn:xmpp:mood'><happy/></mood></item>"));
+    let mut carol = Client::login(node.c2s, "carol", "secret", "c");
+    carol.send("<iq type='get' id='p3' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:mood'/></pubsub></iq>");
+    assert!(carol.expect("id='p3'").contains("not-authorized"));
+
+    let mut bob2 = Client::login(node.c2s, "bob", "secret", "b2");
+    announce_caps(&mut bob2, "urn:xmpp:mood", false);
+    let last = bob2.expect("pubsub#event");
+    assert!(last.contains("<happy/>"), "last item at login, hash known from bob's first resource: {last}");
+
+    alice.send("<iq type='set' id='p4'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:mood'>\
+                <item id='current'><mood xmlns='urn:xmpp:mood'><sad/></mood></item></publish><publish-options>\
+                <x xmlns='jabber:x:data' type='submit'><field var='pubsub#access_model'><value>whitelist</value></field></x>\
+                </publish-options></pubsub></iq>");
+    assert!(alice.expect("id='p4'").contains("conflict"), "options must match the node");
+    alice.send("<iq type='set' id='p5'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><delete node='urn:xmpp:mood'/></pubsub></iq>");
+    assert!(alice.expect("id='p5'").contains("type='result'"));
+    bob.send("<iq type='get' id='p6' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:mood'/></pubsub></iq>");
+    assert!(bob.expect("id='p6'").contains("item-not-found"));
+}

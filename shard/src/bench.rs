@@ -68,6 +68,7 @@ impl RouteBench {
                 let mailbox = Rc::new(Mailbox::default());
                 sessions.bind(Session {
                     carbons: false,
+                    notify: None,
                     id: SessionId(i as u64),
                     jid,
                     mailbox,

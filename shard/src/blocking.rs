@@ -97,6 +97,56 @@ pub trait Store: Send {
         let _ = (user, query);
         Err(unsupported())
     }
+    /// Publishes item `id` (replacing one with the same id) on the PEP node `node`
+    /// of `user`, creating the node with `access` if needed; keeps the newest
+    /// `max_items`. `Ok(false)`: the node exists with another access model.
+    fn pep_publish(
+        &mut self,
+        user: &BareJid,
+        item: &PepItem,
+        access: &str,
+        max_items: usize,
+    ) -> Result<bool, StoreError> {
+        let _ = (user, item, access, max_items);
+        Err(unsupported())
+    }
+    /// The node's access model and its newest `max` items, newest first; `None` when
+    /// the node does not exist.
+    fn pep_items(&mut self, user: &BareJid, node: &str, max: usize) -> Result<Option<PepNode>, StoreError> {
+        let _ = (user, node, max);
+        Err(unsupported())
+    }
+    /// Removes one item; `false` when it was not there.
+    fn pep_retract(&mut self, user: &BareJid, node: &str, id: &str) -> Result<bool, StoreError> {
+        let _ = (user, node, id);
+        Err(unsupported())
+    }
+    /// Deletes a node and its items; `false` when there was none.
+    fn pep_delete(&mut self, user: &BareJid, node: &str) -> Result<bool, StoreError> {
+        let _ = (user, node);
+        Err(unsupported())
+    }
+    /// Every node of `user` with its access model, by name.
+    fn pep_nodes(&mut self, user: &BareJid) -> Result<Vec<(String, String)>, StoreError> {
+        let _ = user;
+        Err(unsupported())
+    }
+}
+
+/// One PEP item (XEP-0163).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PepItem {
+    pub node: String,
+    pub id: String,
+    /// The `<item>`'s child, as XML text.
+    pub payload: Vec<u8>,
+}
+
+/// A PEP node as read: its access model and items, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PepNode {
+    pub access: String,
+    pub items: Vec<PepItem>,
 }
 
 fn unsupported() -> StoreError {

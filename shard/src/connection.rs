@@ -191,6 +191,7 @@ fn bind(
         presence: None,
         created_ms,
         carbons: false,
+        notify: None,
     };
     let entry = session.entry();
     if let Bound::Replaced(old) = sessions.bind(session) {

@@ -147,6 +147,10 @@ pub struct Core {
     pub(crate) archive_clock: Cell<u64>,
     /// When this core started (XEP-0012 server uptime).
     pub(crate) started: std::time::Instant,
+    /// Verified XEP-0115 `ver` -> the `+notify` nodes it stands for (`pep.rs`).
+    pub(crate) caps: RefCell<HashMap<Box<str>, crate::pep::Notify>>,
+    /// Capability queries sent to clients: IQ id -> `ver`.
+    pub(crate) caps_queries: RefCell<HashMap<String, Box<str>>>,
 }
 
 impl Core {
@@ -171,6 +175,8 @@ impl Core {
             accounts: RefCell::new(HashMap::new()),
             archive_clock: Cell::new(0),
             started: std::time::Instant::now(),
+            caps: RefCell::new(HashMap::new()),
+            caps_queries: RefCell::new(HashMap::new()),
         })
     }
 

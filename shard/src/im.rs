@@ -1,7 +1,7 @@
 //! IQs a client sends about its own account: the roster (RFC 6121 section 2, XEP-0237),
 //! vCard-temp (XEP-0054), private XML storage (XEP-0049), the blocking command
-//! (XEP-0191), message carbons (XEP-0280) and the message archive (XEP-0313, in
-//! `archive.rs`).
+//! (XEP-0191), message carbons (XEP-0280), the message archive (XEP-0313, in
+//! `archive.rs`) and personal eventing (XEP-0163, in `pep.rs`).
 //!
 //! ```text
 //!   session --stanza--> from_client --sync answer--> Done (reply in state.out)
@@ -117,6 +117,9 @@ pub(crate) fn from_client(core: &Core, state: &mut State, stanza: &Stanza<'_>) -
             Outcome::Done
         }
         (_, crate::archive::NS_MAM, _) => crate::archive::from_client(core, state, request, kind, child),
+        (_, crate::pep::NS_PUBSUB | crate::pep::NS_PUBSUB_OWNER, "pubsub") => {
+            crate::pep::from_client(core, state, request, kind, child, text)
+        }
         _ => Outcome::NotMine,
     }
 }

@@ -19,7 +19,7 @@ pub const NS_LAST: &str = "jabber:iq:last";
 use crate::im::NS_VCARD;
 
 /// The single child of a get/set IQ, as (namespace, name, has `node`).
-fn payload(stanza: &Stanza<'_>) -> Result<(String, String, bool), StanzaErrorCondition> {
+fn payload(stanza: &Stanza<'_>) -> Result<(String, String, Option<String>), StanzaErrorCondition> {
     let text = std::str::from_utf8(stanza.bytes).map_err(|_| StanzaErrorCondition::BadRequest)?;
     let document = roxmltree::Document::parse(text).map_err(|_| StanzaErrorCondition::BadRequest)?;
     let mut children = document.root_element().children().filter(|c| c.is_element());
@@ -28,7 +28,7 @@ fn payload(stanza: &Stanza<'_>) -> Result<(String, String, bool), StanzaErrorCon
         return Err(StanzaErrorCondition::BadRequest);
     };
     let namespace = child.tag_name().namespace().unwrap_or("").to_owned();
-    Ok((namespace, child.tag_name().name().to_owned(), child.attribute("node").is_some()))
+    Ok((namespace, child.tag_name().name().to_owned(), child.attribute("node").map(str::to_owned)))
 }
 
 /// Answers an IQ addressed to the server (no `to`, or our domain) from `requester`.
@@ -47,14 +47,19 @@ pub(crate) fn answer_for_server(
     if matches!(kind, IqType::Result | IqType::Error) {
         return;
     }
-    let (namespace, name, has_node) = match payload(stanza) {
+    let (namespace, name, node) = match payload(stanza) {
         Ok(payload) => payload,
         Err(condition) => return error(stanza, from, requester, condition, out),
     };
     match (kind, namespace.as_str(), name.as_str()) {
         (IqType::Get, NS_PING, "ping") => stanza.write_iq_result(from, requester, b"", out),
         (IqType::Set, NS_SESSION, "session") => stanza.write_iq_result(from, requester, b"", out),
-        (IqType::Get, NS_DISCO_INFO, "query") if has_node => {
+        // XEP-0115 section 6.2: our own capabilities node answers like the server.
+        (IqType::Get, NS_DISCO_INFO, "query") if node.as_deref() == Some(caps_node().as_str()) => {
+            let info = server_info().replacen("<query ", &format!("<query node='{}' ", caps_node()), 1);
+            stanza.write_iq_result(from, requester, info.as_bytes(), out)
+        }
+        (IqType::Get, NS_DISCO_INFO, "query") if node.is_some() => {
             error(stanza, from, requester, StanzaErrorCondition::ItemNotFound, out)
         }
         (IqType::Get, NS_DISCO_INFO, "query") => stanza.write_iq_result(from, requester, server_info().as_bytes(), out),
@@ -81,13 +86,15 @@ pub(crate) fn answer_for_account(core: &Core, stanza: &Stanza<'_>, account: &str
         Ok((namespace, name, _)) if stanza.iq_type() == Some(IqType::Get) && namespace == NS_PING && name == "ping" => {
             stanza.write_iq_result(from, &sender, b"", &mut reply)
         }
-        Ok((namespace, name, false))
+        Ok((namespace, name, None))
             if stanza.iq_type() == Some(IqType::Get) && namespace == NS_DISCO_INFO && name == "query" =>
         {
-            let info =
-                "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/>\
-                        <feature var='urn:xmpp:mam:2'/></query>";
-            stanza.write_iq_result(from, &sender, info.as_bytes(), &mut reply)
+            stanza.write_iq_result(from, &sender, account_info().as_bytes(), &mut reply)
+        }
+        Ok((namespace, name, _))
+            if stanza.iq_type() == Some(IqType::Get) && namespace == crate::pep::NS_PUBSUB && name == "pubsub" =>
+        {
+            return items_for_contact(core, stanza, account, sender);
         }
         Ok((namespace, name, _))
             if stanza.iq_type() == Some(IqType::Get)
@@ -113,6 +120,56 @@ pub(crate) fn answer_for_account(core: &Core, stanza: &Stanza<'_>, account: &str
     }
     let bare = sender.split('/').next().unwrap_or(&sender).to_owned();
     crate::router::route(core, &bare, &reply);
+}
+
+/// XEP-0163: a contact reads items of one of the account's nodes.
+fn items_for_contact(core: &Core, stanza: &Stanza<'_>, account: &str, sender: String) {
+    let request = crate::im::Request::new(stanza, account, &sender);
+    let bare = sender.split('/').next().unwrap_or(&sender).to_owned();
+    let items = std::str::from_utf8(stanza.bytes).ok().and_then(|text| {
+        let document = roxmltree::Document::parse(text).ok()?;
+        let items = document.descendants().find(|n| n.has_tag_name((crate::pep::NS_PUBSUB, "items")))?;
+        let max = items.attribute("max_items").and_then(|m| m.parse().ok());
+        Some((items.attribute("node")?.to_owned(), max.unwrap_or(crate::limits::PEP_ITEMS_PER_NODE_MAX)))
+    });
+    let (Some((node, max)), Ok(owner)) = (items, account.parse::<BareJid>()) else {
+        crate::router::route(core, &bare, &request.error(StanzaErrorCondition::FeatureNotImplemented));
+        return;
+    };
+    let is_owner = bare == owner.as_str();
+    let core = core.rc();
+    glommio::spawn_local(async move {
+        let reply = crate::pep::items(core.clone(), owner, node, max, request, is_owner).await;
+        crate::router::route(&core, &bare, &reply);
+    })
+    .detach();
+}
+
+/// XEP-0030 on an account: the account itself, its archive and its PEP service.
+fn account_info() -> String {
+    let mut query = String::from(
+        "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/>\
+         <identity category='pubsub' type='pep'/>",
+    );
+    let features = [
+        "urn:xmpp:mam:2",
+        "http://jabber.org/protocol/pubsub#publish",
+        "http://jabber.org/protocol/pubsub#publish-options",
+        "http://jabber.org/protocol/pubsub#retrieve-items",
+        "http://jabber.org/protocol/pubsub#retract-items",
+        "http://jabber.org/protocol/pubsub#delete-nodes",
+        "http://jabber.org/protocol/pubsub#auto-create",
+        "http://jabber.org/protocol/pubsub#persistent-items",
+        "http://jabber.org/protocol/pubsub#last-published",
+        "http://jabber.org/protocol/pubsub#access-presence",
+        "http://jabber.org/protocol/pubsub#access-open",
+        "http://jabber.org/protocol/pubsub#access-whitelist",
+    ];
+    for feature in features {
+        query.push_str(&format!("<feature var='{feature}'/>"));
+    }
+    query.push_str("</query>");
+    query
 }
 
 /// XEP-0012 section 4: how long `user` has been away, for a requester the user shares
@@ -157,7 +214,18 @@ fn error(stanza: &Stanza<'_>, from: &str, to: &str, condition: StanzaErrorCondit
 
 /// XEP-0030 identity and features of the server.
 fn server_info() -> String {
-    let features = [
+    let mut query = String::from(
+        "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Starling'/>",
+    );
+    for feature in server_features() {
+        query.push_str(&format!("<feature var='{feature}'/>"));
+    }
+    query.push_str("</query>");
+    query
+}
+
+fn server_features() -> [&'static str; 12] {
+    [
         NS_DISCO_INFO,
         NS_DISCO_ITEMS,
         NS_PING,
@@ -170,15 +238,26 @@ fn server_info() -> String {
         crate::archive::NS_MAM,
         "msgoffline",
         "urn:xmpp:stream-limits:0",
-    ];
-    let mut query = String::from(
-        "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Starling'/>",
-    );
-    for feature in features {
-        query.push_str(&format!("<feature var='{feature}'/>"));
-    }
-    query.push_str("</query>");
-    query
+    ]
+}
+
+/// Where the server's XEP-0115 hash is published.
+const CAPS_NODE: &str = "https://github.com/starling-xmpp/starling";
+
+/// `node#ver` of the server's capabilities.
+fn caps_node() -> String {
+    format!("{CAPS_NODE}#{}", caps_ver())
+}
+
+/// The XEP-0115 verification string hash of [`server_info`] (section 5.1).
+fn caps_ver() -> String {
+    let features = server_features().iter().map(|f| f.to_string()).collect();
+    crate::pep::caps_hash(vec!["server/im//Starling".to_owned()], features)
+}
+
+/// The `<c/>` stream feature announcing the server's capabilities (XEP-0115 section 6.3).
+pub fn caps_feature() -> String {
+    format!("<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='{CAPS_NODE}' ver='{}'/>", caps_ver())
 }
 
 fn version() -> String {

@@ -36,6 +36,7 @@ pub mod limits;
 mod mailbox;
 mod node;
 mod offline;
+mod pep;
 mod presence;
 pub mod roster;
 mod router;
@@ -47,6 +48,9 @@ mod subscription;
 pub use crate::core::Core;
 
 /// Stream features this shard adds after authentication, next to resource binding:
-/// roster versioning (XEP-0237) and client state indication (XEP-0352).
-pub const STREAM_FEATURES: &str = "<ver xmlns='urn:xmpp:features:rosterver'/><csi xmlns='urn:xmpp:csi:0'/>";
+/// roster versioning (XEP-0237), client state indication (XEP-0352) and the server's
+/// entity capabilities (XEP-0115).
+pub fn stream_features() -> String {
+    format!("<ver xmlns='urn:xmpp:features:rosterver'/><csi xmlns='urn:xmpp:csi:0'/>{}", iq::caps_feature())
+}
 pub use node::{Node, NodeStats, StartError};

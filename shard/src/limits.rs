@@ -74,3 +74,14 @@ pub const BLOCKED_JIDS_MAX: usize = 1000;
 
 /// Messages one archive query page returns at most (XEP-0313 with XEP-0059 `max`).
 pub const ARCHIVE_PAGE_MAX: usize = 250;
+
+/// Items one PEP node keeps at most (`pubsub#max_items`, `max` means this).
+pub const PEP_ITEMS_PER_NODE_MAX: usize = 1000;
+
+/// Entity-capability queries a core has in flight (XEP-0115); past it new `ver`s wait
+/// for the client's next presence. Cost: one id and `ver` each.
+pub const CAPS_QUERIES_MAX: usize = 4096;
+
+/// Verified capability hashes a core remembers; cleared when full. Cost: one `ver` and
+/// its `+notify` node names each.
+pub const CAPS_CACHE_MAX: usize = 4096;

@@ -89,6 +89,7 @@ fn broadcast_available(core: &Core, state: &mut State, stanza: &Stanza<'_>) -> O
         }
     }
     share_with_own_resources(core, state, Some(stanza));
+    let notify_known = crate::pep::presence_caps(core, state, stanza);
     if first {
         // RFC 6121 section 4.2.2: the new resource learns about its siblings.
         let sessions = core.sessions.borrow();
@@ -124,12 +125,20 @@ fn broadcast_available(core: &Core, state: &mut State, stanza: &Stanza<'_>) -> O
                     route(&core, contact, &bytes);
                 }
             }
-            if !first {
-                return out;
+            if first {
+                crate::subscription::pending_requests(&account, &full, &mut out);
             }
-            crate::subscription::pending_requests(&account, &full, &mut out);
             cached.roster.presence_sources().map(str::to_owned).collect()
         };
+        if notify_known {
+            let notify = core.sessions.borrow().session(&full).and_then(|s| s.notify.clone());
+            if let Some(notify) = notify.filter(|n| !n.is_empty()) {
+                crate::pep::send_last_items(&core, &full, &user, sources.clone(), notify);
+            }
+        }
+        if !first {
+            return out;
+        }
         // RFC 6121 section 4.2.2: probes go from the bare JID.
         for contact in &sources {
             crate::subscription::send(&core, user.as_str(), contact, "probe");

@@ -55,6 +55,8 @@ struct Resource {
     available: bool,
     priority: i8,
     target: Target,
+    /// XEP-0163 notify list of a local session (unknown for remote ones).
+    notify: Option<crate::pep::Notify>,
 }
 
 /// Every resource of `bare`: local sessions, and replicated ones on other nodes.
@@ -64,7 +66,12 @@ fn resources(core: &Core, bare: &str) -> Vec<Resource> {
         .borrow()
         .sessions(bare)
         .iter()
-        .map(|s| Resource { available: s.available, priority: s.priority, target: Target::Local(s.mailbox.clone()) })
+        .map(|s| Resource {
+            available: s.available,
+            priority: s.priority,
+            target: Target::Local(s.mailbox.clone()),
+            notify: s.notify.clone(),
+        })
         .collect();
     if let Some(cluster) = &core.cluster {
         let replica = cluster.replica.borrow();
@@ -72,6 +79,7 @@ fn resources(core: &Core, bare: &str) -> Vec<Resource> {
             available: s.entry.available,
             priority: s.entry.priority,
             target: Target::Remote { node: s.owner.node_num, full: s.full.clone() },
+            notify: None,
         }));
     }
     all
@@ -124,7 +132,11 @@ fn deliver_message(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
     let targets: Vec<Resource> = match kind {
         MessageType::Error => return,
         MessageType::Groupchat => Vec::new(),
-        MessageType::Headline => candidates,
+        // XEP-0163 section 4.3: PEP events only to resources whose caps ask for them.
+        MessageType::Headline => match crate::pep::event_node(stanza) {
+            Some(node) => candidates.into_iter().filter(|r| crate::pep::wants(r.notify.as_ref(), &node)).collect(),
+            None => candidates,
+        },
         MessageType::Normal | MessageType::Chat => {
             let top = candidates.iter().map(|r| r.priority).max();
             candidates.into_iter().filter(|r| Some(r.priority) == top).collect()

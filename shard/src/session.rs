@@ -9,7 +9,7 @@ use std::rc::Rc;
 use starling_wire::error::{StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition};
 use starling_wire::framer::{Frame, Framer};
 use starling_wire::jid::{FullJid, Jid, JidRef};
-use starling_wire::stanza::{Stanza, StanzaKind, StanzaParseError};
+use starling_wire::stanza::{IqType, Stanza, StanzaKind, StanzaParseError};
 
 use crate::core::Core;
 use crate::im::{Outcome, Pending};
@@ -222,6 +222,17 @@ fn route_stamped(
     stamped: &[u8],
 ) -> Option<Pending> {
     let own = to.as_ref().is_none_or(|to| !to.is_full() && to.bare_str() == state.jid.bare_str());
+    let to_server = to.as_ref().is_none_or(|to| to.local().is_none() && !to.is_full());
+    if stanza.kind == StanzaKind::Iq
+        && to_server
+        && stanza.iq_type().is_some_and(|t| matches!(t, IqType::Result | IqType::Error))
+    {
+        // The answer to a capability query we sent this client (XEP-0115).
+        if crate::pep::caps_result(core, state, stanza) {
+            send_last_items(core, state);
+        }
+        return None;
+    }
     let outcome = match stanza.kind {
         StanzaKind::Presence => crate::presence::outbound(core, state, stanza, to.as_ref(), stamped),
         StanzaKind::Iq if own => crate::im::from_client(core, state, stanza),
@@ -253,6 +264,16 @@ fn route_stamped(
         _ => crate::router::route(core, to.bare_str(), stamped),
     }
     None
+}
+
+/// Once a session's notify list is known: the last PEP items it wants (XEP-0163).
+pub(crate) fn send_last_items(core: &Core, state: &State) {
+    let notify = core.sessions.borrow().session(state.jid.as_str()).and_then(|s| s.notify.clone());
+    let Some(notify) = notify.filter(|n| !n.is_empty()) else { return };
+    let sources = crate::account::cached(core, state.jid.bare_str())
+        .map(|account| account.borrow().roster.presence_sources().map(str::to_owned).collect())
+        .unwrap_or_default();
+    crate::pep::send_last_items(core, state.jid.as_str(), &state.jid.to_bare(), sources, notify);
 }
 
 /// A message from the client: refused if the user blocks the recipient (XEP-0191

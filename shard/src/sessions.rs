@@ -31,6 +31,8 @@ pub(crate) struct Session {
     pub created_ms: u64,
     /// XEP-0280: the client enabled message carbons.
     pub carbons: bool,
+    /// XEP-0163: the PEP nodes the client wants events of, once its caps are known.
+    pub notify: Option<crate::pep::Notify>,
 }
 
 impl Session {
@@ -141,6 +143,7 @@ mod tests {
             presence: None,
             created_ms: 0,
             carbons: false,
+            notify: None,
         }
     }
 

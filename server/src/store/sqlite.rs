@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use starling_shard::blocking::{AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, Store, StoreError};
+use starling_shard::blocking::{
+    AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, PepNode, Store, StoreError,
+};
 use starling_shard::roster::{Roster, RosterItem, Subscription};
 use starling_wire::jid::BareJid;
 use starling_wire::sasl::scram::{Credentials, Hash};
@@ -343,6 +345,110 @@ impl Store for Sqlite {
         }
         Ok(ArchivePage { messages, complete, count: count as u64 })
     }
+
+    fn pep_publish(
+        &mut self,
+        user: &BareJid,
+        item: &PepItem,
+        access: &str,
+        max_items: usize,
+    ) -> Result<bool, StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.in_transaction(|connection| {
+            let existing: Option<String> = connection
+                .prepare_cached("SELECT access_model FROM pep_node WHERE server = ?1 AND username = ?2 AND node = ?3")?
+                .query_row(params![server, username, item.node], |row| row.get(0))
+                .optional()?;
+            match existing {
+                Some(model) if model != access => return Ok(false),
+                Some(_) => {}
+                None => {
+                    connection
+                        .prepare_cached(
+                            "INSERT INTO pep_node (server, username, node, access_model) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![server, username, item.node, access])?;
+                }
+            }
+            let newest: i64 = connection
+                .prepare_cached(
+                    "SELECT COALESCE(MAX(published_us), 0) FROM pep_item WHERE server = ?1 AND username = ?2 AND node = ?3",
+                )?
+                .query_row(params![server, username, item.node], |row| row.get(0))?;
+            let published = (now_us() as i64).max(newest + 1);
+            connection
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO pep_item (server, username, node, item_id, payload, published_us) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![server, username, item.node, item.id, item.payload, published])?;
+            connection
+                .prepare_cached(
+                    "DELETE FROM pep_item WHERE server = ?1 AND username = ?2 AND node = ?3 AND item_id NOT IN \
+                     (SELECT item_id FROM pep_item WHERE server = ?1 AND username = ?2 AND node = ?3 \
+                      ORDER BY published_us DESC LIMIT ?4)",
+                )?
+                .execute(params![server, username, item.node, max_items as i64])?;
+            Ok(true)
+        })
+    }
+
+    fn pep_items(&mut self, user: &BareJid, node: &str, max: usize) -> Result<Option<PepNode>, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let access: Option<String> = self
+            .connection
+            .prepare_cached("SELECT access_model FROM pep_node WHERE server = ?1 AND username = ?2 AND node = ?3")
+            .and_then(|mut s| s.query_row(params![server, username, node], |row| row.get(0)).optional())
+            .map_err(query_error)?;
+        let Some(access) = access else { return Ok(None) };
+        let items = self
+            .connection
+            .prepare_cached(
+                "SELECT item_id, payload FROM pep_item WHERE server = ?1 AND username = ?2 AND node = ?3 \
+                 ORDER BY published_us DESC LIMIT ?4",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![server, username, node, max as i64], |row| {
+                    Ok(PepItem { node: node.to_owned(), id: row.get(0)?, payload: row.get(1)? })
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(query_error)?;
+        Ok(Some(PepNode { access, items }))
+    }
+
+    fn pep_retract(&mut self, user: &BareJid, node: &str, id: &str) -> Result<bool, StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.connection
+            .prepare_cached("DELETE FROM pep_item WHERE server = ?1 AND username = ?2 AND node = ?3 AND item_id = ?4")
+            .and_then(|mut s| s.execute(params![server, username, node, id]))
+            .map(|deleted| deleted == 1)
+            .map_err(query_error)
+    }
+
+    fn pep_delete(&mut self, user: &BareJid, node: &str) -> Result<bool, StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.in_transaction(|connection| {
+            connection
+                .prepare_cached("DELETE FROM pep_item WHERE server = ?1 AND username = ?2 AND node = ?3")?
+                .execute(params![server, username, node])?;
+            let deleted = connection
+                .prepare_cached("DELETE FROM pep_node WHERE server = ?1 AND username = ?2 AND node = ?3")?
+                .execute(params![server, username, node])?;
+            Ok(deleted == 1)
+        })
+    }
+
+    fn pep_nodes(&mut self, user: &BareJid) -> Result<Vec<(String, String)>, StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.connection
+            .prepare_cached("SELECT node, access_model FROM pep_node WHERE server = ?1 AND username = ?2 ORDER BY node")
+            .and_then(|mut s| {
+                s.query_map(params![server, username], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(query_error)
+    }
 }
 
 /// Separates roster group names in one column; XML text cannot contain it.
@@ -560,6 +666,24 @@ mod tests {
         assert_eq!((ids(&bob), bob.complete, bob.count), (vec![2, 4], true, 2));
         let window = ArchiveQuery { start_us: Some(20), end_us: Some(30), max: 10, ..ArchiveQuery::default() };
         assert_eq!(ids(&store.archive_query(&alice, &window).unwrap()), vec![2, 3]);
+
+        let item = |id: &str| PepItem { node: "urn:x:mood".into(), id: id.into(), payload: id.as_bytes().to_vec() };
+        assert!(store.pep_publish(&alice, &item("a"), "presence", 2).unwrap());
+        assert!(store.pep_publish(&alice, &item("b"), "presence", 2).unwrap());
+        assert!(store.pep_publish(&alice, &item("c"), "presence", 2).unwrap());
+        assert!(!store.pep_publish(&alice, &item("d"), "open", 2).unwrap(), "another access model");
+        let node = store.pep_items(&alice, "urn:x:mood", 10).unwrap().unwrap();
+        assert_eq!(node.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["c", "b"], "newest first, 2 kept");
+        assert!(store.pep_publish(&alice, &item("b"), "presence", 2).unwrap());
+        assert_eq!(
+            store.pep_items(&alice, "urn:x:mood", 1).unwrap().unwrap().items[0].id,
+            "b",
+            "republished is newest"
+        );
+        assert!(store.pep_retract(&alice, "urn:x:mood", "b").unwrap());
+        assert_eq!(store.pep_nodes(&alice).unwrap(), vec![("urn:x:mood".to_owned(), "presence".to_owned())]);
+        assert!(store.pep_delete(&alice, "urn:x:mood").unwrap());
+        assert_eq!(store.pep_items(&alice, "urn:x:mood", 1).unwrap(), None);
 
         let keys = AccountKeys::from_password("p", std::num::NonZeroU32::new(1).unwrap());
         store.register(&alice, &keys).unwrap();
