@@ -30,3 +30,84 @@ CREATE TABLE IF NOT EXISTS discovery_nodes (
     PRIMARY KEY (node_name)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS i_discovery_nodes_node_num ON discovery_nodes USING BTREE(cluster_name, node_num);
+
+-- Rosters (RFC 6121 section 2); groups joined with U+001F.
+CREATE TABLE IF NOT EXISTS rosterusers (
+    server       TEXT    NOT NULL,
+    username     TEXT    NOT NULL,
+    jid          TEXT    NOT NULL,
+    name         TEXT    NOT NULL DEFAULT '',
+    subscription TEXT    NOT NULL DEFAULT 'none',
+    ask          BOOLEAN NOT NULL DEFAULT FALSE,
+    pending_in   BOOLEAN NOT NULL DEFAULT FALSE,
+    approved     BOOLEAN NOT NULL DEFAULT FALSE,
+    visible      BOOLEAN NOT NULL DEFAULT TRUE,
+    groups       TEXT    NOT NULL DEFAULT '',
+    PRIMARY KEY (server, username, jid)
+);
+
+CREATE TABLE IF NOT EXISTS roster_version (
+    server   TEXT   NOT NULL,
+    username TEXT   NOT NULL,
+    version  BIGINT NOT NULL,
+    PRIMARY KEY (server, username)
+);
+
+CREATE TABLE IF NOT EXISTS blocking (
+    server   TEXT   NOT NULL,
+    username TEXT   NOT NULL,
+    jid      TEXT   NOT NULL,
+    added_at BIGINT NOT NULL,
+    PRIMARY KEY (server, username, jid)
+);
+
+CREATE TABLE IF NOT EXISTS offline_message (
+    id         BIGSERIAL PRIMARY KEY,
+    server     TEXT   NOT NULL,
+    username   TEXT   NOT NULL,
+    stanza     BYTEA  NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS i_offline_message_user ON offline_message (server, username, id);
+
+CREATE TABLE IF NOT EXISTS account_data (
+    server   TEXT  NOT NULL,
+    username TEXT  NOT NULL,
+    kind     TEXT  NOT NULL,
+    key      TEXT  NOT NULL,
+    value    BYTEA NOT NULL,
+    PRIMARY KEY (server, username, kind, key)
+);
+
+CREATE TABLE IF NOT EXISTS mam_message (
+    server       TEXT   NOT NULL,
+    username     TEXT   NOT NULL,
+    id           BIGINT NOT NULL,
+    timestamp_us BIGINT NOT NULL,
+    remote_bare  TEXT   NOT NULL,
+    stanza       BYTEA  NOT NULL,
+    PRIMARY KEY (server, username, id)
+);
+CREATE INDEX IF NOT EXISTS i_mam_message_with ON mam_message (server, username, remote_bare, id);
+
+CREATE TABLE IF NOT EXISTS pep_node (
+    server       TEXT NOT NULL,
+    username     TEXT NOT NULL,
+    node         TEXT NOT NULL,
+    access_model TEXT NOT NULL,
+    PRIMARY KEY (server, username, node)
+);
+CREATE TABLE IF NOT EXISTS pep_item (
+    server       TEXT   NOT NULL,
+    username     TEXT   NOT NULL,
+    node         TEXT   NOT NULL,
+    item_id      TEXT   NOT NULL,
+    payload      BYTEA  NOT NULL,
+    published_us BIGINT NOT NULL,
+    PRIMARY KEY (server, username, node, item_id)
+);
+
+CREATE TABLE IF NOT EXISTS registration_address (
+    address       TEXT   PRIMARY KEY,
+    registered_at BIGINT NOT NULL
+);

@@ -119,3 +119,9 @@ CREATE TABLE IF NOT EXISTS pep_item (
     published_us INTEGER NOT NULL,
     PRIMARY KEY (server, username, node, item_id)
 ) WITHOUT ROWID;
+
+-- In-band registrations (XEP-0077) per client address, for the rate limit.
+CREATE TABLE IF NOT EXISTS registration_address (
+    address       TEXT    PRIMARY KEY,
+    registered_at INTEGER NOT NULL
+) WITHOUT ROWID;

@@ -5,7 +5,8 @@ roster handling (RFC 6121), then exercise service discovery (XEP-0030), software
 version (XEP-0092), personal eventing with caps (XEP-0163, XEP-0115, XEP-0107),
 vCards (XEP-0054), blocking (XEP-0191), carbons (XEP-0280), the
 message archive (XEP-0313 with XEP-0059), client state indication (XEP-0352), last
-activity (XEP-0012) and offline delivery (XEP-0160 with XEP-0203 delay). Every step
+activity (XEP-0012), offline delivery (XEP-0160 with XEP-0203 delay) and in-band
+registration (XEP-0077). Every step
 checks what arrived, not only that no error came back.
 
 Usage: im.py HOST STARTTLS_PORT DIRECT_TLS_PORT CA_FILE
@@ -64,6 +65,30 @@ async def login(jid, direct_tls=False):
     client.connect(HOST, DIRECT_PORT if direct_tls else STARTTLS_PORT)
     await asyncio.wait_for(client.started, TIMEOUT)
     return client
+
+
+class Newcomer(slixmpp.ClientXMPP):
+    """Registers its account in band (XEP-0077) before logging in with it."""
+
+    def __init__(self, jid):
+        super().__init__(jid, "fresh password")
+        self.ssl_context = ssl.create_default_context(cafile=CA)
+        self.enable_plaintext = False
+        self.register_plugin("xep_0030")
+        self.register_plugin("xep_0077")
+        self.plugin["xep_0077"].force_registration = True
+        self.registered = asyncio.get_event_loop().create_future()
+        self.started = asyncio.get_event_loop().create_future()
+        self.add_event_handler("register", self.on_register)
+        self.add_event_handler("session_start", lambda _: self.started.set_result(True))
+
+    async def on_register(self, _):
+        iq = self.Iq()
+        iq["type"] = "set"
+        iq["register"]["username"] = self.boundjid.user
+        iq["register"]["password"] = self.password
+        await iq.send(timeout=TIMEOUT)
+        self.registered.set_result(True)
 
 
 async def main():
@@ -178,7 +203,12 @@ async def main():
     assert got["delay"]["stamp"] is not None, got
     print(f"offline: delivered at login with delay stamp {got['delay']['stamp']}")
 
-    for client in (alice, bob, carol, desk):
+    newcomer = Newcomer("newbie@localhost/n")
+    newcomer.connect(HOST, STARTTLS_PORT)
+    await asyncio.wait_for(asyncio.gather(newcomer.registered, newcomer.started), TIMEOUT)
+    print(f"registration: {newcomer.boundjid.bare} created in band, then logged in")
+
+    for client in (alice, bob, carol, desk, newcomer):
         client.disconnect()
     await asyncio.sleep(0.3)
 

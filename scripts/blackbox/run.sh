@@ -39,6 +39,8 @@ cat > "$work/starling.toml" <<TOML
   tls.mode = "tls"
 [listen.admin]
   port = $admin_port
+[modules.mod_register]
+  registration_timeout = 0
 TOML
 
 "$bin" serve --config "$work/starling.toml" >"$work/server.log" 2>&1 &

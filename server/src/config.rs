@@ -40,6 +40,15 @@ pub struct Config {
     pub limits: Limits,
     /// Clustering (`[internal_databases.cets]`), when configured.
     pub cluster: Option<Cluster>,
+    /// XEP-0077 in-band registration (`[modules.mod_register]`), when enabled.
+    pub registration: Option<Registration>,
+}
+
+/// In-band registration settings.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// One registration per client IP address per this long; zero: no limit.
+    pub interval: Duration,
 }
 
 /// Clustering: discovery through the database, links between nodes.
@@ -181,6 +190,27 @@ mod raw {
         limits: Limits,
         #[serde(default)]
         internal_databases: InternalDatabases,
+        #[serde(default)]
+        modules: Modules,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Modules {
+        #[serde(default)]
+        mod_register: Option<ModRegister>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ModRegister {
+        /// Seconds between two registrations from one IP address (MongooseIM's name).
+        #[serde(default = "default_registration_timeout")]
+        registration_timeout: u64,
+    }
+
+    fn default_registration_timeout() -> u64 {
+        600
     }
 
     #[derive(Deserialize, Default)]
@@ -548,6 +578,9 @@ mod raw {
                 database: database(self.outgoing_pools.rdbms, &data_dir)?,
                 limits: self.limits.convert()?,
                 cluster: self.internal_databases.cets.map(Cets::convert).transpose()?,
+                registration: self.modules.mod_register.map(|register| super::Registration {
+                    interval: Duration::from_secs(register.registration_timeout),
+                }),
             })
         }
     }
@@ -754,6 +787,10 @@ mod tests {
         assert_eq!(config.general.hosts, vec!["localhost"]);
         assert_eq!(config.admin.unwrap().address.port(), 5551);
         assert_eq!(config.limits.framer, FramerLimits::DEFAULT);
+        assert!(config.registration.is_none(), "in-band registration is off by default");
+        let open = Config::parse("[modules.mod_register]\nregistration_timeout = 60").unwrap();
+        assert_eq!(open.registration.unwrap().interval, Duration::from_secs(60));
+        assert!(Config::parse("[modules.mod_register]\ncaptcha = true").is_err(), "unknown keys are errors");
     }
 
     /// Unknown keys and bad values are errors that name the key.

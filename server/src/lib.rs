@@ -213,6 +213,7 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
             connections_per_core_max: config.limits.connections_per_core_max,
             queued_bytes_per_connection_max: config.limits.queued_bytes_per_connection_max,
             sessions_per_user_max: config.limits.sessions_per_user_max,
+            registration_interval: config.registration.as_ref().map_or(std::time::Duration::ZERO, |r| r.interval),
         },
         tls_starttls: tls.as_ref().map(|t| t.starttls.clone()),
         tls_direct: tls.as_ref().map(|t| t.direct.clone()),
@@ -315,6 +316,7 @@ fn c2s_settings(config: &Config, mode: TlsMode, decoy_secret: Vec<u8>) -> C2sSet
         scram_iterations: config.auth.scram_iterations,
         decoy_secret,
         bind_features_extra: starling_shard::stream_features().into_bytes(),
+        registration: config.registration.is_some(),
     }
 }
 

@@ -421,3 +421,40 @@ fn personal_eventing_with_notify_filtering() {
     bob.send("<iq type='get' id='p6' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:mood'/></pubsub></iq>");
     assert!(bob.expect("id='p6'").contains("item-not-found"));
 }
+
+/// Sends an in-band registration for `username` on a fresh stream; returns the answer.
+fn register(node: &TestNode, username: &str) -> String {
+    let mut client = Client::connect(node.c2s);
+    let features = client.open();
+    assert!(features.contains("<register xmlns='http://jabber.org/features/iq-register'/>"), "{features}");
+    client.send("<iq type='get' id='f1'><query xmlns='jabber:iq:register'/></iq>");
+    assert!(client.expect("id='f1'").contains("<username/><password/>"));
+    client.send(&format!(
+        "<iq type='set' id='r1'><query xmlns='jabber:iq:register'><username>{username}</username><password>pw-{username}</password></query></iq>"
+    ));
+    client.expect("id='r1'")
+}
+
+/// XEP-0077: with `[modules.mod_register]` a client creates an account before
+/// logging in (and then logs in with it); a taken name is a conflict; a second
+/// registration from the same address within the timeout is refused; without the
+/// module, nothing is offered.
+#[test]
+fn in_band_registration() {
+    let open = TestNode::start_with(|config| {
+        config.registration = Some(starling_server::config::Registration { interval: Duration::ZERO })
+    });
+    assert!(register(&open, "dave").contains("type='result'"));
+    Client::login(open.c2s, "dave", "pw-dave", "r");
+    assert!(register(&open, "alice").contains("<conflict"), "taken");
+
+    let limited = TestNode::start_with(|config| {
+        config.registration = Some(starling_server::config::Registration { interval: Duration::from_secs(600) })
+    });
+    assert!(register(&limited, "erin").contains("type='result'"));
+    assert!(register(&limited, "frank").contains("<resource-constraint"), "rate limited");
+
+    let closed = TestNode::start();
+    let mut client = Client::connect(closed.c2s);
+    assert!(!client.open().contains("iq-register"));
+}

@@ -39,6 +39,19 @@ pub trait Store: Send {
     /// The stored SCRAM credentials of `user` for `hash`, `None` for no such user.
     fn credentials(&mut self, user: &BareJid, hash: Hash) -> Result<Option<Credentials>, StoreError>;
 
+    /// Creates the account `user` with both SCRAM credentials (XEP-0077 in-band
+    /// registration), unless `limit` (client address, interval) says this address
+    /// registered an account less than the interval ago, on any node.
+    fn create_account(
+        &mut self,
+        user: &BareJid,
+        keys: (&Credentials, &Credentials),
+        limit: Option<(&str, std::time::Duration)>,
+    ) -> Result<Registered, StoreError> {
+        let _ = (user, keys, limit);
+        Err(unsupported())
+    }
+
     // The IM data of an account (RFC 6121, XEPs). A backend that has not implemented
     // them yet answers `Query`, so clients get `internal-server-error`, never a crash.
 
@@ -153,6 +166,16 @@ fn unsupported() -> StoreError {
     StoreError::Query("not supported by this storage backend yet".into())
 }
 
+/// The outcome of [`Store::create_account`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registered {
+    Created,
+    /// The account exists.
+    Exists,
+    /// The client's address registered an account too recently.
+    TooSoon,
+}
+
 /// What the home core loads for an account when it first needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AccountData {
@@ -221,6 +244,19 @@ pub struct ArchivePage {
     pub complete: bool,
     /// Messages matching the filters (without paging).
     pub count: u64,
+}
+
+impl ArchivePage {
+    /// The page from up to `query.max + 1` rows read in paging order (the extra row
+    /// only tells whether more follow).
+    pub fn from_rows(mut rows: Vec<ArchivedMessage>, query: &ArchiveQuery, count: u64) -> ArchivePage {
+        let complete = rows.len() <= query.max;
+        rows.truncate(query.max);
+        if query.from_end {
+            rows.reverse();
+        }
+        ArchivePage { messages: rows, complete, count }
+    }
 }
 
 /// A unit of work: given the thread's store (or why it could not be opened), runs and

@@ -16,6 +16,7 @@ use starling_wire::framer::Framer;
 use starling_wire::jid::{BareJid, FullJid};
 use starling_wire::sasl::scram::{ChannelBindings, Credentials, Hash};
 
+use crate::blocking::Registered;
 use crate::core::{Core, Transfer};
 use crate::io::{Io, Wake};
 use crate::mailbox::Mailbox;
@@ -397,11 +398,55 @@ impl Negotiating {
                     }
                 }
             }
+            Action::Register { user, password } => {
+                let outcome = register(core, &self.io, user, password, settings.scram_iterations).await;
+                self.c2s.handle_registered(outcome, &mut self.out);
+            }
             other => {
                 log::error!("c2s: unexpected action {other:?}");
                 return Err(());
             }
         }
         self.pump(core, &[])
+    }
+}
+
+/// XEP-0077: creates `user` unless this client's address registered an account less
+/// than `registration_interval` ago (MongooseIM's `registration_timeout`); the store
+/// keeps the addresses, so the limit holds across cores, nodes and restarts.
+async fn register(
+    core: &Core,
+    io: &Io,
+    user: BareJid,
+    password: String,
+    iterations: std::num::NonZeroU32,
+) -> Result<(), StanzaErrorCondition> {
+    let interval = core.limits().registration_interval;
+    let address = io.stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let created = core
+        .shared
+        .db
+        .run(move |store| {
+            let derive = |hash| {
+                use ring::rand::SecureRandom;
+                let mut salt = [0u8; 16];
+                ring::rand::SystemRandom::new()
+                    .fill(&mut salt)
+                    .map(|_| Credentials::derive(hash, &password, &salt, iterations))
+                    .map_err(|_| crate::blocking::StoreError::Query("no randomness".into()))
+            };
+            let (sha1, sha256) = (derive(Hash::Sha1)?, derive(Hash::Sha256)?);
+            let limit = (!interval.is_zero()).then_some((address.as_str(), interval));
+            store.create_account(&user, (&sha1, &sha256), limit)
+        })
+        .await;
+    match created {
+        Ok(Registered::Created) => Ok(()),
+        Ok(Registered::Exists) => Err(StanzaErrorCondition::Conflict),
+        Ok(Registered::TooSoon) => Err(StanzaErrorCondition::ResourceConstraint),
+        Err(error) => {
+            log::warn!("c2s: in-band registration failed: {error}");
+            Err(StanzaErrorCondition::InternalServerError)
+        }
     }
 }

@@ -15,6 +15,9 @@ pub struct Limits {
     pub queued_bytes_per_connection_max: usize,
     /// Resources one account may bind at once.
     pub sessions_per_user_max: usize,
+    /// XEP-0077: one in-band registration per client IP address per this long, across
+    /// the cluster (`[modules.mod_register] registration_timeout`); zero: no limit.
+    pub registration_interval: Duration,
 }
 
 impl Limits {
@@ -24,6 +27,7 @@ impl Limits {
             connections_per_core_max: 10_000,
             queued_bytes_per_connection_max: 64 * 1024,
             sessions_per_user_max: 8,
+            registration_interval: Duration::from_secs(600),
         }
     }
 }

@@ -88,6 +88,18 @@ fn random_salt() -> [u8; 16] {
     salt
 }
 
+/// Tables keyed by (server, username) whose rows go when the account is removed.
+pub(crate) const ACCOUNT_TABLES: [&str; 8] = [
+    "rosterusers",
+    "roster_version",
+    "blocking",
+    "offline_message",
+    "account_data",
+    "mam_message",
+    "pep_node",
+    "pep_item",
+];
+
 /// Everything the node stores, blocking.
 pub trait Storage: Store {
     /// Creates the account; `false` if it exists.
@@ -111,6 +123,9 @@ pub trait Storage: Store {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use starling_shard::blocking::AccountData;
+    use starling_shard::blocking::{ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, Registered};
+    use starling_shard::roster::{Roster, RosterItem, Subscription};
 
     /// Accounts are created once, found, listed, re-keyed and removed; run by each
     /// backend's tests on a real database.
@@ -131,6 +146,99 @@ pub(crate) mod tests {
         assert!(store.remove(&alice).unwrap());
         assert!(!store.remove(&alice).unwrap());
         assert!(store.credentials(&alice, Hash::Sha256).unwrap().is_none());
+    }
+
+    /// Rosters, block lists, offline messages, documents, the archive and PEP items
+    /// survive reopening the store (`open`), removing the account removes them, and
+    /// in-band registration honours the address limit; run by each backend.
+    pub(crate) fn im_data(open: &dyn Fn() -> Box<dyn Storage>) {
+        let alice: BareJid = "alice@localhost".parse().unwrap();
+        let item = RosterItem {
+            jid: "bob@localhost".into(),
+            name: "Bob".into(),
+            subscription: Subscription::Both,
+            ask: true,
+            visible: true,
+            groups: vec!["Friends".into(), "Work".into()],
+            ..RosterItem::default()
+        };
+        {
+            let mut store = open();
+            store.roster_put(&alice, &item, 3).unwrap();
+            store.roster_put(&alice, &RosterItem { jid: "carol@localhost".into(), ..item.clone() }, 4).unwrap();
+            store.roster_delete(&alice, "carol@localhost", 5).unwrap();
+            store.block(&alice, &["spam@evil".into(), "evil".into()]).unwrap();
+            store.unblock(&alice, &["evil".into()]).unwrap();
+            assert!(store.offline_push(&alice, b"<message>1</message>", 2).unwrap());
+            assert!(store.offline_push(&alice, b"<message>2</message>", 2).unwrap());
+            assert!(!store.offline_push(&alice, b"<message>3</message>", 2).unwrap(), "full at the limit");
+            store.set_data(&alice, DataKind::Vcard, "", Some(b"<vCard/>")).unwrap();
+            for id in 1..=5u64 {
+                let with = if id % 2 == 0 { "bob@localhost" } else { "carol@localhost" };
+                let message =
+                    ArchivedMessage { id, timestamp_us: id * 10, with: with.into(), stanza: vec![b'0' + id as u8] };
+                store.archive_put(&alice, &message).unwrap();
+            }
+        }
+        let mut store = open();
+        let account = store.account(&alice).unwrap();
+        assert_eq!(account.roster, Roster { version: 5, items: vec![item] });
+        assert_eq!(account.blocked, vec!["spam@evil".to_owned()]);
+        assert_eq!(
+            store.offline_take(&alice).unwrap(),
+            vec![b"<message>1</message>".to_vec(), b"<message>2</message>".to_vec()]
+        );
+        assert!(store.offline_take(&alice).unwrap().is_empty(), "taken once");
+        assert_eq!(store.data(&alice, DataKind::Vcard, "").unwrap(), Some(b"<vCard/>".to_vec()));
+        assert_eq!(store.data(&alice, DataKind::Private, "").unwrap(), None);
+
+        let ids = |page: &ArchivePage| page.messages.iter().map(|m| m.id).collect::<Vec<_>>();
+        let first = store.archive_query(&alice, &ArchiveQuery { max: 2, ..ArchiveQuery::default() }).unwrap();
+        assert_eq!((ids(&first), first.complete, first.count), (vec![1, 2], false, 5));
+        let next = store
+            .archive_query(&alice, &ArchiveQuery { max: 2, after_id: Some(2), ..ArchiveQuery::default() })
+            .unwrap();
+        assert_eq!(ids(&next), vec![3, 4]);
+        let last =
+            store.archive_query(&alice, &ArchiveQuery { max: 2, from_end: true, ..ArchiveQuery::default() }).unwrap();
+        assert_eq!((ids(&last), last.complete), (vec![4, 5], false));
+        let with = ArchiveQuery { with: Some("bob@localhost".into()), max: 10, ..ArchiveQuery::default() };
+        let bob = store.archive_query(&alice, &with).unwrap();
+        assert_eq!((ids(&bob), bob.complete, bob.count), (vec![2, 4], true, 2));
+        let window = ArchiveQuery { start_us: Some(20), end_us: Some(30), max: 10, ..ArchiveQuery::default() };
+        assert_eq!(ids(&store.archive_query(&alice, &window).unwrap()), vec![2, 3]);
+
+        let item = |id: &str| PepItem { node: "urn:x:mood".into(), id: id.into(), payload: id.as_bytes().to_vec() };
+        assert!(store.pep_publish(&alice, &item("a"), "presence", 2).unwrap());
+        assert!(store.pep_publish(&alice, &item("b"), "presence", 2).unwrap());
+        assert!(store.pep_publish(&alice, &item("c"), "presence", 2).unwrap());
+        assert!(!store.pep_publish(&alice, &item("d"), "open", 2).unwrap(), "another access model");
+        let node = store.pep_items(&alice, "urn:x:mood", 10).unwrap().unwrap();
+        assert_eq!(node.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["c", "b"], "newest first, 2 kept");
+        assert!(store.pep_publish(&alice, &item("b"), "presence", 2).unwrap());
+        assert_eq!(
+            store.pep_items(&alice, "urn:x:mood", 1).unwrap().unwrap().items[0].id,
+            "b",
+            "republished is newest"
+        );
+        assert!(store.pep_retract(&alice, "urn:x:mood", "b").unwrap());
+        assert_eq!(store.pep_nodes(&alice).unwrap(), vec![("urn:x:mood".to_owned(), "presence".to_owned())]);
+        assert!(store.pep_delete(&alice, "urn:x:mood").unwrap());
+        assert_eq!(store.pep_items(&alice, "urn:x:mood", 1).unwrap(), None);
+
+        let keys = AccountKeys::from_password("p", std::num::NonZeroU32::new(1).unwrap());
+        let limit = Some(("192.0.2.1", std::time::Duration::from_secs(600)));
+        let dave: BareJid = "dave@localhost".parse().unwrap();
+        let created = store.create_account(&dave, (&keys.sha1, &keys.sha256), limit).unwrap();
+        assert_eq!(created, Registered::Created);
+        let erin: BareJid = "erin@localhost".parse().unwrap();
+        assert_eq!(store.create_account(&erin, (&keys.sha1, &keys.sha256), limit).unwrap(), Registered::TooSoon);
+        assert_eq!(store.create_account(&dave, (&keys.sha1, &keys.sha256), None).unwrap(), Registered::Exists);
+        assert!(store.credentials(&dave, Hash::Sha256).unwrap().unwrap().verify_password("p"));
+        store.register(&alice, &keys).unwrap();
+        assert!(store.remove(&alice).unwrap());
+        assert_eq!(store.account(&alice).unwrap(), AccountData::default(), "removal takes the data with it");
+        assert_eq!(store.archive_query(&alice, &with).unwrap().count, 0);
     }
 
     /// MongooseIM's serialised SCRAM form round-trips and checks the right password.

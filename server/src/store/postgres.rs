@@ -3,7 +3,12 @@
 
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
-use starling_shard::blocking::{Store, StoreError};
+use std::time::Duration;
+
+use starling_shard::blocking::{
+    AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, PepNode, Registered, Store, StoreError,
+};
+use starling_shard::roster::{Roster, RosterItem, Subscription};
 use starling_wire::jid::BareJid;
 use starling_wire::sasl::scram::{Credentials, Hash};
 
@@ -72,6 +77,427 @@ impl Postgres {
 }
 
 impl Store for Postgres {
+    fn create_account(
+        &mut self,
+        user: &BareJid,
+        (sha1, sha256): (&Credentials, &Credentials),
+        limit: Option<(&str, Duration)>,
+    ) -> Result<Registered, StoreError> {
+        let keys = AccountKeys { sha1: sha1.clone(), sha256: sha256.clone() };
+        let now = (now_us() / 1_000_000) as i64;
+        let key = Self::user_key(user);
+        let iterations = keys.sha256.iterations.get() as i32;
+        let mut transaction = self.client.transaction().map_err(error)?;
+        if let Some((address, interval)) = limit {
+            // One registration per address at a time, across nodes.
+            transaction.execute("LOCK TABLE registration_address IN EXCLUSIVE MODE", &[]).map_err(error)?;
+            let since = now - interval.as_secs() as i64;
+            transaction
+                .execute("DELETE FROM registration_address WHERE registered_at <= $1", &[&since])
+                .map_err(error)?;
+            let recent = transaction
+                .query_opt("SELECT 1 FROM registration_address WHERE address = $1", &[&address])
+                .map_err(error)?;
+            if recent.is_some() {
+                return Ok(Registered::TooSoon);
+            }
+        }
+        let mut params = user_params(&key, &iterations, &keys).to_vec();
+        params.push(&now);
+        let created = transaction
+            .execute(
+                "INSERT INTO users (server, username, iterations, sha1_salt, sha1_stored_key, sha1_server_key, \
+                 sha256_salt, sha256_stored_key, sha256_server_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT DO NOTHING",
+                &params,
+            )
+            .map_err(error)?;
+        if created == 0 {
+            return Ok(Registered::Exists);
+        }
+        if let Some((address, _)) = limit {
+            transaction
+                .execute(
+                    "INSERT INTO registration_address (address, registered_at) VALUES ($1, $2) \
+                     ON CONFLICT (address) DO UPDATE SET registered_at = EXCLUDED.registered_at",
+                    &[&address, &now],
+                )
+                .map_err(error)?;
+        }
+        transaction.commit().map_err(error)?;
+        Ok(Registered::Created)
+    }
+
+    fn account(&mut self, user: &BareJid) -> Result<AccountData, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let version = self
+            .client
+            .query_opt("SELECT version FROM roster_version WHERE server = $1 AND username = $2", &[&server, &username])
+            .map_err(error)?
+            .map_or(0, |row| row.get::<_, i64>(0) as u64);
+        let items = self
+            .client
+            .query(
+                "SELECT jid, name, subscription, ask, pending_in, approved, visible, groups FROM rosterusers \
+                 WHERE server = $1 AND username = $2 ORDER BY jid",
+                &[&server, &username],
+            )
+            .map_err(error)?
+            .iter()
+            .map(|row| RosterItem {
+                jid: row.get(0),
+                name: row.get(1),
+                subscription: Subscription::parse(row.get(2)),
+                ask: row.get(3),
+                pending_in: row.get(4),
+                approved: row.get(5),
+                visible: row.get(6),
+                groups: row
+                    .get::<_, &str>(7)
+                    .split(GROUP_SEPARATOR)
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            })
+            .collect();
+        let blocked = self
+            .client
+            .query(
+                "SELECT jid FROM blocking WHERE server = $1 AND username = $2 ORDER BY added_at, jid",
+                &[&server, &username],
+            )
+            .map_err(error)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        Ok(AccountData { roster: Roster { version, items }, blocked })
+    }
+
+    fn roster_put(&mut self, user: &BareJid, item: &RosterItem, version: u64) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        let groups = item.groups.join(&GROUP_SEPARATOR.to_string());
+        let mut transaction = self.client.transaction().map_err(error)?;
+        transaction
+            .execute(
+                "INSERT INTO rosterusers (server, username, jid, name, subscription, ask, pending_in, approved, visible, groups) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (server, username, jid) DO UPDATE SET \
+                 name = EXCLUDED.name, subscription = EXCLUDED.subscription, ask = EXCLUDED.ask, \
+                 pending_in = EXCLUDED.pending_in, approved = EXCLUDED.approved, visible = EXCLUDED.visible, \
+                 groups = EXCLUDED.groups",
+                &[
+                    &server,
+                    &username,
+                    &item.jid,
+                    &item.name,
+                    &item.subscription.as_str(),
+                    &item.ask,
+                    &item.pending_in,
+                    &item.approved,
+                    &item.visible,
+                    &groups,
+                ],
+            )
+            .map_err(error)?;
+        set_roster_version(&mut transaction, server, username, version)?;
+        transaction.commit().map_err(error)
+    }
+
+    fn roster_delete(&mut self, user: &BareJid, jid: &str, version: u64) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        let mut transaction = self.client.transaction().map_err(error)?;
+        transaction
+            .execute(
+                "DELETE FROM rosterusers WHERE server = $1 AND username = $2 AND jid = $3",
+                &[&server, &username, &jid],
+            )
+            .map_err(error)?;
+        set_roster_version(&mut transaction, server, username, version)?;
+        transaction.commit().map_err(error)
+    }
+
+    fn block(&mut self, user: &BareJid, jids: &[String]) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        let now = now_us() as i64;
+        let mut transaction = self.client.transaction().map_err(error)?;
+        for jid in jids {
+            transaction
+                .execute(
+                    "INSERT INTO blocking (server, username, jid, added_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&server, &username, jid, &now],
+                )
+                .map_err(error)?;
+        }
+        transaction.commit().map_err(error)
+    }
+
+    fn unblock(&mut self, user: &BareJid, jids: &[String]) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        if jids.is_empty() {
+            self.client
+                .execute("DELETE FROM blocking WHERE server = $1 AND username = $2", &[&server, &username])
+                .map_err(error)?;
+            return Ok(());
+        }
+        self.client
+            .execute(
+                "DELETE FROM blocking WHERE server = $1 AND username = $2 AND jid = ANY($3)",
+                &[&server, &username, &jids],
+            )
+            .map(|_| ())
+            .map_err(error)
+    }
+
+    fn offline_push(&mut self, user: &BareJid, stanza: &[u8], max: usize) -> Result<bool, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let mut transaction = self.client.transaction().map_err(error)?;
+        // Serialises pushes for one account, so the count and the insert agree.
+        transaction
+            .execute("SELECT pg_advisory_xact_lock(hashtext($1 || '@' || $2))", &[&username, &server])
+            .map_err(error)?;
+        let stored: i64 = transaction
+            .query_one(
+                "SELECT COUNT(*) FROM offline_message WHERE server = $1 AND username = $2",
+                &[&server, &username],
+            )
+            .map_err(error)?
+            .get(0);
+        if stored as usize >= max {
+            return Ok(false);
+        }
+        let now = (now_us() / 1_000_000) as i64;
+        transaction
+            .execute(
+                "INSERT INTO offline_message (server, username, stanza, created_at) VALUES ($1, $2, $3, $4)",
+                &[&server, &username, &stanza, &now],
+            )
+            .map_err(error)?;
+        transaction.commit().map_err(error)?;
+        Ok(true)
+    }
+
+    fn offline_take(&mut self, user: &BareJid) -> Result<Vec<Vec<u8>>, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let rows = self
+            .client
+            .query(
+                "WITH taken AS (DELETE FROM offline_message WHERE server = $1 AND username = $2 RETURNING id, stanza) \
+                 SELECT stanza FROM taken ORDER BY id",
+                &[&server, &username],
+            )
+            .map_err(error)?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    fn data(&mut self, user: &BareJid, kind: DataKind, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let row = self
+            .client
+            .query_opt(
+                "SELECT value FROM account_data WHERE server = $1 AND username = $2 AND kind = $3 AND key = $4",
+                &[&server, &username, &kind.as_str(), &key],
+            )
+            .map_err(error)?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    fn set_data(&mut self, user: &BareJid, kind: DataKind, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        let result = match value {
+            Some(value) => self.client.execute(
+                "INSERT INTO account_data (server, username, kind, key, value) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (server, username, kind, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&server, &username, &kind.as_str(), &key, &value],
+            ),
+            None => self.client.execute(
+                "DELETE FROM account_data WHERE server = $1 AND username = $2 AND kind = $3 AND key = $4",
+                &[&server, &username, &kind.as_str(), &key],
+            ),
+        };
+        result.map(|_| ()).map_err(error)
+    }
+
+    fn archive_put(&mut self, user: &BareJid, message: &ArchivedMessage) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.client
+            .execute(
+                "INSERT INTO mam_message (server, username, id, timestamp_us, remote_bare, stanza) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[
+                    &server,
+                    &username,
+                    &(message.id as i64),
+                    &(message.timestamp_us as i64),
+                    &message.with,
+                    &message.stanza,
+                ],
+            )
+            .map(|_| ())
+            .map_err(error)
+    }
+
+    fn archive_query(&mut self, user: &BareJid, query: &ArchiveQuery) -> Result<ArchivePage, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let (server, username) = (server.to_owned(), username.to_owned());
+        let with = query.with.clone().unwrap_or_default();
+        let start = query.start_us.map_or(i64::MIN, |s| s as i64);
+        let end = query.end_us.map_or(i64::MAX, |e| e as i64);
+        let filters = "server = $1 AND username = $2 AND ($3 = '' OR remote_bare = $3) \
+                       AND timestamp_us >= $4 AND timestamp_us <= $5";
+        let count: i64 = self
+            .client
+            .query_one(
+                &format!("SELECT COUNT(*) FROM mam_message WHERE {filters}"),
+                &[&server, &username, &with, &start, &end],
+            )
+            .map_err(error)?
+            .get(0);
+        let after = query.after_id.map_or(i64::MIN, |a| a as i64);
+        let before = query.before_id.map_or(i64::MAX, |b| b as i64);
+        let order = if query.from_end { "DESC" } else { "ASC" };
+        let limit = query.max as i64 + 1;
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT id, timestamp_us, remote_bare, stanza FROM mam_message WHERE {filters} \
+                     AND id > $6 AND id < $7 ORDER BY id {order} LIMIT $8"
+                ),
+                &[&server, &username, &with, &start, &end, &after, &before, &limit],
+            )
+            .map_err(error)?;
+        let messages: Vec<ArchivedMessage> = rows
+            .iter()
+            .map(|row| ArchivedMessage {
+                id: row.get::<_, i64>(0) as u64,
+                timestamp_us: row.get::<_, i64>(1) as u64,
+                with: row.get(2),
+                stanza: row.get(3),
+            })
+            .collect();
+        Ok(ArchivePage::from_rows(messages, query, count as u64))
+    }
+
+    fn pep_publish(
+        &mut self,
+        user: &BareJid,
+        item: &PepItem,
+        access: &str,
+        max_items: usize,
+    ) -> Result<bool, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let mut transaction = self.client.transaction().map_err(error)?;
+        transaction
+            .execute(
+                "INSERT INTO pep_node (server, username, node, access_model) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&server, &username, &item.node, &access],
+            )
+            .map_err(error)?;
+        let model: String = transaction
+            .query_one(
+                "SELECT access_model FROM pep_node WHERE server = $1 AND username = $2 AND node = $3 FOR UPDATE",
+                &[&server, &username, &item.node],
+            )
+            .map_err(error)?
+            .get(0);
+        if model != access {
+            return Ok(false);
+        }
+        let newest: i64 = transaction
+            .query_one(
+                "SELECT COALESCE(MAX(published_us), 0) FROM pep_item WHERE server = $1 AND username = $2 AND node = $3",
+                &[&server, &username, &item.node],
+            )
+            .map_err(error)?
+            .get(0);
+        let published = (now_us() as i64).max(newest + 1);
+        transaction
+            .execute(
+                "INSERT INTO pep_item (server, username, node, item_id, payload, published_us) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (server, username, node, item_id) DO UPDATE SET payload = EXCLUDED.payload, \
+                 published_us = EXCLUDED.published_us",
+                &[&server, &username, &item.node, &item.id, &item.payload, &published],
+            )
+            .map_err(error)?;
+        transaction
+            .execute(
+                "DELETE FROM pep_item WHERE server = $1 AND username = $2 AND node = $3 AND item_id NOT IN \
+                 (SELECT item_id FROM pep_item WHERE server = $1 AND username = $2 AND node = $3 \
+                  ORDER BY published_us DESC LIMIT $4)",
+                &[&server, &username, &item.node, &(max_items as i64)],
+            )
+            .map_err(error)?;
+        transaction.commit().map_err(error)?;
+        Ok(true)
+    }
+
+    fn pep_items(&mut self, user: &BareJid, node: &str, max: usize) -> Result<Option<PepNode>, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let Some(row) = self
+            .client
+            .query_opt(
+                "SELECT access_model FROM pep_node WHERE server = $1 AND username = $2 AND node = $3",
+                &[&server, &username, &node],
+            )
+            .map_err(error)?
+        else {
+            return Ok(None);
+        };
+        let items = self
+            .client
+            .query(
+                "SELECT item_id, payload FROM pep_item WHERE server = $1 AND username = $2 AND node = $3 \
+                 ORDER BY published_us DESC LIMIT $4",
+                &[&server, &username, &node, &(max as i64)],
+            )
+            .map_err(error)?
+            .iter()
+            .map(|row| PepItem { node: node.to_owned(), id: row.get(0), payload: row.get(1) })
+            .collect();
+        Ok(Some(PepNode { access: row.get(0), items }))
+    }
+
+    fn pep_retract(&mut self, user: &BareJid, node: &str, id: &str) -> Result<bool, StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.client
+            .execute(
+                "DELETE FROM pep_item WHERE server = $1 AND username = $2 AND node = $3 AND item_id = $4",
+                &[&server, &username, &node, &id],
+            )
+            .map(|deleted| deleted == 1)
+            .map_err(error)
+    }
+
+    fn pep_delete(&mut self, user: &BareJid, node: &str) -> Result<bool, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let mut transaction = self.client.transaction().map_err(error)?;
+        transaction
+            .execute(
+                "DELETE FROM pep_item WHERE server = $1 AND username = $2 AND node = $3",
+                &[&server, &username, &node],
+            )
+            .map_err(error)?;
+        let deleted = transaction
+            .execute(
+                "DELETE FROM pep_node WHERE server = $1 AND username = $2 AND node = $3",
+                &[&server, &username, &node],
+            )
+            .map_err(error)?;
+        transaction.commit().map_err(error)?;
+        Ok(deleted == 1)
+    }
+
+    fn pep_nodes(&mut self, user: &BareJid) -> Result<Vec<(String, String)>, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let rows = self
+            .client
+            .query(
+                "SELECT node, access_model FROM pep_node WHERE server = $1 AND username = $2 ORDER BY node",
+                &[&server, &username],
+            )
+            .map_err(error)?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
     fn credentials(&mut self, user: &BareJid, hash: Hash) -> Result<Option<Credentials>, StoreError> {
         let (server, username) = Self::user_key(user);
         let sql = match hash {
@@ -97,10 +523,17 @@ impl Storage for Postgres {
 
     fn remove(&mut self, user: &BareJid) -> Result<bool, StoreError> {
         let (server, username) = Self::user_key(user);
-        let removed = self
-            .client
+        // Everything the account stored goes with it.
+        let mut transaction = self.client.transaction().map_err(error)?;
+        for table in super::ACCOUNT_TABLES {
+            transaction
+                .execute(&format!("DELETE FROM {table} WHERE server = $1 AND username = $2"), &[&server, &username])
+                .map_err(error)?;
+        }
+        let removed = transaction
             .execute("DELETE FROM users WHERE server = $1 AND username = $2", &[&server, &username])
             .map_err(error)?;
+        transaction.commit().map_err(error)?;
         Ok(removed == 1)
     }
 
@@ -176,6 +609,29 @@ impl Storage for Postgres {
     }
 }
 
+/// Separates roster group names in one column; XML text cannot contain it.
+const GROUP_SEPARATOR: char = '\u{1f}';
+
+fn set_roster_version(
+    transaction: &mut postgres::Transaction<'_>,
+    server: &str,
+    username: &str,
+    version: u64,
+) -> Result<(), StoreError> {
+    transaction
+        .execute(
+            "INSERT INTO roster_version (server, username, version) VALUES ($1, $2, $3) \
+             ON CONFLICT (server, username) DO UPDATE SET version = EXCLUDED.version",
+            &[&server, &username, &(version as i64)],
+        )
+        .map(|_| ())
+        .map_err(error)
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -207,6 +663,13 @@ pub(crate) mod tests {
                 let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
             }
         }
+    }
+
+    /// The IM data survives a new connection (the shared backend test).
+    #[test]
+    fn im_data_in_postgres() {
+        let database = TestDatabase::new("im");
+        crate::store::tests::im_data(&|| Box::new(Postgres::connect(&database.url).unwrap()));
     }
 
     #[test]

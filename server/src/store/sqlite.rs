@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use starling_shard::blocking::{
-    AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, PepNode, Store, StoreError,
+    AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, PepNode, Registered, Store, StoreError,
 };
 use starling_shard::roster::{Roster, RosterItem, Subscription};
 use starling_wire::jid::BareJid;
@@ -68,6 +68,48 @@ impl Sqlite {
 }
 
 impl Store for Sqlite {
+    fn create_account(
+        &mut self,
+        user: &BareJid,
+        (sha1, sha256): (&Credentials, &Credentials),
+        limit: Option<(&str, Duration)>,
+    ) -> Result<Registered, StoreError> {
+        let keys = AccountKeys { sha1: sha1.clone(), sha256: sha256.clone() };
+        let now = (now_us() / 1_000_000) as i64;
+        self.connection.execute_batch("BEGIN IMMEDIATE").map_err(query_error)?;
+        let result = (|| {
+            if let Some((address, interval)) = limit {
+                let since = now - interval.as_secs() as i64;
+                self.connection
+                    .execute("DELETE FROM registration_address WHERE registered_at <= ?1", params![since])
+                    .map_err(query_error)?;
+                let recent = self
+                    .connection
+                    .prepare_cached("SELECT 1 FROM registration_address WHERE address = ?1")
+                    .and_then(|mut s| s.exists(params![address]))
+                    .map_err(query_error)?;
+                if recent {
+                    return Ok(Registered::TooSoon);
+                }
+            }
+            if !self.register(user, &keys)? {
+                return Ok(Registered::Exists);
+            }
+            if let Some((address, _)) = limit {
+                self.connection
+                    .execute(
+                        "INSERT OR REPLACE INTO registration_address (address, registered_at) VALUES (?1, ?2)",
+                        params![address, now],
+                    )
+                    .map_err(query_error)?;
+            }
+            Ok(Registered::Created)
+        })();
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.connection.execute_batch(end).map_err(query_error)?;
+        result
+    }
+
     fn credentials(&mut self, user: &BareJid, hash: Hash) -> Result<Option<Credentials>, StoreError> {
         let (server, username) = Self::user_key(user);
         let sql = match hash {
@@ -323,7 +365,7 @@ impl Store for Sqlite {
             "SELECT id, timestamp_us, remote_bare, stanza FROM mam_message WHERE {filters} ORDER BY id {order} LIMIT {}",
             query.max + 1
         );
-        let mut messages = self
+        let messages = self
             .connection
             .prepare(&sql)
             .and_then(|mut s| {
@@ -338,12 +380,7 @@ impl Store for Sqlite {
                 .collect::<Result<Vec<_>, _>>()
             })
             .map_err(query_error)?;
-        let complete = messages.len() <= query.max;
-        messages.truncate(query.max);
-        if query.from_end {
-            messages.reverse();
-        }
-        Ok(ArchivePage { messages, complete, count: count as u64 })
+        Ok(ArchivePage::from_rows(messages, query, count as u64))
     }
 
     fn pep_publish(
@@ -517,8 +554,7 @@ impl Storage for Sqlite {
         let (server, username) = Self::user_key(user);
         // Everything the account stored goes with it (as `mongooseimctl unregister` does).
         self.in_transaction(|connection| {
-            for table in ["rosterusers", "roster_version", "blocking", "offline_message", "account_data", "mam_message"]
-            {
+            for table in super::ACCOUNT_TABLES {
                 connection.execute(
                     &format!("DELETE FROM {table} WHERE server = ?1 AND username = ?2"),
                     params![server, username],
@@ -605,91 +641,12 @@ mod tests {
         crate::store::tests::account_lifecycle(&mut store);
     }
 
-    /// Rosters, block lists, offline messages, documents and the archive survive
-    /// reopening the file, and removing the account removes them.
+    /// The IM data survives reopening the file (the shared backend test).
     #[test]
     fn im_data_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
-        let alice: BareJid = "alice@localhost".parse().unwrap();
-        let item = RosterItem {
-            jid: "bob@localhost".into(),
-            name: "Bob".into(),
-            subscription: Subscription::Both,
-            ask: true,
-            visible: true,
-            groups: vec!["Friends".into(), "Work".into()],
-            ..RosterItem::default()
-        };
-        {
-            let mut store = Sqlite::open(&path).unwrap();
-            store.roster_put(&alice, &item, 3).unwrap();
-            store.roster_put(&alice, &RosterItem { jid: "carol@localhost".into(), ..item.clone() }, 4).unwrap();
-            store.roster_delete(&alice, "carol@localhost", 5).unwrap();
-            store.block(&alice, &["spam@evil".into(), "evil".into()]).unwrap();
-            store.unblock(&alice, &["evil".into()]).unwrap();
-            assert!(store.offline_push(&alice, b"<message>1</message>", 2).unwrap());
-            assert!(store.offline_push(&alice, b"<message>2</message>", 2).unwrap());
-            assert!(!store.offline_push(&alice, b"<message>3</message>", 2).unwrap(), "full at the limit");
-            store.set_data(&alice, DataKind::Vcard, "", Some(b"<vCard/>")).unwrap();
-            for id in 1..=5u64 {
-                let with = if id % 2 == 0 { "bob@localhost" } else { "carol@localhost" };
-                let message =
-                    ArchivedMessage { id, timestamp_us: id * 10, with: with.into(), stanza: vec![b'0' + id as u8] };
-                store.archive_put(&alice, &message).unwrap();
-            }
-        }
-        let mut store = Sqlite::open(&path).unwrap();
-        let account = store.account(&alice).unwrap();
-        assert_eq!(account.roster, Roster { version: 5, items: vec![item] });
-        assert_eq!(account.blocked, vec!["spam@evil".to_owned()]);
-        assert_eq!(
-            store.offline_take(&alice).unwrap(),
-            vec![b"<message>1</message>".to_vec(), b"<message>2</message>".to_vec()]
-        );
-        assert!(store.offline_take(&alice).unwrap().is_empty(), "taken once");
-        assert_eq!(store.data(&alice, DataKind::Vcard, "").unwrap(), Some(b"<vCard/>".to_vec()));
-        assert_eq!(store.data(&alice, DataKind::Private, "").unwrap(), None);
-
-        let ids = |page: &ArchivePage| page.messages.iter().map(|m| m.id).collect::<Vec<_>>();
-        let first = store.archive_query(&alice, &ArchiveQuery { max: 2, ..ArchiveQuery::default() }).unwrap();
-        assert_eq!((ids(&first), first.complete, first.count), (vec![1, 2], false, 5));
-        let next = store
-            .archive_query(&alice, &ArchiveQuery { max: 2, after_id: Some(2), ..ArchiveQuery::default() })
-            .unwrap();
-        assert_eq!(ids(&next), vec![3, 4]);
-        let last =
-            store.archive_query(&alice, &ArchiveQuery { max: 2, from_end: true, ..ArchiveQuery::default() }).unwrap();
-        assert_eq!((ids(&last), last.complete), (vec![4, 5], false));
-        let with = ArchiveQuery { with: Some("bob@localhost".into()), max: 10, ..ArchiveQuery::default() };
-        let bob = store.archive_query(&alice, &with).unwrap();
-        assert_eq!((ids(&bob), bob.complete, bob.count), (vec![2, 4], true, 2));
-        let window = ArchiveQuery { start_us: Some(20), end_us: Some(30), max: 10, ..ArchiveQuery::default() };
-        assert_eq!(ids(&store.archive_query(&alice, &window).unwrap()), vec![2, 3]);
-
-        let item = |id: &str| PepItem { node: "urn:x:mood".into(), id: id.into(), payload: id.as_bytes().to_vec() };
-        assert!(store.pep_publish(&alice, &item("a"), "presence", 2).unwrap());
-        assert!(store.pep_publish(&alice, &item("b"), "presence", 2).unwrap());
-        assert!(store.pep_publish(&alice, &item("c"), "presence", 2).unwrap());
-        assert!(!store.pep_publish(&alice, &item("d"), "open", 2).unwrap(), "another access model");
-        let node = store.pep_items(&alice, "urn:x:mood", 10).unwrap().unwrap();
-        assert_eq!(node.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["c", "b"], "newest first, 2 kept");
-        assert!(store.pep_publish(&alice, &item("b"), "presence", 2).unwrap());
-        assert_eq!(
-            store.pep_items(&alice, "urn:x:mood", 1).unwrap().unwrap().items[0].id,
-            "b",
-            "republished is newest"
-        );
-        assert!(store.pep_retract(&alice, "urn:x:mood", "b").unwrap());
-        assert_eq!(store.pep_nodes(&alice).unwrap(), vec![("urn:x:mood".to_owned(), "presence".to_owned())]);
-        assert!(store.pep_delete(&alice, "urn:x:mood").unwrap());
-        assert_eq!(store.pep_items(&alice, "urn:x:mood", 1).unwrap(), None);
-
-        let keys = AccountKeys::from_password("p", std::num::NonZeroU32::new(1).unwrap());
-        store.register(&alice, &keys).unwrap();
-        assert!(store.remove(&alice).unwrap());
-        assert_eq!(store.account(&alice).unwrap(), AccountData::default(), "removal takes the data with it");
-        assert_eq!(store.archive_query(&alice, &with).unwrap().count, 0);
+        crate::store::tests::im_data(&|| Box::new(Sqlite::open(&path).unwrap()));
     }
 
     /// A secret is created once and then stable, across connections.

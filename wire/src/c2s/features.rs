@@ -34,6 +34,9 @@ impl Features {
                 }
                 out.extend_from_slice(b"</mechanisms>");
                 write_channel_binding_types(secured, bindings, out);
+                if settings.registration {
+                    out.extend_from_slice(b"<register xmlns='http://jabber.org/features/iq-register'/>");
+                }
                 write_limits(settings, out);
             }
             Features::Bind => {

@@ -22,6 +22,7 @@
 //! is established, so an idle session costs nothing here.
 
 mod features;
+pub mod register;
 #[cfg(test)]
 mod tests;
 
@@ -73,6 +74,8 @@ pub struct C2sSettings {
     pub decoy_secret: Vec<u8>,
     /// Raw XML of extra post-authentication features (stream management, CSI, ...).
     pub bind_features_extra: Vec<u8>,
+    /// XEP-0077 in-band registration offered before authentication.
+    pub registration: bool,
 }
 
 impl C2sSettings {
@@ -93,6 +96,7 @@ impl C2sSettings {
             scram_iterations: NonZeroU32::new(16).expect("nonzero"),
             decoy_secret: b"test decoy secret".to_vec(),
             bind_features_extra: Vec::new(),
+            registration: false,
         }
     }
 }
@@ -124,6 +128,9 @@ pub enum Action {
     VerifyPassword { user: BareJid, password: String },
     /// SASL succeeded: reset the framer for the restarted stream.
     Authenticated { user: BareJid },
+    /// Create the account `user` with `password` (XEP-0077), then call
+    /// [`C2s::handle_registered`].
+    Register { user: BareJid, password: String },
     /// Bind a resource for `user` (`None`: the server picks one), replacing any session
     /// with the same full JID, then call [`C2s::handle_bound`].
     Bind { user: BareJid, resource: Option<String> },
@@ -166,6 +173,10 @@ enum State {
     },
     ExpectPlainVerdict {
         user: BareJid,
+    },
+    /// An in-band registration is being carried out by the shell.
+    ExpectRegistered {
+        id: Box<str>,
     },
     ExpectBind {
         user: BareJid,
@@ -287,6 +298,16 @@ impl C2s {
         SaslFailure::TemporaryAuthFailure.write(out);
     }
 
+    /// The outcome of an in-band registration (`Err`: `conflict` for a taken name,
+    /// `resource-constraint` when rate limited, `internal-server-error` on a store
+    /// failure). The stream stays in authentication either way.
+    pub fn handle_registered(&mut self, outcome: Result<(), StanzaErrorCondition>, out: &mut Vec<u8>) {
+        let State::ExpectRegistered { id } = std::mem::replace(&mut self.state, State::ExpectAuth) else {
+            panic!("handle_registered without Register");
+        };
+        register::write_outcome(&id, outcome, out);
+    }
+
     /// The shell bound `jid`; answers the bind IQ. The session is established.
     pub fn handle_bound(&mut self, jid: &FullJid, out: &mut Vec<u8>) {
         let State::ExpectBindResult { id } = std::mem::replace(&mut self.state, State::Established) else {
@@ -385,6 +406,7 @@ impl C2s {
             State::ExpectStreamHeader { .. }
             | State::ExpectCredentials { .. }
             | State::ExpectPlainVerdict { .. }
+            | State::ExpectRegistered { .. }
             | State::ExpectBindResult { .. } => Err(StreamError::with_text(
                 StreamErrorCondition::PolicyViolation,
                 "element sent while the server was still answering",
@@ -444,8 +466,25 @@ impl C2s {
                 Err(StreamError::with_text(StreamErrorCondition::PolicyViolation, "STARTTLS not offered"))
             }
             (sasl::NS, "abort") => self.abort_sasl(context, out),
+            (NS_CLIENT, "iq") if context.settings.registration => self.register(root, out),
             _ => Err(not_authorized("authenticate first")),
         }
+    }
+
+    /// XEP-0077 before authentication: the form, or an account for the shell to create.
+    fn register(&mut self, iq: roxmltree::Node<'_, '_>, out: &mut Vec<u8>) -> Result<Action, StreamError> {
+        self.state = State::ExpectAuth;
+        let Some(id) = iq.attribute("id") else { return Err(not_authorized("authenticate first")) };
+        let domain = self.domain.clone().unwrap_or_default();
+        match register::parse(iq, &domain) {
+            register::Request::Form => register::write_form(id, out),
+            register::Request::Refuse(condition) => register::write_outcome(id, Err(condition), out),
+            register::Request::Create { user, password } => {
+                self.state = State::ExpectRegistered { id: id.into() };
+                return Ok(Action::Register { user, password });
+            }
+        }
+        Ok(Action::Continue)
     }
 
     fn start_sasl(
