@@ -458,3 +458,40 @@ fn in_band_registration() {
     let mut client = Client::connect(closed.c2s);
     assert!(!client.open().contains("iq-register"));
 }
+
+/// XEP-0313 section 6: preferences are returned as set and applied: with `never`,
+/// a conversation is not archived; a JID on the `always` list still is.
+#[test]
+fn archive_preferences_apply() {
+    let node = TestNode::start();
+    let mut alice = Client::login(node.c2s, "alice", "secret", "a");
+    let mut bob = Client::login(node.c2s, "bob", "secret", "b");
+    let mut carol = Client::login(node.c2s, "carol", "secret", "c");
+    for client in [&mut alice, &mut bob, &mut carol] {
+        client.presence();
+    }
+    alice.send("<iq type='set' id='pr1'><prefs xmlns='urn:xmpp:mam:2' default='never'><always><jid>carol@localhost</jid></always><never/></prefs></iq>");
+    let set = alice.expect("id='pr1'");
+    assert!(set.contains("default='never'") && set.contains("<jid>carol@localhost</jid>"), "{set}");
+    bob.send("<message to='alice@localhost/a' type='chat'><body>off the record</body></message>");
+    carol.send("<message to='alice@localhost/a' type='chat'><body>on the record</body></message>");
+    alice.expect("off the record");
+    alice.expect("on the record");
+    std::thread::sleep(Duration::from_millis(300));
+    alice.send("<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2' queryid='x'/></iq>");
+    let mut bodies = Vec::new();
+    loop {
+        let frame = alice.next();
+        if frame.contains("id='q1'") {
+            break;
+        }
+        bodies.push(frame);
+    }
+    assert!(bodies.iter().any(|f| f.contains("on the record")), "{bodies:?}");
+    assert!(!bodies.iter().any(|f| f.contains("off the record")), "{bodies:?}");
+    alice.send("<iq type='get' id='pr2'><prefs xmlns='urn:xmpp:mam:2'/></iq>");
+    assert!(alice.expect("id='pr2'").contains("default='never'"));
+    bob.send("<iq type='get' id='q2'><query xmlns='urn:xmpp:mam:2'/></iq>");
+    let form = bob.expect("id='q2'");
+    assert!(form.contains("var='with'"), "{form}");
+}

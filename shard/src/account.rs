@@ -26,6 +26,8 @@ use crate::roster::{Roster, RosterItem};
 pub(crate) struct Account {
     pub roster: Roster,
     pub blocked: Vec<String>,
+    /// XEP-0313 archiving preferences.
+    pub archive: crate::archive::Preferences,
 }
 
 pub(crate) type Shared = Rc<RefCell<Account>>;
@@ -75,13 +77,24 @@ pub(crate) async fn load(core: &Core, bare: &BareJid) -> Result<Shared, StoreErr
 
 async fn fetch(core: &Core, bare: &BareJid) -> Result<Shared, StoreError> {
     let user = bare.clone();
-    let result = core.shared.db.run_for(bare.as_str(), move |store| store.account(&user)).await;
+    let result = core
+        .shared
+        .db
+        .run_for(bare.as_str(), move |store| {
+            let data = store.account(&user)?;
+            let preferences = store.data(&user, crate::blocking::DataKind::ArchivePreferences, "")?;
+            Ok((data, preferences))
+        })
+        .await;
     let mut accounts = core.accounts.borrow_mut();
     let waiters = match accounts.remove(bare.as_str()) {
         Some(Slot::Loading(waiters)) => waiters,
         _ => Vec::new(),
     };
-    let loaded = result.map(|AccountData { roster, blocked }| Rc::new(RefCell::new(Account { roster, blocked })));
+    let loaded = result.map(|(AccountData { roster, blocked }, preferences)| {
+        let archive = preferences.and_then(|p| crate::archive::Preferences::from_bytes(&p)).unwrap_or_default();
+        Rc::new(RefCell::new(Account { roster, blocked, archive }))
+    });
     if let Ok(account) = &loaded {
         accounts.insert(bare.as_str().into(), Slot::Loaded(account.clone()));
     }

@@ -24,12 +24,97 @@ pub const NS_MAM: &str = "urn:xmpp:mam:2";
 const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 const NS_DATA: &str = "jabber:x:data";
 
+/// Which conversations a user archives (XEP-0313 section 6).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Preferences {
+    pub default: ArchiveDefault,
+    /// Bare JIDs always archived, whatever the default.
+    pub always: Vec<String>,
+    /// Bare JIDs never archived (this wins when a JID is in both lists).
+    pub never: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum ArchiveDefault {
+    #[default]
+    Always,
+    Never,
+    /// Only contacts in the roster.
+    Roster,
+}
+
+impl Preferences {
+    /// Reads a `<prefs/>` element (as sent or as stored); `None` if malformed.
+    pub fn parse(prefs: roxmltree::Node<'_, '_>) -> Option<Preferences> {
+        let default = match prefs.attribute("default").unwrap_or("always") {
+            "always" => ArchiveDefault::Always,
+            "never" => ArchiveDefault::Never,
+            "roster" => ArchiveDefault::Roster,
+            _ => return None,
+        };
+        let list = |name: &str| -> Option<Vec<String>> {
+            let Some(list) = prefs.children().find(|c| c.has_tag_name((NS_MAM, name))) else { return Some(Vec::new()) };
+            list.children()
+                .filter(|c| c.has_tag_name((NS_MAM, "jid")))
+                .map(|jid| Jid::parse(jid.text().unwrap_or("")).ok().map(|j| j.bare_str().to_owned()))
+                .collect()
+        };
+        Some(Preferences { default, always: list("always")?, never: list("never")? })
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<Preferences> {
+        let document = roxmltree::Document::parse(std::str::from_utf8(bytes).ok()?).ok()?;
+        Preferences::parse(document.root_element())
+    }
+
+    pub fn write(&self) -> String {
+        let default = match self.default {
+            ArchiveDefault::Always => "always",
+            ArchiveDefault::Never => "never",
+            ArchiveDefault::Roster => "roster",
+        };
+        let list = |jids: &[String]| -> String {
+            jids.iter().map(|j| format!("<jid>{}</jid>", starling_wire::xml::escaped(j))).collect()
+        };
+        format!(
+            "<prefs xmlns='urn:xmpp:mam:2' default='{default}'><always>{}</always><never>{}</never></prefs>",
+            list(&self.always),
+            list(&self.never)
+        )
+    }
+
+    /// Whether a conversation with `with` (bare) is archived.
+    pub fn allows(&self, with: &str, in_roster: bool) -> bool {
+        if self.never.iter().any(|j| j == with) {
+            return false;
+        }
+        if self.always.iter().any(|j| j == with) {
+            return true;
+        }
+        match self.default {
+            ArchiveDefault::Always => true,
+            ArchiveDefault::Never => false,
+            ArchiveDefault::Roster => in_roster,
+        }
+    }
+}
+
 /// Archives a routed message in the archive of `owner` (homed on this core); `with`
 /// is the other party. Only messages a user would want back are kept: chat and
-/// normal messages with a body, not `no-store`/`no-permanent-store` ones.
+/// normal messages with a body, not `no-store`/`no-permanent-store` ones, and only
+/// as the owner's preferences allow (read from the loaded account; an account not
+/// loaded here archives by the default, `always`).
 pub(crate) fn archive(core: &Core, stanza: &Stanza<'_>, owner: &str, with: &str) {
     if !worth_archiving(stanza) {
         return;
+    }
+    let with_bare = with.split('/').next().unwrap_or(with);
+    if let Some(account) = crate::account::cached(core, owner) {
+        let Ok(account) = account.try_borrow() else { return };
+        let in_roster = account.roster.item(with_bare).is_some_and(|i| i.visible);
+        if !account.archive.allows(with_bare, in_roster) {
+            return;
+        }
     }
     let Ok(user) = owner.parse::<BareJid>() else { return };
     let with = with.split('/').next().unwrap_or(with).to_owned();
@@ -192,7 +277,8 @@ fn write_result(to: &str, from: &str, query_id: Option<&str>, message: &Archived
     out.extend_from_slice(b"</result></message>");
 }
 
-/// XEP-0313 section 6 preferences: stored and returned; the default is `always`.
+/// XEP-0313 section 6 preferences: kept with the account (applied when archiving)
+/// and stored; the default is `always`.
 fn preferences(
     core: &Core,
     state: &mut State,
@@ -200,31 +286,34 @@ fn preferences(
     kind: IqType,
     child: roxmltree::Node<'_, '_>,
 ) -> Outcome {
+    let change = match kind {
+        IqType::Set => match Preferences::parse(child) {
+            Some(preferences) => Some(preferences),
+            None => {
+                state.out.extend_from_slice(&request.error(StanzaErrorCondition::BadRequest));
+                return Outcome::Done;
+            }
+        },
+        _ => None,
+    };
+    let core = core.rc();
     let user = state.jid.to_bare();
-    let owner = user.clone();
-    if kind == IqType::Set {
-        let default = child.attribute("default").unwrap_or("always");
-        if !matches!(default, "always" | "never" | "roster") {
-            state.out.extend_from_slice(&request.error(StanzaErrorCondition::BadRequest));
-            return Outcome::Done;
-        }
-        let prefs = format!("<prefs xmlns='urn:xmpp:mam:2' default='{default}'><always/><never/></prefs>");
-        let value = prefs.clone().into_bytes();
+    Outcome::Wait(Box::pin(async move {
+        let account = match crate::account::load(&core, &user).await {
+            Ok(account) => account,
+            Err(_) => return request.error(StanzaErrorCondition::InternalServerError),
+        };
+        let Some(preferences) = change else {
+            return request.result(account.borrow().archive.write().as_bytes());
+        };
+        let text = preferences.write();
+        account.borrow_mut().archive = preferences;
+        let (owner, value) = (user.clone(), text.clone().into_bytes());
         let write = core.shared.db.run_for(user.as_str(), move |store| {
             store.set_data(&owner, DataKind::ArchivePreferences, "", Some(&value))
         });
-        return Outcome::Wait(Box::pin(async move {
-            match write.await {
-                Ok(()) => request.result(prefs.as_bytes()),
-                Err(_) => request.error(StanzaErrorCondition::InternalServerError),
-            }
-        }));
-    }
-    let read = core.shared.db.run_for(user.as_str(), move |store| store.data(&owner, DataKind::ArchivePreferences, ""));
-    Outcome::Wait(Box::pin(async move {
-        match read.await {
-            Ok(Some(prefs)) => request.result(&prefs),
-            Ok(None) => request.result(b"<prefs xmlns='urn:xmpp:mam:2' default='always'><always/><never/></prefs>"),
+        match write.await {
+            Ok(()) => request.result(text.as_bytes()),
             Err(_) => request.error(StanzaErrorCondition::InternalServerError),
         }
     }))
@@ -276,6 +365,24 @@ mod tests {
         for (xml, condition) in cases {
             assert_eq!(parse(xml), Err(condition), "{xml}");
         }
+    }
+
+    /// Preferences: lists parse to bare JIDs, `never` wins, `roster` asks the roster,
+    /// and what is written parses back the same.
+    #[test]
+    fn preferences_decide_and_round_trip() {
+        let prefs = Preferences::from_bytes(
+            b"<prefs xmlns='urn:xmpp:mam:2' default='roster'><always><jid>Boss@X/desk</jid></always>\
+              <never><jid>spam@x</jid><jid>boss@x</jid></never></prefs>",
+        )
+        .unwrap();
+        assert_eq!(prefs.always, ["boss@x"]);
+        assert!(!prefs.allows("boss@x", true), "never wins over always");
+        assert!(prefs.allows("friend@x", true));
+        assert!(!prefs.allows("stranger@x", false));
+        assert_eq!(Preferences::from_bytes(prefs.write().as_bytes()), Some(prefs));
+        assert!(Preferences::from_bytes(b"<prefs xmlns='urn:xmpp:mam:2' default='sometimes'/>").is_none());
+        assert!(Preferences::default().allows("anyone@x", false));
     }
 
     /// Only messages with a body, without no-store hints, are archived.

@@ -40,6 +40,13 @@ pub(crate) fn store(core: &Core, stanza: &Stanza<'_>, to: &str) {
             Ok(_) => push(&core, &user, stamped).await,
             Err(_) => Err(StanzaErrorCondition::InternalServerError),
         };
+        if outcome.is_ok() {
+            // Archived like a delivered message, by the recipient's preferences
+            // (the account is still loaded here).
+            if let Ok(stanza) = Stanza::parse(&original) {
+                crate::archive::archive(&core, &stanza, user.as_str(), &sender);
+            }
+        }
         account::release(&core, user.as_str());
         if let Err(condition) = outcome {
             if let Ok(stanza) = Stanza::parse(&original) {

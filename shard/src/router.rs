@@ -145,7 +145,6 @@ fn deliver_message(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
     if targets.is_empty() {
         // XEP-0160: kept for the next login, or (no body) dropped quietly.
         if kind != MessageType::Headline && crate::offline::storable(stanza) {
-            crate::archive::archive(core, stanza, to.bare_str(), &from);
             crate::offline::store(core, stanza, to.bare_str());
         }
         return;
