@@ -91,6 +91,20 @@ impl RunSettings {
         self.password_template.replace("{n}", &user.to_string())
     }
 
+    /// The account user `user` logs in as (`--roster-spread`).
+    pub fn account(&self, user: u64) -> u64 {
+        profile::account(user, self.first_user, self.profile.roster_spread)
+    }
+
+    /// Accounts on the roster ring.
+    pub fn accounts(&self) -> u64 {
+        self.users * self.profile.roster_spread.max(1)
+    }
+
+    fn bare_jid(&self, account: u64) -> String {
+        format!("{}@{}", self.user_name(account), self.domain)
+    }
+
     /// When messaging begins: the ramp is over, with a fifth of it plus two seconds to
     /// spare for logins that ran late, so every recipient is online.
     pub fn messaging_start(&self) -> Duration {
@@ -301,8 +315,8 @@ async fn login(worker: &Worker, user: u64, local: u64, source: Option<IpAddr>) -
     conn.send(header.as_bytes()).await.map_err(|_| LoginError::Connect)?;
     conn.expect("<stream:stream").await?;
     conn.expect("<stream:features").await?;
-    let name = settings.user_name(user);
-    let password = settings.password(user);
+    let name = settings.user_name(settings.account(user));
+    let password = settings.password(settings.account(user));
     match settings.auth {
         AuthMode::Plain => {
             let message = format!("\0{name}\0{password}");
@@ -390,9 +404,10 @@ pub fn warm_keys(settings: &RunSettings, share: &Share) -> Vec<Vec<u8>> {
     let iterations = NonZeroU32::new(settings.iterations.max(1)).expect("nonzero");
     (share.first..share.first + share.count)
         .map(|user| {
-            let name = settings.user_name(user);
+            let account = settings.account(user);
+            let name = settings.user_name(account);
             let salt = salt_for(&settings.salt_seed, &name, &settings.domain);
-            scram::salted_password(scram::Hash::Sha256, &settings.password(user), &salt, iterations)
+            scram::salted_password(scram::Hash::Sha256, &settings.password(account), &salt, iterations)
         })
         .collect()
 }
@@ -432,8 +447,16 @@ async fn session(worker: &Worker, user: u64, mut conn: Conn, until: Duration) ->
     let mut sent_closed = 0u64;
     let mut sequence = 0u64;
     let mut message = Vec::with_capacity(256);
+    let mut setup = (profile.kind == ProfileKind::RosterSetup).then(|| RosterSetup::new(settings, user));
+    let mut replies = Vec::new();
     loop {
         let now = worker.since_start();
+        if let Some(setup) = setup.as_mut().filter(|s| !s.asked && now >= messaging_start) {
+            setup.asked = true;
+            if crate::net::write_all(&mut conn.stream, &setup.requests(settings)).await.is_err() {
+                return Ended::Closed;
+            }
+        }
         if now >= until {
             let _ = crate::net::write_all(&mut conn.stream, b"<presence type='unavailable'/></stream:stream>").await;
             return Ended::Logout;
@@ -473,7 +496,7 @@ async fn session(worker: &Worker, user: u64, mut conn: Conn, until: Duration) ->
         if let Some(at) = next_send.filter(|at| *at < messaging_end) {
             wake_at = wake_at.min(at);
         }
-        if closed_loop.is_some() && now < messaging_start {
+        if (closed_loop.is_some() || setup.as_ref().is_some_and(|s| !s.asked)) && now < messaging_start {
             wake_at = wake_at.min(messaging_start);
         }
         // A freed closed-loop slot only matters while messaging (else waiting on it
@@ -483,8 +506,14 @@ async fn session(worker: &Worker, user: u64, mut conn: Conn, until: Duration) ->
         let wake = wait(worker, &mut conn, wake_at.saturating_sub(now), pair_slot, sent_closed).await;
         match wake {
             Wake::Input => {
-                if let Some(ended) = take_frames(worker, &mut conn, own_pair.as_deref()) {
+                if let Some(ended) = take_frames(worker, &mut conn, own_pair.as_deref(), setup.as_mut(), &mut replies) {
                     return ended;
+                }
+                if !replies.is_empty() {
+                    if crate::net::write_all(&mut conn.stream, &replies).await.is_err() {
+                        return Ended::Closed;
+                    }
+                    replies.clear();
                 }
             }
             Wake::Closed => return Ended::Closed,
@@ -519,8 +548,77 @@ async fn wait(worker: &Worker, conn: &mut Conn, sleep: Duration, pair: Option<&P
     .await
 }
 
-/// Handles every complete frame: timestamps of our messages become latencies.
-fn take_frames(worker: &Worker, conn: &mut Conn, own_pair: Option<&Pair>) -> Option<Ended> {
+/// One user's part of `roster-setup`: ask the following neighbours, approve and ask
+/// back the preceding ones, and count the approvals until the roster is complete.
+struct RosterSetup {
+    following: Vec<String>,
+    preceding: Vec<String>,
+    asked: bool,
+    approvals: usize,
+}
+
+impl RosterSetup {
+    fn new(settings: &RunSettings, user: u64) -> RosterSetup {
+        let account = settings.account(user);
+        let (following, preceding) =
+            profile::contacts(account, settings.first_user, settings.accounts(), settings.profile.roster);
+        RosterSetup {
+            following: following.into_iter().map(|a| settings.bare_jid(a)).collect(),
+            preceding: preceding.into_iter().map(|a| settings.bare_jid(a)).collect(),
+            asked: false,
+            approvals: 0,
+        }
+    }
+
+    fn requests(&self, settings: &RunSettings) -> Vec<u8> {
+        let _ = settings;
+        let mut out = Vec::new();
+        for contact in &self.following {
+            out.extend_from_slice(format!("<presence type='subscribe' to='{contact}'/>").as_bytes());
+        }
+        out
+    }
+
+    /// Answers one subscription presence; true when the roster just became complete.
+    fn handle(&mut self, element: &[u8], replies: &mut Vec<u8>) -> bool {
+        let text = String::from_utf8_lossy(element);
+        let attribute = |name: &str| {
+            let single = format!("{name}='");
+            let double = format!("{name}=\"");
+            let (at, quote) = match text.find(&single) {
+                Some(at) => (at + single.len(), '\''),
+                None => (text.find(&double)? + double.len(), '"'),
+            };
+            text[at..].split(quote).next().map(str::to_owned)
+        };
+        let (Some(kind), Some(from)) = (attribute("type"), attribute("from")) else { return false };
+        let bare = from.split('/').next().unwrap_or(&from).to_owned();
+        match kind.as_str() {
+            "subscribe" => {
+                replies.extend_from_slice(format!("<presence type='subscribed' to='{bare}'/>").as_bytes());
+                if self.preceding.contains(&bare) {
+                    replies.extend_from_slice(format!("<presence type='subscribe' to='{bare}'/>").as_bytes());
+                }
+                false
+            }
+            "subscribed" => {
+                self.approvals += 1;
+                self.approvals == self.following.len() + self.preceding.len()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Handles every complete frame: timestamps of our messages become latencies,
+/// presence is counted, and `roster-setup` answers subscription requests.
+fn take_frames(
+    worker: &Worker,
+    conn: &mut Conn,
+    own_pair: Option<&Pair>,
+    mut setup: Option<&mut RosterSetup>,
+    replies: &mut Vec<u8>,
+) -> Option<Ended> {
     loop {
         let mut empty: &[u8] = &[];
         let frame = match conn.framer.next(&mut empty) {
@@ -535,6 +633,15 @@ fn take_frames(worker: &Worker, conn: &mut Conn, own_pair: Option<&Pair>) -> Opt
         };
         if element.starts_with(b"<stream:error") {
             return Some(Ended::StreamError);
+        }
+        if element.starts_with(b"<presence") {
+            worker.count(|c| c.presences_received += 1);
+            if let Some(setup) = setup.as_deref_mut() {
+                if setup.handle(element, replies) {
+                    worker.count(|c| c.rosters_complete += 1);
+                }
+            }
+            continue;
         }
         if !element.starts_with(b"<message") {
             continue;

@@ -32,7 +32,7 @@ enum Command {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "run")]
 struct Run {
-    /// connect, amoc-pm, ejabberd-2m, tigase-1m, throughput or churn
+    /// connect, amoc-pm, ejabberd-2m, tigase-1m, throughput, churn or roster-setup
     #[argh(option)]
     profile: ProfileKind,
     /// how many users (sessions)
@@ -102,6 +102,12 @@ struct Run {
     /// send the legacy session request after binding
     #[argh(switch)]
     legacy_session: bool,
+    /// contacts per user (build them once with --profile roster-setup)
+    #[argh(option, default = "0")]
+    roster: u64,
+    /// accounts per online user on the roster ring (default 1: all contacts online)
+    #[argh(option, default = "1")]
+    roster_spread: u64,
 }
 
 /// Write a CSV of accounts with precomputed SCRAM keys for `starling account importUsers`.
@@ -229,6 +235,8 @@ fn run_command(run: Run) -> Result<(), String> {
     if let Some(seconds) = run.session_seconds {
         profile.session_lifetime = Some(std::time::Duration::from_secs_f64(seconds));
     }
+    profile.roster = run.roster;
+    profile.roster_spread = run.roster_spread.max(1);
     let name = run.name.clone().unwrap_or_else(|| {
         serde_json::to_value(run.profile).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
     });

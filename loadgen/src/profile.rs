@@ -27,6 +27,10 @@ pub enum ProfileKind {
     /// Constant logins and logouts: each session lives `--session-seconds`, then
     /// logs out and the user logs in again.
     Churn,
+    /// Builds the rosters the presence profiles need, through XMPP (so it works on any
+    /// server): every user subscribes to its following `--roster`/2 neighbours and
+    /// answers requests by approving and subscribing back, so every pair ends `both`.
+    RosterSetup,
 }
 
 impl std::str::FromStr for ProfileKind {
@@ -39,10 +43,11 @@ impl std::str::FromStr for ProfileKind {
             "tigase-1m" => ProfileKind::Tigase1m,
             "throughput" => ProfileKind::Throughput,
             "churn" => ProfileKind::Churn,
+            "roster-setup" => ProfileKind::RosterSetup,
             other => {
                 return Err(format!(
-                    "unknown profile {other:?} (connect, amoc-pm, ejabberd-2m, tigase-1m, throughput, churn)"
-                ))
+                "unknown profile {other:?} (connect, amoc-pm, ejabberd-2m, tigase-1m, throughput, churn, roster-setup)"
+            ))
             }
         })
     }
@@ -65,6 +70,19 @@ pub struct Profile {
     pub message_rate: Option<f64>,
     /// Churn: how long each session lives.
     pub session_lifetime: Option<Duration>,
+    /// Contacts per user (`--roster`): the `roster/2` accounts before and after the
+    /// user's account on a ring of `users * roster_spread` accounts. ejabberd's 2M test
+    /// used 18 (all online); Tigase's 1M test 150 with 30 online (spread 5).
+    #[serde(default)]
+    pub roster: u64,
+    /// Accounts per online user (`--roster-spread`): user n logs in as account
+    /// `first + (n - first) * spread`, so a fifth of a roster is online with 5.
+    #[serde(default = "one")]
+    pub roster_spread: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Profile {
@@ -78,6 +96,8 @@ impl Profile {
             in_flight: None,
             message_rate: None,
             session_lifetime: None,
+            roster: 0,
+            roster_spread: 1,
         };
         match kind {
             ProfileKind::Connect => base,
@@ -90,6 +110,7 @@ impl Profile {
             }
             ProfileKind::Throughput => Profile { in_flight: Some(8), ..base },
             ProfileKind::Churn => Profile { session_lifetime: Some(Duration::from_secs(10)), ..base },
+            ProfileKind::RosterSetup => base,
         }
     }
 
@@ -136,6 +157,21 @@ pub fn login_at(share: &Share, local: u64) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_secs_f64(local as f64 / share.rate)
+}
+
+/// The account user `user` logs in as: users are spread over the account ring.
+pub fn account(user: u64, first: u64, spread: u64) -> u64 {
+    first + (user - first) * spread.max(1)
+}
+
+/// The roster of `account` on the ring `first..first + accounts`: the `roster/2`
+/// accounts after it (which it asks to subscribe to) and before it (which ask it).
+pub fn contacts(account: u64, first: u64, accounts: u64, roster: u64) -> (Vec<u64>, Vec<u64>) {
+    let half = (roster / 2).min(accounts.saturating_sub(1) / 2);
+    let at = account - first;
+    let following = (1..=half).map(|k| first + (at + k) % accounts).collect();
+    let preceding = (1..=half).map(|k| first + (at + accounts - k) % accounts).collect();
+    (following, preceding)
 }
 
 /// A deterministic 64-bit mix (splitmix64) for reproducible choices per user.
@@ -218,6 +254,20 @@ mod tests {
         let early = offsets.iter().filter(|o| **o < Duration::from_secs(5)).count();
         assert!((400..600).contains(&early), "{early}");
         assert_eq!(first_send(7, interval), first_send(7, interval));
+    }
+
+    /// Rosters: neighbours on the account ring, wrapping, never oneself; with a spread
+    /// of 5 a fifth of a roster is online.
+    #[test]
+    fn roster_neighbours() {
+        assert_eq!(contacts(1, 1, 10, 4), (vec![2, 3], vec![10, 9]));
+        let (after, before) = contacts(account(3, 1, 5), 1, 50, 150);
+        assert_eq!(account(3, 1, 5), 11);
+        assert_eq!(after.len(), 24, "a ring of 50 holds 24 on each side");
+        assert!(!after.contains(&11) && !before.contains(&11));
+        let (after, before) = contacts(account(100, 1, 5), 1, 5000, 150);
+        let online = after.iter().chain(&before).filter(|a| (*a - 1) % 5 == 0).count();
+        assert_eq!(online, 30, "30 of 150 contacts are accounts of online users");
     }
 
     /// Pairs: even users send to the next one.

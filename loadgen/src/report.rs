@@ -140,6 +140,16 @@ pub fn markdown(result: &RunResult) -> String {
         "| messages sent / delivered / bounced / lost | {} / {} / {} / {} |",
         s.sent, s.delivered, s.bounced, s.lost
     );
+    if s.presences > 0 {
+        let _ = writeln!(
+            text,
+            "| presence stanzas received/s (first login to 5 s after the last) | {:.0} ({} in all) |",
+            s.presence_rate, s.presences
+        );
+    }
+    if s.rosters_complete > 0 {
+        let _ = writeln!(text, "| rosters completed (roster-setup) | {} |", s.rosters_complete);
+    }
     if let Some(bytes) = s.server_bytes_per_session {
         let _ = writeln!(
             text,
@@ -197,9 +207,10 @@ pub fn compare(results: &[RunResult]) -> String {
     }
     text.push('\n');
     type Getter = fn(&RunResult) -> Option<f64>;
-    let rows: [(&str, Getter, bool); 9] = [
+    let rows: [(&str, Getter, bool); 10] = [
         ("peak sessions", |r| Some(r.summary.peak_sessions as f64), true),
         ("logins/s over the ramp", |r| Some(r.summary.login_rate), true),
+        ("presence stanzas received/s (login storm)", |r| Some(r.summary.presence_rate), true),
         ("delivered messages/s", |r| Some(r.summary.delivered_rate), true),
         ("delivery p50 (ms)", |r| Some(r.delivery_latency_us.p50 as f64 / 1000.0), false),
         ("delivery p99 (ms)", |r| Some(r.delivery_latency_us.p99 as f64 / 1000.0), false),

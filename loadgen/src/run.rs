@@ -41,7 +41,7 @@ pub enum WorkerLine {
     Ready {
         warmup_seconds: f64,
     },
-    Report(Report),
+    Report(Box<Report>),
 }
 
 /// One second of the run.
@@ -53,6 +53,8 @@ pub struct Second {
     pub logins_per_second: u64,
     pub sent_per_second: u64,
     pub delivered_per_second: u64,
+    #[serde(default)]
+    pub presences_per_second: u64,
     pub errors: u64,
     pub login_latency_us: Percentiles,
     pub delivery_latency_us: Percentiles,
@@ -151,6 +153,15 @@ pub struct Summary {
     pub server_bytes_per_session: Option<f64>,
     pub server_cpu_us_per_login: Option<f64>,
     pub server_cpu_us_per_delivered: Option<f64>,
+    /// Presence stanzas received per second from the first login to 5 s after the
+    /// last (the login storm and its presence fan-out).
+    #[serde(default)]
+    pub presence_rate: f64,
+    #[serde(default)]
+    pub presences: u64,
+    /// `roster-setup`: users whose roster is complete.
+    #[serde(default)]
+    pub rosters_complete: u64,
 }
 
 /// Runs the load and writes the report into `options.out`.
@@ -302,6 +313,7 @@ fn collect(
             logins_per_second: totals.logins - previous.logins,
             sent_per_second: totals.messages_sent - previous.messages_sent,
             delivered_per_second: totals.messages_received - previous.messages_received,
+            presences_per_second: totals.presences_received - previous.presences_received,
             errors: totals.errors(),
             login_latency_us: Percentiles::of(&second_login),
             delivery_latency_us: Percentiles::of(&second_delivery),
@@ -394,6 +406,11 @@ pub fn summarise(
     let delivered_in_window: u64 = window.iter().map(|s| s.delivered_per_second).sum();
     let rss_peak = peak.and_then(|s| s.server_rss_bytes);
     let bounced = totals.message_errors;
+    let storm_start = totals.first_login_ms as f64 / 1000.0 - 1.0;
+    let storm_end = totals.last_login_ms as f64 / 1000.0 + 5.0;
+    let storm: Vec<&Second> = timeline.iter().filter(|s| s.t > storm_start && s.t <= storm_end).collect();
+    let presences_in_storm: u64 = storm.iter().map(|s| s.presences_per_second).sum();
+    let presence_rate = if storm.is_empty() { 0.0 } else { presences_in_storm as f64 / storm.len() as f64 };
     Summary {
         peak_sessions,
         login_rate,
@@ -415,5 +432,8 @@ pub fn summarise(
         server_cpu_us_per_delivered: message_cpu
             .filter(|_| delivered_in_window > 0)
             .map(|s| s * 1e6 / delivered_in_window as f64),
+        presence_rate,
+        presences: totals.presences_received,
+        rosters_complete: totals.rosters_complete,
     }
 }

@@ -31,6 +31,12 @@ pub struct Counters {
     /// When the first and last logins completed, in ms since the start (0: none).
     pub first_login_ms: u64,
     pub last_login_ms: u64,
+    /// Presence stanzas received (broadcasts, probe answers, subscriptions).
+    #[serde(default)]
+    pub presences_received: u64,
+    /// `roster-setup`: users whose every contact approved their subscription.
+    #[serde(default)]
+    pub rosters_complete: u64,
 }
 
 impl Counters {
@@ -47,6 +53,8 @@ impl Counters {
         self.message_errors += other.message_errors;
         self.sessions += other.sessions;
         self.cold_logins += other.cold_logins;
+        self.presences_received += other.presences_received;
+        self.rosters_complete += other.rosters_complete;
         if other.first_login_ms > 0 {
             self.first_login_ms = if self.first_login_ms == 0 {
                 other.first_login_ms

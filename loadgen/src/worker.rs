@@ -50,8 +50,9 @@ fn emit(line: &WorkerLine) {
 /// The worker process's main: config on stdin, keys warmed, "ready" out, the start
 /// time in, then the run.
 pub fn main() {
-    let fatal =
-        |message: String| emit(&WorkerLine::Report(Report { fatal: Some(message), done: true, ..Report::default() }));
+    let fatal = |message: String| {
+        emit(&WorkerLine::Report(Box::new(Report { fatal: Some(message), done: true, ..Report::default() })))
+    };
     let mut line = String::new();
     if std::io::stdin().read_line(&mut line).is_err() {
         return fatal("no configuration on stdin".into());
@@ -84,7 +85,7 @@ fn run(config: WorkerConfig, salted: Vec<Vec<u8>>) {
                 done: true,
                 ..Report::default()
             };
-            emit(&WorkerLine::Report(report));
+            emit(&WorkerLine::Report(Box::new(report)));
             return;
         }
     };
@@ -110,7 +111,7 @@ fn run(config: WorkerConfig, salted: Vec<Vec<u8>>) {
             glommio::timer::sleep(next.saturating_sub(start.elapsed())).await;
             let done = start.elapsed() >= end
                 || (worker.counters.borrow().sessions == 0 && started_all(&worker) && past_end(&worker));
-            emit(&WorkerLine::Report(worker.report(index, done)));
+            emit(&WorkerLine::Report(Box::new(worker.report(index, done))));
             if done {
                 break;
             }

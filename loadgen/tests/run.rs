@@ -180,3 +180,50 @@ fn misbehaving_server_is_counted_not_fatal() {
     assert!(totals["stream_errors"].as_u64().unwrap() >= 5, "{totals}");
     assert!(out.join("README.md").is_file());
 }
+
+/// Rosters through XMPP, then presence at login: `roster-setup` makes every user's
+/// 6 neighbours mutual contacts (all 200 rosters complete), and a login storm with
+/// those rosters receives presence from the contacts that are online (with a spread
+/// of 2, half of them): the server broadcasts and answers probes.
+#[test]
+fn roster_setup_then_presence_storm() {
+    let node = start_node();
+    let work = tempfile::tempdir().unwrap();
+    import_accounts(&node, work.path());
+    let target = node.running.c2s_addresses[0].to_string();
+    let run = |profile: &str, users: u64, spread: &str, out: &Path| {
+        loadgen(&[
+            "run",
+            "--profile",
+            profile,
+            "--users",
+            &users.to_string(),
+            "--roster",
+            "6",
+            "--roster-spread",
+            spread,
+            "--target",
+            &target,
+            "--duration",
+            "6",
+            "--rate",
+            "200",
+            "--iterations",
+            "64",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let text = std::fs::read_to_string(out.join("result.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let setup = run("roster-setup", USERS, "1", &work.path().join("setup"));
+    assert_eq!(setup["summary"]["rosters_complete"], USERS, "{}", setup["summary"]);
+    let storm = run("ejabberd-2m", USERS / 2, "2", &work.path().join("storm"));
+    let summary = &storm["summary"];
+    assert_eq!(storm["totals"]["logins"], USERS / 2, "{summary}");
+    // Each of the 100 users (odd accounts) has 2 online contacts (accounts 2 away):
+    // 100 online pairs, and each side of a pair learns the other's presence, by
+    // broadcast or by the answer to its probe.
+    let presences = summary["presences"].as_u64().unwrap();
+    assert!(presences >= 200, "{summary}");
+}
