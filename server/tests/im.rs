@@ -23,8 +23,10 @@ fn roster_set_push_get_and_versions() {
     let node = TestNode::start();
     let mut phone = Client::login(node.c2s, "alice", "secret", "phone");
     let mut laptop = Client::login(node.c2s, "alice", "secret", "laptop");
+    let mut tablet = Client::login(node.c2s, "alice", "secret", "tablet");
     let empty = roster(&mut phone, "r0");
     assert!(empty.contains("<query xmlns='jabber:iq:roster' ver='0'></query>"), "{empty}");
+    roster(&mut laptop, "rl");
     phone.send("<iq type='set' id='s1'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='Bob'><group>Friends</group></item></query></iq>");
     let push = laptop.expect("jabber:iq:roster");
     assert!(
@@ -51,6 +53,8 @@ fn roster_set_push_get_and_versions() {
     }
     phone.send("<iq type='set' id='s2'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='remove'/></query></iq>");
     assert!(laptop.expect("subscription='remove'").contains("ver='2'"));
+    // RFC 6121 section 2.1.6: pushes go to interested resources only.
+    assert!(tablet.next_within(Duration::from_millis(300)).is_none_or(|f| !f.contains("jabber:iq:roster")));
 }
 
 /// The subscription handshake of RFC 6121 section 3 between two online users, then
@@ -61,6 +65,8 @@ fn subscriptions_and_presence_broadcast() {
     let node = TestNode::start();
     let mut alice = Client::login(node.c2s, "alice", "secret", "a");
     let mut bob = Client::login(node.c2s, "bob", "secret", "b");
+    roster(&mut alice, "ra");
+    roster(&mut bob, "rb");
     alice.presence();
     bob.presence();
     alice.send("<presence to='bob@localhost' type='subscribe'/>");
@@ -344,6 +350,8 @@ fn unknown_and_malformed_requests() {
 
 /// Makes `a` and `b` (both available) subscribed to each other.
 fn subscribe_both(a: &mut Client, a_bare: &str, b: &mut Client, b_bare: &str) {
+    roster(a, "ra");
+    roster(b, "rb");
     a.send(&format!("<presence to='{b_bare}' type='subscribe'/>"));
     b.expect("type='subscribe'");
     b.send(&format!("<presence to='{a_bare}' type='subscribed'/><presence to='{a_bare}' type='subscribe'/>"));

@@ -69,6 +69,7 @@ impl RouteBench {
                 sessions.bind(Session {
                     carbons: false,
                     notify: None,
+                    interested: false,
                     id: SessionId(i as u64),
                     jid,
                     mailbox,

@@ -193,6 +193,7 @@ fn bind(
         created_ms,
         carbons: false,
         notify: None,
+        interested: false,
     };
     let entry = session.entry();
     if let Bound::Replaced(old) = sessions.bind(session) {

@@ -155,6 +155,9 @@ async fn after_write<E: std::fmt::Display>(request: Request, write: impl Future<
 }
 
 fn roster_get(core: &Core, state: &State, request: Request, ver: Option<&str>) -> Outcome {
+    if let Some(session) = core.sessions.borrow_mut().session_mut(state.jid.as_str()) {
+        session.interested = true;
+    }
     let ver = ver.map(str::to_owned);
     with_account(core, state, request, move |_, _, account, request| {
         let account = account.borrow();
@@ -225,10 +228,11 @@ fn apply_roster_set(
     }
 }
 
-/// Sends a roster push of `item` to every resource of `bare` bound on this node.
+/// Sends a roster push of `item` to every interested resource of `bare` bound on
+/// this node (those that asked for the roster).
 pub(crate) fn push_roster_item(core: &Core, bare: &BareJid, item: &roster::RosterItem, removed: bool, version: u64) {
     let limit = core.limits().queued_bytes_per_connection_max;
-    for session in core.sessions.borrow().sessions(bare.as_str()) {
+    for session in core.sessions.borrow().sessions(bare.as_str()).iter().filter(|s| s.interested) {
         let mut push = Vec::with_capacity(256);
         let id = format!("push{}", core.next_id());
         roster::write_push(item, removed, version, session.jid.as_str(), &id, &mut push);

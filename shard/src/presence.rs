@@ -89,6 +89,9 @@ fn broadcast_available(core: &Core, state: &mut State, stanza: &Stanza<'_>) -> O
         }
     }
     share_with_own_resources(core, state, Some(stanza));
+    // RFC 6121 sections 4.2.2 and 4.4.2: the resource that sent it gets its own
+    // presence too (an entity is implicitly subscribed to its own presence).
+    stanza.write_addressed(state.jid.as_str(), state.jid.as_str(), &mut state.out);
     let notify_known = crate::pep::presence_caps(core, state, stanza);
     if first {
         // RFC 6121 section 4.2.2: the new resource learns about its siblings.

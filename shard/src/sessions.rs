@@ -33,6 +33,8 @@ pub(crate) struct Session {
     pub carbons: bool,
     /// XEP-0163: the PEP nodes the client wants events of, once its caps are known.
     pub notify: Option<crate::pep::Notify>,
+    /// RFC 6121 section 2.1.6: the client asked for the roster, so it gets pushes.
+    pub interested: bool,
 }
 
 impl Session {
@@ -144,6 +146,7 @@ mod tests {
             created_ms: 0,
             carbons: false,
             notify: None,
+            interested: false,
         }
     }
 

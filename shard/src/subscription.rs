@@ -107,8 +107,12 @@ fn deliver_inbound(core: &Core, user: &BareJid, account: &Shared, contact: &str,
         crate::presence::send_current_to(core, user.as_str(), contact);
     }
     if transition.forward {
+        // RFC 6121 sections 3.1.3 and 3.1.6: a request goes to the available
+        // resources, answers and cancellations to the interested ones.
         let limit = core.limits().queued_bytes_per_connection_max;
-        for session in core.sessions.borrow().sessions(user.as_str()).iter().filter(|s| s.available) {
+        let wanted =
+            |s: &&crate::sessions::Session| if kind == PresenceType::Subscribe { s.available } else { s.interested };
+        for session in core.sessions.borrow().sessions(user.as_str()).iter().filter(wanted) {
             let mut bytes = Vec::with_capacity(forward.len() + 64);
             if let Ok(stanza) = Stanza::parse(forward) {
                 stanza.write_addressed(contact, session.jid.as_str(), &mut bytes);
