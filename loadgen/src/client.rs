@@ -449,6 +449,14 @@ async fn session(worker: &Worker, user: u64, mut conn: Conn, until: Duration) ->
     let mut message = Vec::with_capacity(256);
     let mut setup = (profile.kind == ProfileKind::RosterSetup).then(|| RosterSetup::new(settings, user));
     let mut replies = Vec::new();
+    if setup.is_some() || profile.roster > 0 {
+        // Like a real client: asking for the roster makes this resource "interested"
+        // (RFC 6121 2.1.6), which servers require before they pass on approvals.
+        let get = b"<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>";
+        if crate::net::write_all(&mut conn.stream, get).await.is_err() {
+            return Ended::Closed;
+        }
+    }
     loop {
         let now = worker.since_start();
         if let Some(setup) = setup.as_mut().filter(|s| !s.asked && now >= messaging_start) {
