@@ -465,6 +465,13 @@ async fn session(worker: &Worker, user: u64, mut conn: Conn, until: Duration) ->
                 return Ended::Closed;
             }
         }
+        if let Some(setup) = setup.as_mut().filter(|s| !s.checked && now >= messaging_end) {
+            setup.checked = true;
+            let get = b"<iq type='get' id='final-roster'><query xmlns='jabber:iq:roster'/></iq>";
+            if crate::net::write_all(&mut conn.stream, get).await.is_err() {
+                return Ended::Closed;
+            }
+        }
         if now >= until {
             let _ = crate::net::write_all(&mut conn.stream, b"<presence type='unavailable'/></stream:stream>").await;
             return Ended::Logout;
@@ -506,6 +513,9 @@ async fn session(worker: &Worker, user: u64, mut conn: Conn, until: Duration) ->
         }
         if (closed_loop.is_some() || setup.as_ref().is_some_and(|s| !s.asked)) && now < messaging_start {
             wake_at = wake_at.min(messaging_start);
+        }
+        if setup.as_ref().is_some_and(|s| !s.checked) && now < messaging_end {
+            wake_at = wake_at.min(messaging_end);
         }
         // A freed closed-loop slot only matters while messaging (else waiting on it
         // would return at once and spin, starving the other users of this core).
@@ -556,14 +566,18 @@ async fn wait(worker: &Worker, conn: &mut Conn, sleep: Duration, pair: Option<&P
     .await
 }
 
-/// One user's part of `roster-setup`: ask the following neighbours, approve and ask
-/// back the preceding ones, and count the approvals until the roster is complete.
+/// One user's part of `roster-setup`: ask every neighbour, approve every request,
+/// and at the end read the roster back from the server and count the contacts with
+/// `both` (the server's word, whatever order it handled crossing requests in).
 struct RosterSetup {
     following: Vec<String>,
     preceding: Vec<String>,
     asked: bool,
-    approvals: usize,
+    checked: bool,
 }
+
+/// The id of the roster request that checks the setup's result.
+const FINAL_ROSTER_ID: &[u8] = b"final-roster";
 
 impl RosterSetup {
     fn new(settings: &RunSettings, user: u64) -> RosterSetup {
@@ -574,21 +588,21 @@ impl RosterSetup {
             following: following.into_iter().map(|a| settings.bare_jid(a)).collect(),
             preceding: preceding.into_iter().map(|a| settings.bare_jid(a)).collect(),
             asked: false,
-            approvals: 0,
+            checked: false,
         }
     }
 
     fn requests(&self, settings: &RunSettings) -> Vec<u8> {
         let _ = settings;
         let mut out = Vec::new();
-        for contact in &self.following {
+        for contact in self.following.iter().chain(&self.preceding) {
             out.extend_from_slice(format!("<presence type='subscribe' to='{contact}'/>").as_bytes());
         }
         out
     }
 
-    /// Answers one subscription presence; true when the roster just became complete.
-    fn handle(&mut self, element: &[u8], replies: &mut Vec<u8>) -> bool {
+    /// Approves a subscription request.
+    fn handle(&mut self, element: &[u8], replies: &mut Vec<u8>) {
         let text = String::from_utf8_lossy(element);
         let attribute = |name: &str| {
             let single = format!("{name}='");
@@ -599,22 +613,21 @@ impl RosterSetup {
             };
             text[at..].split(quote).next().map(str::to_owned)
         };
-        let (Some(kind), Some(from)) = (attribute("type"), attribute("from")) else { return false };
-        let bare = from.split('/').next().unwrap_or(&from).to_owned();
-        match kind.as_str() {
-            "subscribe" => {
-                replies.extend_from_slice(format!("<presence type='subscribed' to='{bare}'/>").as_bytes());
-                if self.preceding.contains(&bare) {
-                    replies.extend_from_slice(format!("<presence type='subscribe' to='{bare}'/>").as_bytes());
-                }
-                false
-            }
-            "subscribed" => {
-                self.approvals += 1;
-                self.approvals == self.following.len() + self.preceding.len()
-            }
-            _ => false,
+        let (Some(kind), Some(from)) = (attribute("type"), attribute("from")) else { return };
+        if kind == "subscribe" {
+            let bare = from.split('/').next().unwrap_or(&from);
+            replies.extend_from_slice(format!("<presence type='subscribed' to='{bare}'/>").as_bytes());
         }
+    }
+
+    /// Contacts with a mutual subscription in the final roster result `element`.
+    fn mutual(element: &[u8]) -> usize {
+        let count = |needle: &[u8]| element.windows(needle.len()).filter(|w| *w == needle).count();
+        count(b"subscription='both'") + count(b"subscription=\"both\"")
+    }
+
+    fn expected(&self) -> usize {
+        self.following.len() + self.preceding.len()
     }
 }
 
@@ -645,11 +658,19 @@ fn take_frames(
         if element.starts_with(b"<presence") {
             worker.count(|c| c.presences_received += 1);
             if let Some(setup) = setup.as_deref_mut() {
-                if setup.handle(element, replies) {
-                    worker.count(|c| c.rosters_complete += 1);
-                }
+                setup.handle(element, replies);
             }
             continue;
+        }
+        if let Some(setup) = setup.as_deref() {
+            if element.starts_with(b"<iq") && memmem(element, FINAL_ROSTER_ID).is_some() {
+                let mutual = RosterSetup::mutual(element);
+                worker.count(|c| {
+                    c.roster_items_mutual += mutual as u64;
+                    c.rosters_complete += u64::from(mutual >= setup.expected());
+                });
+                continue;
+            }
         }
         if !element.starts_with(b"<message") {
             continue;
@@ -760,5 +781,37 @@ mod tests {
         assert_eq!(salt_for("seed", "user5", "localhost"), salt_for("seed", "user5", "localhost"));
         assert_ne!(salt_for("seed", "user5", "localhost"), salt_for("seed", "user6", "localhost"));
         assert_eq!(s.messaging_start(), Duration::from_millis(2120));
+    }
+
+    /// roster-setup approves requests in either quoting, asks every neighbour, and
+    /// counts the mutual contacts of the final roster.
+    #[test]
+    fn roster_setup_approves_and_counts() {
+        let mut settings = settings();
+        settings.profile.roster = 2;
+        settings.users = 10;
+        let mut setup = RosterSetup::new(&settings, 5);
+        assert_eq!(
+            (setup.following.as_slice(), setup.preceding.as_slice()),
+            (&["user6@localhost".to_owned()][..], &["user4@localhost".to_owned()][..])
+        );
+        let mut replies = Vec::new();
+        setup.handle(
+            b"<presence xml:lang='en' to='user5@localhost/lg' from='user4@localhost' type='subscribe'/>",
+            &mut replies,
+        );
+        setup.handle(b"<presence from=\"user6@localhost/x\" type=\"subscribe\"/>", &mut replies);
+        setup.handle(b"<presence from='user6@localhost' type='subscribed'/>", &mut replies);
+        assert_eq!(
+            replies,
+            b"<presence type='subscribed' to='user4@localhost'/><presence type='subscribed' to='user6@localhost'/>"
+        );
+        assert_eq!(
+            setup.requests(&settings),
+            b"<presence type='subscribe' to='user6@localhost'/><presence type='subscribe' to='user4@localhost'/>"
+        );
+        let result = b"<iq id='final-roster' type='result'><query><item jid='a' subscription='both'/><item jid='b' subscription=\"both\"/><item subscription='to'/></query></iq>";
+        assert_eq!(RosterSetup::mutual(result), 2);
+        assert_eq!(setup.expected(), 2);
     }
 }

@@ -28,8 +28,8 @@ pub enum ProfileKind {
     /// logs out and the user logs in again.
     Churn,
     /// Builds the rosters the presence profiles need, through XMPP (so it works on any
-    /// server): every user subscribes to its following `--roster`/2 neighbours and
-    /// answers requests by approving and subscribing back, so every pair ends `both`.
+    /// server): every user asks its `--roster` neighbours to subscribe and approves
+    /// every request, so every pair ends `both`.
     RosterSetup,
 }
 

@@ -147,8 +147,12 @@ pub fn markdown(result: &RunResult) -> String {
             s.presence_rate, s.presences
         );
     }
-    if s.rosters_complete > 0 {
-        let _ = writeln!(text, "| rosters completed (roster-setup) | {} |", s.rosters_complete);
+    if s.rosters_complete > 0 || s.roster_items_mutual > 0 {
+        let _ = writeln!(
+            text,
+            "| rosters completed (every contact `both`) / mutual contacts (roster-setup) | {} / {} |",
+            s.rosters_complete, s.roster_items_mutual
+        );
     }
     if let Some(bytes) = s.server_bytes_per_session {
         let _ = writeln!(

@@ -159,9 +159,11 @@ pub struct Summary {
     pub presence_rate: f64,
     #[serde(default)]
     pub presences: u64,
-    /// `roster-setup`: users whose roster is complete.
+    /// `roster-setup`: users whose roster is complete, and mutual contacts in all.
     #[serde(default)]
     pub rosters_complete: u64,
+    #[serde(default)]
+    pub roster_items_mutual: u64,
 }
 
 /// Runs the load and writes the report into `options.out`.
@@ -435,5 +437,6 @@ pub fn summarise(
         presence_rate,
         presences: totals.presences_received,
         rosters_complete: totals.rosters_complete,
+        roster_items_mutual: totals.roster_items_mutual,
     }
 }

@@ -34,9 +34,12 @@ pub struct Counters {
     /// Presence stanzas received (broadcasts, probe answers, subscriptions).
     #[serde(default)]
     pub presences_received: u64,
-    /// `roster-setup`: users whose every contact approved their subscription.
+    /// `roster-setup`: users whose final roster has every contact with `both`.
     #[serde(default)]
     pub rosters_complete: u64,
+    /// `roster-setup`: contacts with `both` over all final rosters.
+    #[serde(default)]
+    pub roster_items_mutual: u64,
 }
 
 impl Counters {
@@ -55,6 +58,7 @@ impl Counters {
         self.cold_logins += other.cold_logins;
         self.presences_received += other.presences_received;
         self.rosters_complete += other.rosters_complete;
+        self.roster_items_mutual += other.roster_items_mutual;
         if other.first_login_ms > 0 {
             self.first_login_ms = if self.first_login_ms == 0 {
                 other.first_login_ms
