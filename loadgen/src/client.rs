@@ -707,8 +707,9 @@ fn timestamp(element: &[u8]) -> Option<u64> {
 fn compose(settings: &RunSettings, from: u64, to: u64, sequence: u64, out: &mut Vec<u8>) {
     use std::io::Write;
     out.clear();
-    let _ =
-        write!(out, "<message to='{}@{}' type='chat' id='{sequence}'><body>", settings.user_name(to), settings.domain);
+    // `to` is a user number: address the account that user logs in as.
+    let name = settings.user_name(settings.account(to));
+    let _ = write!(out, "<message to='{name}@{}' type='chat' id='{sequence}'><body>", settings.domain);
     let body_start = out.len();
     let _ = write!(out, "lg {} {from} {sequence} ", monotonic_nanos());
     let written = out.len() - body_start;
