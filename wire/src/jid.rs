@@ -361,11 +361,11 @@ pub fn normalise_local(local: &str) -> Result<Cow<'_, str>, JidError> {
             Cow::Borrowed(local)
         }
     } else {
-        let enforced = UsernameCaseMapped::enforce(local).map_err(|_| JidError::InvalidLocal)?;
-        if enforced.bytes().any(|b| LOCAL_FORBIDDEN.contains(&b)) {
+        let enforced = UsernameCaseMapped::enforce(local).map_err(|_| JidError::InvalidLocal)?.into_owned();
+        if enforced.bytes().any(|b| LOCAL_FORBIDDEN.contains(&b)) || !stable(&enforced, UsernameCaseMapped::enforce) {
             return Err(JidError::InvalidLocal);
         }
-        Cow::Owned(enforced.into_owned())
+        Cow::Owned(enforced)
     };
     check_length(&normal)?;
     Ok(normal)
@@ -413,10 +413,22 @@ pub fn normalise_resource(resource: &str) -> Result<Cow<'_, str>, JidError> {
     let normal = if resource.bytes().all(|b| (0x20..=0x7E).contains(&b)) {
         Cow::Borrowed(resource)
     } else {
-        Cow::Owned(OpaqueString::enforce(resource).map_err(|_| JidError::InvalidResource)?.into_owned())
+        let enforced = OpaqueString::enforce(resource).map_err(|_| JidError::InvalidResource)?.into_owned();
+        if !stable(&enforced, OpaqueString::enforce) {
+            return Err(JidError::InvalidResource);
+        }
+        Cow::Owned(enforced)
     };
     check_length(&normal)?;
     Ok(normal)
+}
+
+/// Whether enforcing `normal` again gives it back. PRECIS enforcement is not always
+/// idempotent (U+0387 GREEK ANO TELEIA normalises to U+00B7 MIDDLE DOT, which the
+/// context rules then refuse): a part that would not parse again is refused now, so
+/// every JID the server hands out parses to itself.
+fn stable<'a, E>(normal: &'a str, enforce: impl Fn(&'a str) -> Result<Cow<'a, str>, E>) -> bool {
+    enforce(normal).is_ok_and(|again| again == normal)
 }
 
 fn check_length(part: &str) -> Result<(), JidError> {
@@ -506,6 +518,15 @@ mod tests {
         }
         assert!(matches!(JidRef::parse(Cow::Borrowed("alice@localhost")).unwrap().text, Cow::Borrowed(_)));
         assert!(JidRef::parse(Cow::Borrowed("a@b..")).is_err());
+    }
+
+    /// Regression (found by the `normalisation_is_idempotent` property in CI's suite
+    /// run): a resource with U+0387 was accepted, normalised to U+00B7, and the result
+    /// no longer parsed. Parts that do not survive a second enforcement are refused.
+    #[test]
+    fn non_idempotent_precis_parts_are_refused() {
+        assert_eq!(Jid::parse("\u{10d69}/@0/\u{387}").unwrap_err(), JidError::InvalidResource);
+        assert!(Jid::parse("a@b/caf\u{e9}").is_ok());
     }
 
     /// Memory budget: a JID is a boxed string plus offsets.
