@@ -121,13 +121,7 @@ pub(crate) fn archive(core: &Core, stanza: &Stanza<'_>, owner: &str, with: &str)
     let timestamp_us = now_us();
     let message =
         ArchivedMessage { id: next_id(core, timestamp_us), timestamp_us, with, stanza: stanza.bytes.to_vec() };
-    let write = core.shared.db.run_for(owner, move |store| store.archive_put(&user, &message));
-    glommio::spawn_local(async move {
-        if let Err(error) = write.await {
-            log::warn!("archive: storing a message failed: {error}");
-        }
-    })
-    .detach();
+    core.shared.db.submit_for(owner, "archiving a message", move |store| store.archive_put(&user, &message));
 }
 
 fn worth_archiving(stanza: &Stanza<'_>) -> bool {

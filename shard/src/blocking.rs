@@ -330,6 +330,26 @@ impl DbPool {
         Self::queue(&self.keyed[thread], work)
     }
 
+    /// Queues `work` for `key` like [`DbPool::run_for`], without a reply: for writes
+    /// nobody waits on (archive, last activity), so the core spends no task and no
+    /// channel on them. A failure is logged on the DB thread as `what`.
+    pub fn submit_for<F>(&self, key: &str, what: &'static str, work: F)
+    where
+        F: FnOnce(&mut dyn Store) -> Result<(), StoreError> + Send + 'static,
+    {
+        let thread = crate::core::home_core(key, self.keyed.len());
+        let job: Job = Box::new(move |store| {
+            let result = store.and_then(work);
+            if let Err(error) = &result {
+                log::warn!("storage: {what} failed: {error}");
+            }
+            matches!(result, Err(StoreError::Unavailable(_)))
+        });
+        if self.keyed[thread].try_send(job).is_err() {
+            log::warn!("storage: {what} dropped: the DB queue is full or stopped");
+        }
+    }
+
     fn queue<T, F>(
         jobs: &crossbeam_channel::Sender<Job>,
         work: F,

@@ -96,15 +96,9 @@ pub(crate) async fn take(core: &Core, user: &BareJid) -> Vec<u8> {
 pub(crate) fn record_last_activity(core: &Core, user: &BareJid) {
     let owner = user.clone();
     let seconds = (now_us() / 1_000_000).to_string();
-    let write = core.shared.db.run_for(user.as_str(), move |store| {
+    core.shared.db.submit_for(user.as_str(), "recording last activity", move |store| {
         store.set_data(&owner, DataKind::LastActivity, "", Some(seconds.as_bytes()))
     });
-    glommio::spawn_local(async move {
-        if let Err(error) = write.await {
-            log::debug!("offline: recording last activity failed: {error}");
-        }
-    })
-    .detach();
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -99,8 +99,8 @@ fn send(core: &Core, target: &Target, bytes: &[u8]) {
 }
 
 /// The sender's JID text (empty when the stanza has none).
-fn sender(stanza: &Stanza<'_>) -> String {
-    stanza.from.and_then(|f| f.value()).map(|f| f.into_owned()).unwrap_or_default()
+fn sender<'a>(stanza: &Stanza<'a>) -> std::borrow::Cow<'a, str> {
+    stanza.from.and_then(|f| f.value()).unwrap_or_default()
 }
 
 fn deliver_message(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {

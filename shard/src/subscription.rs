@@ -152,18 +152,15 @@ fn apply(
     if item.visible {
         crate::im::push_roster_item(core, user, &item, false, version);
     }
-    let write = if meaningless {
-        Box::pin(account::delete_item(core, user, item.jid, version)) as crate::im::Write
-    } else {
-        Box::pin(account::store_item(core, user, item, version))
-    };
-    let user = user.clone();
-    glommio::spawn_local(async move {
-        if let Err(error) = write.await {
-            log::warn!("subscription: storing a roster change of {user} failed: {error}");
+    // In order with the account's other writes; nobody waits on it.
+    let owner = user.clone();
+    core.shared.db.submit_for(user.as_str(), "storing a roster change", move |store| {
+        if meaningless {
+            store.roster_delete(&owner, &item.jid, version)
+        } else {
+            store.roster_put(&owner, &item, version)
         }
-    })
-    .detach();
+    });
     Some(transition)
 }
 
