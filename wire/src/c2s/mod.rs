@@ -148,6 +148,11 @@ pub struct C2s {
     /// The domain the client asked for in its first header.
     domain: Option<String>,
     sasl_failures: u8,
+    /// The client asked for a `-PLUS` mechanism with a channel-binding type this
+    /// connection does not support (Debian 12's slixmpp 1.8.3 sends `tls-unique`,
+    /// undefined over TLS 1.3). It has channel binding but none in common with us, so a
+    /// later `y` flag is not a downgrade (RFC 5802 section 6).
+    binding_unshared: bool,
     /// Whether our header for the current stream was sent.
     header_sent: bool,
 }
@@ -197,6 +202,7 @@ impl C2s {
             bindings: ChannelBindings::default(),
             domain: None,
             sasl_failures: 0,
+            binding_unshared: false,
             header_sent: false,
         }
     }
@@ -515,8 +521,20 @@ impl C2s {
                 Ok(Action::VerifyPassword { user, password: plain.password })
             }
             _ => {
-                let plus_offered =
-                    features::offered_mechanisms(settings, self.secured, &self.bindings).iter().any(|m| m.is_plus());
+                if let Some(name) = scram::requested_binding(&message).filter(|_| mechanism.is_plus()) {
+                    if !self.bindings.supports(name) {
+                        // Not a password guess: the client has channel binding, just not
+                        // a type we share. It is not counted as a failed attempt.
+                        self.binding_unshared = true;
+                        let text = format!("unsupported channel-binding type {name}");
+                        SaslFailure::NotAuthorized.write_with_text(Some(&text), out);
+                        return Ok(Action::Continue);
+                    }
+                }
+                // A `y` flag while we offer -PLUS means someone stripped -PLUS from the
+                // list (a downgrade), unless this client showed it shares no type with us.
+                let plus_offered = !self.binding_unshared
+                    && features::offered_mechanisms(settings, self.secured, &self.bindings).iter().any(|m| m.is_plus());
                 let first = match scram::parse_client_first(mechanism, &message, plus_offered, &self.bindings) {
                     Ok(first) => first,
                     Err(failure) => return self.sasl_failed(failure, settings, out),

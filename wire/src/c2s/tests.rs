@@ -338,3 +338,106 @@ fn store_failure_is_temporary_and_not_counted() {
     }
     assert_eq!(h.send(&plain("alice", "secret")).unwrap().len(), 1);
 }
+
+impl Harness {
+    /// A harness for a direct-TLS stream whose connection offers `tls-exporter`.
+    fn secured() -> Harness {
+        let mut h = Harness::new(C2sSettings::for_tests());
+        h.c2s = C2s::new(true);
+        h.c2s.handle_tls_established(ChannelBindings { tls_exporter: Some([1; 32]), tls_server_end_point: None });
+        h.send(HEADER).unwrap();
+        let features = h.output();
+        assert!(features.contains("<mechanism>SCRAM-SHA-256-PLUS</mechanism>"), "{features}");
+        h
+    }
+
+    /// Sends `<auth/>` with a client-first message written by hand.
+    fn auth_raw(&mut self, mechanism: Mechanism, client_first: &str) -> Result<String, StreamError> {
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>",
+            mechanism.name(),
+            sasl::encode_payload(client_first.as_bytes())
+        ))?;
+        Ok(self.output())
+    }
+
+    /// Runs SCRAM-SHA-256 with the gs2 flag `y`; returns the server's final answer.
+    fn scram_login_flag_y(&mut self, password: &str) -> Result<String, StreamError> {
+        let (client, first) = ScramClient::new_flag_y(scram::Hash::Sha256, "alice", "clientnonce");
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+            sasl::encode_payload(&first)
+        ))?;
+        let challenge = self.output();
+        if !challenge.starts_with("<challenge") {
+            return Ok(challenge);
+        }
+        let payload = challenge.split('>').nth(1).unwrap().split('<').next().unwrap();
+        let server_first = sasl::decode_payload(payload.as_bytes()).unwrap();
+        let (_, final_message) =
+            client.respond(&server_first, |salt, i| salted_password(scram::Hash::Sha256, password, salt, i)).unwrap();
+        self.send(&format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            sasl::encode_payload(&final_message)
+        ))?;
+        Ok(self.output())
+    }
+}
+
+/// Regression (issue 9, found with Debian 12's python3-slixmpp 1.8.3): a client that
+/// tries SCRAM-SHA-256-PLUS and SCRAM-SHA-1-PLUS with `tls-unique` (undefined over
+/// TLS 1.3), then SCRAM-SHA-256 with the `y` flag, logs in: the unsupported binding
+/// type is not a failed attempt, and after it `y` is not a downgrade.
+#[test]
+fn unshared_channel_binding_type_then_flag_y_logs_in() {
+    let mut h = Harness::secured();
+    for mechanism in [Mechanism::ScramSha256Plus, Mechanism::ScramSha1Plus, Mechanism::ScramSha256Plus] {
+        let answer = h.auth_raw(mechanism, "p=tls-unique,,n=alice,r=abcdef").unwrap();
+        assert!(answer.contains("<not-authorized/>"), "{answer}");
+        assert!(answer.contains("unsupported channel-binding type tls-unique"), "{answer}");
+    }
+    let answer = h.scram_login_flag_y("secret").unwrap();
+    assert!(answer.starts_with("<success"), "{answer}");
+}
+
+/// A `y` flag from a client that never tried a `-PLUS` mechanism, while we offer one,
+/// is a downgrade (RFC 5802 section 6) and fails; so does a wrong proof after an
+/// unshared binding type, which counts as a failed attempt.
+#[test]
+fn flag_y_without_unshared_binding_is_a_downgrade() {
+    let mut h = Harness::secured();
+    let answer = h.scram_login_flag_y("secret").unwrap();
+    assert_eq!(answer, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>");
+
+    let mut h = Harness::secured();
+    h.auth_raw(Mechanism::ScramSha256Plus, "p=tls-unique,,n=alice,r=abcdef").unwrap();
+    let answer = h.scram_login_flag_y("wrong").unwrap();
+    assert!(answer.contains("<not-authorized/>"), "{answer}");
+    // Two more wrong passwords reach the limit of three: unshared types did not count.
+    h.scram_login_flag_y("wrong").unwrap();
+    let error = h.scram_login_flag_y("wrong").unwrap_err();
+    assert_eq!(error.condition, StreamErrorCondition::PolicyViolation);
+}
+
+/// A supported binding type (`tls-exporter`) still binds: a wrong binding fails.
+#[test]
+fn supported_binding_type_still_checked() {
+    let mut h = Harness::secured();
+    let (client, first) = ScramClient::new(scram::Hash::Sha256, "alice", "nonce1", Some(("tls-exporter", &[2; 32])));
+    h.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256-PLUS'>{}</auth>",
+        sasl::encode_payload(&first)
+    ))
+    .unwrap();
+    let challenge = h.output();
+    let payload = challenge.split('>').nth(1).unwrap().split('<').next().unwrap();
+    let server_first = sasl::decode_payload(payload.as_bytes()).unwrap();
+    let (_, final_message) =
+        client.respond(&server_first, |salt, i| salted_password(scram::Hash::Sha256, "secret", salt, i)).unwrap();
+    h.send(&format!(
+        "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+        sasl::encode_payload(&final_message)
+    ))
+    .unwrap();
+    assert!(h.output().contains("<not-authorized/>"), "a wrong tls-exporter binding must fail");
+}

@@ -92,9 +92,21 @@ impl SaslFailure {
     }
 
     pub fn write(self, out: &mut Vec<u8>) {
+        self.write_with_text(None, out);
+    }
+
+    /// Writes the `<failure/>` with an optional human-readable `<text/>` (RFC 6120
+    /// section 6.4.5).
+    pub fn write_with_text(self, text: Option<&str>, out: &mut Vec<u8>) {
         out.extend_from_slice(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><");
         out.extend_from_slice(self.name().as_bytes());
-        out.extend_from_slice(b"/></failure>");
+        out.extend_from_slice(b"/>");
+        if let Some(text) = text {
+            out.extend_from_slice(b"<text>");
+            crate::xml::escape(text, out);
+            out.extend_from_slice(b"</text>");
+        }
+        out.extend_from_slice(b"</failure>");
     }
 }
 

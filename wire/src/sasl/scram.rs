@@ -143,6 +143,11 @@ impl ChannelBindings {
         self.tls_exporter.is_some() || self.tls_server_end_point.is_some()
     }
 
+    /// Whether this connection can bind to the channel-binding type `name`.
+    pub fn supports(&self, name: &str) -> bool {
+        self.data(name).is_some()
+    }
+
     fn data(&self, name: &str) -> Option<&[u8]> {
         match name {
             "tls-exporter" => self.tls_exporter.as_ref().map(|d| &d[..]),
@@ -150,6 +155,15 @@ impl ChannelBindings {
             _ => None,
         }
     }
+}
+
+/// The channel-binding type a client-first message asks for (`p=<type>`), if any.
+/// Used to tell "we do not share a binding type" (RFC 5802 section 6: the client is
+/// not guessing a password) from a failed proof.
+pub fn requested_binding(message: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(message).ok()?;
+    let (flag, _) = text.split_once(',')?;
+    flag.strip_prefix("p=")
 }
 
 /// A parsed client-first message, waiting for the user's credentials.
@@ -310,6 +324,18 @@ impl ScramClient {
         }
         let first = format!("{gs2_header}{client_first_bare}").into_bytes();
         (ScramClient { hash, binding: bytes, client_first_bare, client_nonce: client_nonce.to_owned() }, first)
+    }
+
+    /// Starts an exchange with the gs2 flag `y` (RFC 5802 section 6: the client
+    /// supports channel binding but thinks the server does not), as older clients do
+    /// after a `-PLUS` attempt failed.
+    pub fn new_flag_y(hash: Hash, username: &str, client_nonce: &str) -> (ScramClient, Vec<u8>) {
+        let client_first_bare = format!("n={},r={client_nonce}", encode_saslname(username));
+        let first = format!("y,,{client_first_bare}").into_bytes();
+        (
+            ScramClient { hash, binding: b"y,,".to_vec(), client_first_bare, client_nonce: client_nonce.to_owned() },
+            first,
+        )
     }
 
     /// Answers server-first. `salted` computes (or looks up in a cache) the salted
