@@ -6,7 +6,8 @@ pub(crate) fn now_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
-/// Formats `us` (microseconds since the epoch) as an XEP-0082 UTC date-time.
+/// Formats `us` (microseconds since the epoch) as an XEP-0082 UTC date-time with
+/// six fraction digits, e.g. `2026-11-28T20:31:44.123456Z`.
 pub(crate) fn format_utc(us: u64) -> String {
     let seconds = us / 1_000_000;
     let (days, rest) = ((seconds / 86_400) as i64, seconds % 86_400);
@@ -20,53 +21,17 @@ pub(crate) fn format_utc(us: u64) -> String {
     )
 }
 
-/// Parses an XEP-0082 date-time (`Z` or a numeric offset, optional fraction) into
-/// microseconds since the epoch; `None` for anything else or before 1970.
+/// Parses an XEP-0082 date-time (the RFC 3339 profile: `Z` or a numeric offset, an
+/// optional fraction) into microseconds since the epoch; `None` for anything else or
+/// before 1970. The parsing is the `time` crate's, so no peer input is ever sliced at
+/// a fixed offset here.
 pub(crate) fn parse_utc(text: &str) -> Option<u64> {
-    let bytes = text.as_bytes();
-    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || bytes[10] != b'T' || bytes[13] != b':' {
+    // RFC 3339 also allows a space between date and time; XEP-0082 does not.
+    if text.as_bytes().get(10) != Some(&b'T') {
         return None;
     }
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = text.get(range)?;
-        part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok())?
-    };
-    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let mut rest = &text[19..];
-    let mut micros = 0i64;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let padded = format!("{:0<6}", &fraction[..digits.min(6)]);
-        micros = padded.parse().ok()?;
-        rest = &fraction[digits..];
-    }
-    let offset = match rest {
-        "Z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
-            let minutes = number_at(rest, 1..3)? * 60 + number_at(rest, 4..6)?;
-            if rest.starts_with('+') {
-                minutes
-            } else {
-                -minutes
-            }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset * 60;
-    u64::try_from(seconds * 1_000_000 + micros).ok()
-}
-
-fn number_at(text: &str, range: std::ops::Range<usize>) -> Option<i64> {
-    let part = text.get(range)?;
-    part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok())?
+    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(parsed.unix_timestamp_nanos() / 1_000).ok()
 }
 
 /// Appends `<delay xmlns='urn:xmpp:delay' from=.. stamp=../>` inside `message` (a
@@ -102,17 +67,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// The inverse of [`civil_from_days`].
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +83,26 @@ mod tests {
         assert_eq!(parse_utc("2000-02-29T00:00:00Z"), Some(951_782_400_000_000));
         for bad in ["", "2026-13-01T00:00:00Z", "2026-11-28 20:31:44Z", "2026-11-28T20:31:44", "x026-11-28T20:31:44Z"] {
             assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+    }
+
+    /// Regression (issue 9, found by trying a MAM query as a new user would): a
+    /// multi-byte character where the old parser sliced a fixed byte offset panicked
+    /// the core. Every such input is now `None`.
+    #[test]
+    fn multibyte_date_times_are_refused_not_panics() {
+        for bad in ["2026-11-28T20:31:44+0\u{e9}00", "2026-11-28T20:31:44.\u{e9}Z", "\u{e9}026-11-28T20:31:44Z"] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text parses to a value or `None`, never a panic; formatted instants
+        /// parse back to themselves.
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,40}", us in 0u64..4_000_000_000_000_000) {
+            let _ = parse_utc(&text);
+            proptest::prop_assert_eq!(parse_utc(&format_utc(us)), Some(us));
         }
     }
 
