@@ -129,6 +129,7 @@ pub struct Limits {
     pub pre_auth_timeout: Duration,
     pub connections_per_core_max: usize,
     pub queued_bytes_per_connection_max: usize,
+    pub send_timeout: Duration,
     pub sessions_per_user_max: usize,
 }
 
@@ -166,6 +167,7 @@ impl Config {
         config.limits.framer = FramerLimits::for_tests();
         config.limits.pre_auth_timeout = Duration::from_secs(2);
         config.limits.queued_bytes_per_connection_max = 64 * 1024;
+        config.limits.send_timeout = Duration::from_secs(3);
         config.cluster = None;
         config
     }
@@ -519,6 +521,8 @@ mod raw {
         connections_per_core_max: usize,
         #[serde(default = "default_queued_bytes")]
         queued_bytes_per_connection_max: usize,
+        #[serde(default = "default_send_timeout")]
+        send_timeout_seconds: u64,
         #[serde(default = "default_sessions_per_user")]
         sessions_per_user_max: usize,
     }
@@ -550,6 +554,9 @@ mod raw {
     }
     fn default_queued_bytes() -> usize {
         1024 * 1024
+    }
+    fn default_send_timeout() -> u64 {
+        15
     }
     fn default_sessions_per_user() -> usize {
         64
@@ -736,6 +743,9 @@ mod raw {
                     "depth_max and attributes_per_element_max must be positive, name_bytes_max at least 16",
                 ));
             }
+            if self.send_timeout_seconds == 0 {
+                return Err(invalid("limits.send_timeout_seconds", "must be positive"));
+            }
             if self.pre_auth_timeout_seconds == 0 {
                 return Err(invalid("limits.pre_auth_timeout_seconds", "must be positive"));
             }
@@ -755,6 +765,7 @@ mod raw {
                 pre_auth_timeout: Duration::from_secs(self.pre_auth_timeout_seconds),
                 connections_per_core_max: self.connections_per_core_max,
                 queued_bytes_per_connection_max: self.queued_bytes_per_connection_max,
+                send_timeout: Duration::from_secs(self.send_timeout_seconds),
                 sessions_per_user_max: self.sessions_per_user_max,
             })
         }

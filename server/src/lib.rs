@@ -212,6 +212,7 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
             pre_auth_timeout: config.limits.pre_auth_timeout,
             connections_per_core_max: config.limits.connections_per_core_max,
             queued_bytes_per_connection_max: config.limits.queued_bytes_per_connection_max,
+            send_timeout: config.limits.send_timeout,
             sessions_per_user_max: config.limits.sessions_per_user_max,
             registration_interval: config.registration.as_ref().map_or(std::time::Duration::ZERO, |r| r.interval),
         },

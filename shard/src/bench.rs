@@ -128,7 +128,7 @@ impl RouteBench {
             let mut sink = Vec::new();
             for bare in &recipients {
                 for session in sessions.sessions(bare) {
-                    session.mailbox.drain_into(&mut sink);
+                    session.mailbox.drain_into(&mut sink, usize::MAX, usize::MAX);
                     sink.clear();
                 }
             }

@@ -64,7 +64,7 @@ mod tests {
             let client = glommio::net::TcpStream::connect(address).await.unwrap();
             let server = listener.accept().await.unwrap();
             let jid: FullJid = "user123456@localhost/abcdef0123456789".parse().unwrap();
-            let io = Io::new(server, None, Vec::new());
+            let io = Io::new(server, crate::io::Moving::default());
             let future = crate::session::run(
                 core.clone(),
                 io,

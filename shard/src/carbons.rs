@@ -33,7 +33,6 @@ pub(crate) fn received(core: &Core, bare: &str, stanza: &[u8], delivered: impl F
 }
 
 fn copy(core: &Core, bare: &str, direction: &str, stanza: &[u8], wanted: impl Fn(&Session) -> bool) {
-    let limit = core.limits().queued_bytes_per_connection_max;
     for session in core.sessions.borrow().sessions(bare) {
         if !session.carbons || !session.available || !wanted(session) {
             continue;
@@ -45,7 +44,7 @@ fn copy(core: &Core, bare: &str, direction: &str, stanza: &[u8], wanted: impl Fn
         bytes.extend_from_slice(format!("><{direction} xmlns='urn:xmpp:carbons:2'>").as_bytes());
         write_forwarded(stanza, None, &mut bytes);
         bytes.extend_from_slice(format!("</{direction}></message>").as_bytes());
-        session.mailbox.push(&bytes, limit);
+        core.push(&session.mailbox, &bytes);
     }
 }
 

@@ -18,7 +18,7 @@ use starling_wire::sasl::scram::{ChannelBindings, Credentials, Hash};
 
 use crate::blocking::Registered;
 use crate::core::{Core, Transfer};
-use crate::io::{Io, Wake};
+use crate::io::{Io, Moving, Wake};
 use crate::mailbox::Mailbox;
 use crate::sessions::{Bound, Session, SessionId};
 use crate::settings::ListenerTls;
@@ -39,10 +39,10 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize) {
     let _ = stream.set_nodelay(true);
     let settings = &core.shared.settings;
     let direct = settings.listeners[listener].tls == ListenerTls::Direct;
-    let tls = match (direct, &settings.tls_direct) {
-        (false, _) => None,
+    let moving = match (direct, &settings.tls_direct) {
+        (false, _) => Moving::default(),
         (true, Some(config)) => match rustls::ServerConnection::new(config.clone()) {
-            Ok(tls) => Some(Box::new(tls)),
+            Ok(tls) => Moving::tls(tls),
             Err(error) => {
                 log::error!("c2s: cannot start TLS: {error}");
                 return;
@@ -51,7 +51,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize) {
         (true, None) => return,
     };
     let mut conn = Negotiating {
-        io: Io::new(stream, tls, Vec::new()),
+        io: Io::new(stream, moving),
         framer: Framer::new(settings.framer),
         c2s: C2s::new(direct),
         out: Vec::new(),
@@ -95,8 +95,7 @@ fn move_to(core: &Core, home: usize, mut conn: Negotiating, user: BareJid, resou
     conn.io.queue(&conn.out);
     let transfer = Transfer {
         fd,
-        tls: conn.io.tls.take(),
-        pending: conn.io.take_pending(),
+        moving: conn.io.take_moving(),
         framer: conn.framer,
         c2s: conn.c2s,
         listener: conn.listener,
@@ -108,10 +107,10 @@ fn move_to(core: &Core, home: usize, mut conn: Negotiating, user: BareJid, resou
 
 /// Serves a connection another core moved here.
 pub(crate) async fn adopt(core: Rc<Core>, transfer: Box<Transfer>) {
-    let Transfer { fd, tls, framer, c2s, pending, listener, user, resource } = *transfer;
+    let Transfer { fd, moving, framer, c2s, listener, user, resource } = *transfer;
     // SAFETY: `fd` is an open socket we own; ownership passes to the socket.
     let socket = unsafe { socket2::Socket::from_raw_fd(fd.into_raw_fd()) };
-    let io = Io::new(TcpStream::from(socket), tls, pending);
+    let io = Io::new(TcpStream::from(socket), moving);
     core.stats.moved_in.set(core.stats.moved_in.get() + 1);
     establish(core, Negotiated { io, framer, c2s, out: Vec::new(), listener }, user, resource).await;
 }
@@ -223,10 +222,12 @@ async fn negotiate(
 ) -> Option<(BareJid, Option<String>)> {
     let limit = core.limits().queued_bytes_per_connection_max;
     let mut timer = glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()));
+    // A negotiating stream sends nothing to anyone else, so it never waits for others.
+    let mut paused = Vec::new();
     loop {
         conn.io.queue(&conn.out);
         conn.out.clear();
-        let mut next = match conn.io.wait(core, mailbox, Some(&mut timer), limit).await {
+        let mut next = match conn.io.wait(core, mailbox, Some(&mut timer), limit, &mut paused).await {
             Wake::Read(n) => conn.pump_read(core, n).ok()?,
             Wake::Mail => match mailbox.kicked() {
                 Some(condition) => {
@@ -243,10 +244,11 @@ async fn negotiate(
                 );
                 return None;
             }
-            Wake::Overflow => {
-                conn.fail(core, StreamError::with_text(StreamErrorCondition::PolicyViolation, "not reading"));
+            Wake::Stalled => {
+                conn.fail(core, StreamError::with_text(StreamErrorCondition::ConnectionTimeout, "not reading"));
                 return None;
             }
+            Wake::Resumed => None,
             Wake::Closed => return None,
         };
         while let Some(action) = next {
@@ -276,7 +278,7 @@ impl Negotiating {
     /// and negotiates. `Ok(Some)` is an action needing async work.
     fn pump_read(&mut self, core: &Core, n: usize) -> Result<Option<Action>, ()> {
         let read = core.read_buffer.borrow();
-        if self.io.tls.is_none() {
+        if self.io.tls().is_none() {
             return self.pump(core, &read[..n]);
         }
         let mut plain = core.plain_buffer.borrow_mut();
@@ -292,7 +294,7 @@ impl Negotiating {
 
     /// Once the handshake is done, tells the negotiation what SCRAM can bind to.
     fn report_tls(&mut self, core: &Core) {
-        let Some(tls) = &self.io.tls else { return };
+        let Some(tls) = self.io.tls() else { return };
         if self.tls_reported || tls.is_handshaking() {
             return;
         }

@@ -23,7 +23,7 @@ use starling_wire::framer::Framer;
 use starling_wire::jid::BareJid;
 
 use crate::blocking::DbPool;
-use crate::limits::{Limits, READ_BUFFER_BYTES, STANZAS_PER_BATCH_MAX};
+use crate::limits::{Limits, OUTBOX_BYTES_MAX, READ_BUFFER_BYTES, STANZAS_PER_BATCH_MAX};
 use crate::mailbox::Mailbox;
 use crate::sessions::SessionTable;
 use crate::settings::Settings;
@@ -32,10 +32,9 @@ use crate::settings::Settings;
 /// the socket, its TLS state and every buffered byte travel in one message.
 pub(crate) struct Transfer {
     pub fd: OwnedFd,
-    pub tls: Option<Box<rustls::ServerConnection>>,
     pub framer: Framer,
     pub c2s: C2s,
-    pub pending: Vec<u8>,
+    pub moving: crate::io::Moving,
     pub listener: usize,
     pub user: BareJid,
     pub resource: Option<String>,
@@ -99,6 +98,10 @@ pub(crate) struct Stats {
 pub(crate) struct Outbox {
     /// Full batches waiting, then the one being filled.
     queue: RefCell<Vec<Batch>>,
+    /// Stanza bytes queued or in the channel to the peer core, not yet received.
+    bytes: Cell<usize>,
+    /// Congested above [`OUTBOX_BYTES_MAX`]: senders wait (`flow.rs`).
+    valve: Rc<crate::flow::Valve>,
     replica: RefCell<Vec<crate::cluster::ReplicaOp>>,
     routes: RefCell<Vec<(Box<str>, Vec<u8>)>>,
     waker: Cell<Option<Waker>>,
@@ -147,6 +150,9 @@ pub struct Core {
     pub(crate) archive_clock: Cell<u64>,
     /// When this core started (XEP-0012 server uptime).
     pub(crate) started: std::time::Instant,
+    /// Queues that went over their mark while the current stanza was handled
+    /// (`flow.rs`): whoever handled it waits for them.
+    congestion: RefCell<Vec<Rc<dyn crate::flow::Congestion>>>,
     /// Verified XEP-0115 `ver` -> the `+notify` nodes it stands for (`pep.rs`).
     pub(crate) caps: RefCell<HashMap<Box<str>, crate::pep::Notify>>,
     /// Capability queries sent to clients: IQ id -> `ver`.
@@ -175,6 +181,7 @@ impl Core {
             accounts: RefCell::new(HashMap::new()),
             archive_clock: Cell::new(0),
             started: std::time::Instant::now(),
+            congestion: RefCell::new(Vec::new()),
             caps: RefCell::new(HashMap::new()),
             caps_queries: RefCell::new(HashMap::new()),
         })
@@ -215,6 +222,11 @@ impl Core {
         // Invariant: a batch was pushed just above if there was none.
         queue.last_mut().expect("a batch").push(stanza);
         drop(queue);
+        outbox.bytes.set(outbox.bytes.get() + stanza.len());
+        if outbox.bytes.get() > OUTBOX_BYTES_MAX {
+            outbox.valve.set(true);
+            self.note_congestion(outbox.valve.clone());
+        }
         if let Some(waker) = outbox.waker.take() {
             waker.wake();
         }
@@ -231,6 +243,11 @@ impl Core {
     pub(crate) fn send_route_to_core(&self, peer: usize, recipient: &str, stanza: &[u8]) {
         let outbox = &self.outboxes[peer];
         outbox.routes.borrow_mut().push((recipient.into(), stanza.to_vec()));
+        outbox.bytes.set(outbox.bytes.get() + stanza.len());
+        if outbox.bytes.get() > OUTBOX_BYTES_MAX {
+            outbox.valve.set(true);
+            self.note_congestion(outbox.valve.clone());
+        }
         if let Some(waker) = outbox.waker.take() {
             waker.wake();
         }
@@ -241,6 +258,38 @@ impl Core {
         outbox.adoptions.borrow_mut().push(transfer);
         if let Some(waker) = outbox.waker.take() {
             waker.wake();
+        }
+    }
+
+    /// Notes that `queue` went over its mark while handling the current stanza.
+    pub(crate) fn note_congestion(&self, queue: Rc<dyn crate::flow::Congestion>) {
+        let mut congestion = self.congestion.borrow_mut();
+        if !congestion.iter().any(|c| std::ptr::addr_eq(Rc::as_ptr(c), Rc::as_ptr(&queue))) {
+            congestion.push(queue);
+        }
+    }
+
+    /// Whether handling the current stanza congested a queue.
+    pub(crate) fn is_congested(&self) -> bool {
+        !self.congestion.borrow().is_empty()
+    }
+
+    /// The queues noted since the last call (the caller waits for them).
+    pub(crate) fn take_congestion(&self) -> Vec<Rc<dyn crate::flow::Congestion>> {
+        std::mem::take(&mut *self.congestion.borrow_mut())
+    }
+
+    /// Pushes `bytes` to a connection's mailbox on this core; notes congestion.
+    pub(crate) fn push(&self, mailbox: &Rc<Mailbox>, bytes: &[u8]) {
+        if mailbox.push(bytes, self.limits().queued_bytes_per_connection_max) {
+            self.note_congestion(mailbox.clone());
+        }
+    }
+
+    /// Like [`Core::push`], for a stanza a client in CSI inactive state may get later.
+    pub(crate) fn push_deferrable(&self, mailbox: &Rc<Mailbox>, sender: Option<&str>, bytes: &[u8]) {
+        if mailbox.push_deferrable(sender, bytes, self.limits().queued_bytes_per_connection_max) {
+            self.note_congestion(mailbox.clone());
         }
     }
 
@@ -292,8 +341,13 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
         if !replica.is_empty() && senders.send_to(peer, CoreMessage::Replica(replica)).await.is_err() {
             return;
         }
-        if !routes.is_empty() && senders.send_to(peer, CoreMessage::Routes(routes)).await.is_err() {
-            return;
+        let outbox = &core.outboxes[peer];
+        if !routes.is_empty() {
+            let bytes: usize = routes.iter().map(|(_, stanza)| stanza.len()).sum();
+            if senders.send_to(peer, CoreMessage::Routes(routes)).await.is_err() {
+                return;
+            }
+            outbox.bytes.set(outbox.bytes.get().saturating_sub(bytes));
         }
         for transfer in adoptions {
             if senders.send_to(peer, CoreMessage::Adopt(Box::new(transfer))).await.is_err() {
@@ -301,8 +355,13 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
             }
         }
         for batch in stanzas {
+            let bytes = batch.bytes.len();
             if senders.send_to(peer, CoreMessage::Stanzas(batch)).await.is_err() {
                 return;
+            }
+            outbox.bytes.set(outbox.bytes.get().saturating_sub(bytes));
+            if outbox.bytes.get() <= OUTBOX_BYTES_MAX {
+                outbox.valve.set(false);
             }
         }
     }
@@ -322,6 +381,13 @@ pub(crate) async fn receive(core: Rc<Core>, receivers: Receivers<CoreMessage>) {
                         CoreMessage::Stanzas(batch) => {
                             for stanza in batch.stanzas() {
                                 crate::router::deliver(&core, stanza);
+                                // A recipient behind: stop taking from this core until
+                                // it catches up (the sender's outbox then fills and its
+                                // senders wait; `flow.rs`).
+                                let congested = core.take_congestion();
+                                if !congested.is_empty() {
+                                    crate::flow::drained(congested).await;
+                                }
                             }
                         }
                         CoreMessage::Replica(ops) => {
@@ -332,6 +398,10 @@ pub(crate) async fn receive(core: Rc<Core>, receivers: Receivers<CoreMessage>) {
                         CoreMessage::Routes(routes) => {
                             for (recipient, stanza) in routes {
                                 crate::router::deliver_local(&core, &recipient, &stanza);
+                                let congested = core.take_congestion();
+                                if !congested.is_empty() {
+                                    crate::flow::drained(congested).await;
+                                }
                             }
                         }
                         CoreMessage::Adopt(transfer) => {

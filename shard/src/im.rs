@@ -231,12 +231,11 @@ fn apply_roster_set(
 /// Sends a roster push of `item` to every interested resource of `bare` bound on
 /// this node (those that asked for the roster).
 pub(crate) fn push_roster_item(core: &Core, bare: &BareJid, item: &roster::RosterItem, removed: bool, version: u64) {
-    let limit = core.limits().queued_bytes_per_connection_max;
     for session in core.sessions.borrow().sessions(bare.as_str()).iter().filter(|s| s.interested) {
         let mut push = Vec::with_capacity(256);
         let id = format!("push{}", core.next_id());
         roster::write_push(item, removed, version, session.jid.as_str(), &id, &mut push);
-        session.mailbox.push(&push, limit);
+        core.push(&session.mailbox, &push);
     }
 }
 
@@ -384,7 +383,6 @@ fn block(core: &Core, state: &State, request: Request, blocking: bool, jids: Vec
 }
 
 fn push_blocking(core: &Core, bare: &BareJid, command: &str, jids: &[String]) {
-    let limit = core.limits().queued_bytes_per_connection_max;
     for session in core.sessions.borrow().sessions(bare.as_str()) {
         let mut push = b"<iq type='set'".to_vec();
         write_attribute(&mut push, "to", session.jid.as_str());
@@ -392,6 +390,6 @@ fn push_blocking(core: &Core, bare: &BareJid, command: &str, jids: &[String]) {
         push.extend_from_slice(format!("><{command} xmlns='urn:xmpp:blocking'>").as_bytes());
         write_items(jids, &mut push);
         push.extend_from_slice(format!("</{command}></iq>").as_bytes());
-        session.mailbox.push(&push, limit);
+        core.push(&session.mailbox, &push);
     }
 }

@@ -1,6 +1,18 @@
 //! The socket side of a connection: waiting for input, mail or a deadline; TLS; and
 //! writing what is queued. No protocol decisions are made here.
 //!
+//! ```text
+//!   queue(plaintext) --> plain (TLS only) --fill: <= 16 KiB at a time while the
+//!                                            socket keeps up--> rustls --> wire
+//!   queue(plaintext) --> wire (plain TCP) ------------------------------------^
+//!   wire --poll_write as the socket drains--> kernel
+//! ```
+//! Output of any size is accepted and leaves as fast as the peer reads: plaintext is
+//! handed to rustls in pieces only while less than [`WIRE_BYTES_HIGH`] ciphertext
+//! waits, so rustls' own buffer limit is never hit and no write is ever partial from
+//! the caller's point of view. A peer that takes nothing for `send_timeout` while
+//! output waits is reported as [`Wake::Stalled`]; one that reads slowly is not.
+//!
 //! An idle connection holds no read buffer: glommio waits for readability with an
 //! io_uring poll and `recv`s straight into the core's shared buffer, which is borrowed
 //! only for the duration of one poll.
@@ -8,64 +20,186 @@
 use std::future::Future;
 use std::io::{Read, Write};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use crate::core::Core;
+use crate::flow::Congestion;
 use crate::mailbox::Mailbox;
+
+/// Ciphertext (or plain TCP bytes) waiting for the socket above which no more
+/// plaintext is encrypted: bounds what a TLS connection holds beyond its plaintext.
+pub(crate) const WIRE_BYTES_HIGH: usize = 64 * 1024;
+
+/// Plaintext handed to rustls per call: one TLS record's worth.
+const TLS_CHUNK_BYTES: usize = 16 * 1024;
 
 /// Why `Io::wait` returned.
 #[derive(Debug)]
 pub(crate) enum Wake {
     /// `n` bytes are in the core's read buffer.
     Read(usize),
-    /// Mail arrived, or the connection was told to close.
+    /// Mail arrived (and there is room to take it), or the connection was told to close.
     Mail,
     /// The deadline passed.
     Timeout,
     /// The peer closed the connection or the socket failed.
     Closed,
-    /// More output is queued than the limit allows: the peer is not reading.
-    Overflow,
+    /// Output has waited `send_timeout` without the peer taking a byte.
+    Stalled,
+    /// Every queue the caller waited for drained: handle any input it stashed.
+    Resumed,
+}
+
+/// Bytes waiting to leave, consumed from the front without moving the rest each time.
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl OutQueue {
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    /// The first `n` bytes (all of them if fewer wait).
+    pub fn front(&self, n: usize) -> &[u8] {
+        let slice = self.as_slice();
+        &slice[..n.min(slice.len())]
+    }
+
+    pub fn extend(&mut self, more: &[u8]) {
+        if self.start > 0 && self.start == self.bytes.len() {
+            self.bytes.clear();
+            self.start = 0;
+        }
+        self.bytes.extend_from_slice(more);
+    }
+
+    /// Drops `n` bytes from the front (`n` at most `len()`).
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.bytes.len());
+        if self.start == self.bytes.len() {
+            self.bytes.clear();
+            self.start = 0;
+            // An idle connection keeps no big buffer (see `budget.rs`).
+            if self.bytes.capacity() > 64 * 1024 {
+                self.bytes = Vec::new();
+            }
+        } else if self.start > 64 * 1024 && self.start * 2 > self.bytes.len() {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+/// TLS on a connection: rustls' state and the plaintext not yet given to it. Boxed,
+/// so a plain-TCP connection pays one pointer for it.
+pub(crate) struct Tls {
+    connection: rustls::ServerConnection,
+    /// Plaintext accepted for sending, not yet encrypted.
+    plain: OutQueue,
+}
+
+/// Output that waits for a peer that takes nothing: when it started waiting, and a
+/// timer to check for a stall. Boxed: an idle connection has none.
+struct Blocked {
+    since: Instant,
+    timer: glommio::timer::Timer,
+}
+
+/// What travels with a connection moved to another core: its TLS state and every
+/// byte still queued for it.
+#[derive(Default)]
+pub(crate) struct Moving {
+    tls: Option<Box<Tls>>,
+    wire: OutQueue,
+}
+
+impl Moving {
+    /// A direct-TLS connection (XEP-0368), TLS from the first byte.
+    pub fn tls(connection: rustls::ServerConnection) -> Moving {
+        Moving { tls: Some(Box::new(Tls { connection, plain: OutQueue::default() })), wire: OutQueue::default() }
+    }
 }
 
 pub(crate) struct Io {
     pub stream: TcpStream,
-    pub tls: Option<Box<rustls::ServerConnection>>,
-    /// Bytes accepted for sending (ciphertext when TLS is on) the socket has not taken.
-    pending: Vec<u8>,
+    tls: Option<Box<Tls>>,
+    /// Bytes for the socket (ciphertext when TLS is on).
+    wire: OutQueue,
+    /// Set while output waits for the socket.
+    blocked: Option<Box<Blocked>>,
 }
 
 impl Io {
-    pub fn new(stream: TcpStream, tls: Option<Box<rustls::ServerConnection>>, pending: Vec<u8>) -> Io {
-        Io { stream, tls, pending }
+    pub fn new(stream: TcpStream, moving: Moving) -> Io {
+        Io { stream, tls: moving.tls, wire: moving.wire, blocked: None }
     }
 
-    pub fn take_pending(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.pending)
+    /// The TLS state and queued output, for a connection that moves to another core.
+    pub fn take_moving(&mut self) -> Moving {
+        Moving { tls: self.tls.take(), wire: std::mem::take(&mut self.wire) }
     }
 
-    /// Queues plaintext for sending (through TLS when it is on).
+    /// The TLS connection, when TLS is on.
+    pub fn tls(&self) -> Option<&rustls::ServerConnection> {
+        self.tls.as_ref().map(|tls| &tls.connection)
+    }
+
+    /// Bytes accepted for sending that the socket has not taken yet.
+    pub fn queued(&self) -> usize {
+        self.tls.as_ref().map_or(0, |tls| tls.plain.len()) + self.wire.len()
+    }
+
+    /// Queues plaintext for sending (through TLS when it is on). Never fails: the
+    /// bytes leave as the peer reads them.
     pub fn queue(&mut self, plaintext: &[u8]) {
         if plaintext.is_empty() {
             return;
         }
         match &mut self.tls {
-            None => self.pending.extend_from_slice(plaintext),
+            None => self.wire.extend(plaintext),
             Some(tls) => {
-                // Invariant: writing to rustls' buffer of unlimited size does not fail.
-                tls.writer().write_all(plaintext).expect("rustls buffers plaintext");
-                Self::collect_tls(tls, &mut self.pending);
+                tls.plain.extend(plaintext);
+                self.fill();
             }
+        }
+    }
+
+    /// Encrypts queued plaintext while less than [`WIRE_BYTES_HIGH`] waits for the
+    /// socket.
+    fn fill(&mut self) {
+        let Some(tls) = &mut self.tls else { return };
+        while !tls.plain.is_empty() && self.wire.len() < WIRE_BYTES_HIGH {
+            let chunk = tls.plain.front(TLS_CHUNK_BYTES);
+            let accepted = tls.connection.writer().write(chunk).unwrap_or(0);
+            collect_tls(&mut tls.connection, &mut self.wire);
+            if accepted == 0 {
+                // rustls is still handshaking or its buffer is full: try after a write.
+                break;
+            }
+            tls.plain.consume(accepted);
         }
     }
 
     /// Starts TLS on this connection (after `<proceed/>` was flushed).
     pub fn start_tls(&mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Result<(), rustls::Error> {
-        self.tls = Some(Box::new(rustls::ServerConnection::new(config)?));
+        let connection = rustls::ServerConnection::new(config)?;
+        self.tls = Some(Box::new(Tls { connection, plain: OutQueue::default() }));
         Ok(())
     }
 
@@ -76,53 +210,67 @@ impl Io {
             plain.extend_from_slice(ciphertext);
             return Ok(());
         };
+        let tls = &mut tls.connection;
         while !ciphertext.is_empty() {
             let read = tls.read_tls(&mut ciphertext).map_err(|e| rustls::Error::General(e.to_string()))?;
             let state = tls.process_new_packets();
-            Self::collect_tls(tls, &mut self.pending);
+            collect_tls(tls, &mut self.wire);
             let state = state?;
             let available = state.plaintext_bytes_to_read();
             if available > 0 {
                 let start = plain.len();
                 plain.resize(start + available, 0);
-                // Invariant: rustls said this many plaintext bytes are ready.
-                tls.reader().read_exact(&mut plain[start..]).expect("buffered plaintext");
+                if let Err(error) = tls.reader().read_exact(&mut plain[start..]) {
+                    plain.truncate(start);
+                    return Err(rustls::Error::General(error.to_string()));
+                }
             }
             if read == 0 {
                 break;
             }
         }
+        // Handshake done meanwhile: plaintext queued before it can go now.
+        self.fill();
         Ok(())
     }
 
-    fn collect_tls(tls: &mut rustls::ServerConnection, pending: &mut Vec<u8>) {
-        while tls.wants_write() {
-            // Invariant: writing into a Vec does not fail.
-            tls.write_tls(pending).expect("write into Vec");
-        }
-    }
-
     /// Waits for input, mail or `deadline`, writing pending output meanwhile.
-    /// The `timer` is the caller's, kept across waits: one timer per connection, not
-    /// one io_uring timeout (and its cancellation) per wait.
+    ///
+    /// Input is read only while less than `read_while_queued_below` bytes of this
+    /// connection's own output wait (a client that does not read its answers is not
+    /// read either) and no `paused` congestion persists (a sender whose recipients are
+    /// behind waits for them). Mail is taken only while there is room for it, so it
+    /// waits in the mailbox, where senders see it. `timer` is the caller's, kept
+    /// across waits: one timer per connection, not one io_uring timeout per wait.
     pub async fn wait(
         &mut self,
         core: &Core,
         mailbox: &Mailbox,
         mut timer: Option<&mut glommio::timer::Timer>,
-        limit: usize,
+        read_while_queued_below: usize,
+        paused: &mut Vec<Rc<dyn Congestion>>,
     ) -> Wake {
+        let send_timeout = core.limits().send_timeout;
+        let was_paused = !paused.is_empty();
         futures_lite::future::poll_fn(|cx| {
-            if mailbox.kicked().is_some() || mailbox.has_mail() {
+            if mailbox.kicked().is_some() {
                 return Poll::Ready(Wake::Mail);
             }
-            if let Err(wake) = self.poll_flush(cx) {
-                return Poll::Ready(wake);
+            if self.poll_flush(cx).is_err() {
+                return Poll::Ready(Wake::Closed);
             }
-            if self.pending.len() > limit {
-                return Poll::Ready(Wake::Overflow);
+            if self.queued() < WIRE_BYTES_HIGH && mailbox.has_mail() {
+                return Poll::Ready(Wake::Mail);
             }
-            {
+            if self.queued() > 0 && self.poll_stalled(cx, send_timeout) {
+                return Poll::Ready(Wake::Stalled);
+            }
+            paused.retain(|congestion| congestion.is_congested());
+            if let Some(congestion) = paused.first() {
+                congestion.register(cx.waker());
+            } else if was_paused {
+                return Poll::Ready(Wake::Resumed);
+            } else if self.queued() < read_while_queued_below {
                 let mut buffer = core.read_buffer.borrow_mut();
                 match Pin::new(&mut self.stream).poll_read(cx, &mut buffer[..]) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wake::Closed),
@@ -141,21 +289,46 @@ impl Io {
         .await
     }
 
-    /// Writes as much pending output as the socket takes without waiting.
-    fn poll_flush(&mut self, cx: &mut std::task::Context<'_>) -> Result<(), Wake> {
-        while !self.pending.is_empty() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.pending) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Wake::Closed),
+    /// Writes as much pending output as the socket takes without waiting, encrypting
+    /// more as ciphertext leaves.
+    fn poll_flush(&mut self, cx: &mut std::task::Context<'_>) -> Result<(), ()> {
+        loop {
+            if self.wire.is_empty() {
+                self.fill();
+                if self.wire.is_empty() {
+                    self.blocked = None;
+                    return Ok(());
+                }
+            }
+            match Pin::new(&mut self.stream).poll_write(cx, self.wire.as_slice()) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
                 Poll::Ready(Ok(n)) => {
-                    self.pending.drain(..n);
+                    self.wire.consume(n);
+                    self.blocked = None;
+                    if self.wire.len() < WIRE_BYTES_HIGH / 2 {
+                        self.fill();
+                    }
                 }
                 Poll::Pending => return Ok(()),
             }
         }
-        if self.pending.capacity() > 64 * 1024 {
-            self.pending = Vec::new();
+    }
+
+    /// True once output has waited `send_timeout` since the socket last took a byte.
+    fn poll_stalled(&mut self, cx: &mut std::task::Context<'_>, send_timeout: Duration) -> bool {
+        let blocked = self.blocked.get_or_insert_with(|| {
+            Box::new(Blocked { since: Instant::now(), timer: glommio::timer::Timer::new(send_timeout) })
+        });
+        loop {
+            let waited = blocked.since.elapsed();
+            if waited >= send_timeout {
+                return true;
+            }
+            if Pin::new(&mut blocked.timer).poll(cx).is_pending() {
+                return false;
+            }
+            blocked.timer = glommio::timer::Timer::new(send_timeout - waited);
         }
-        Ok(())
     }
 
     /// Writes all pending output, waiting at most `timeout`. False if it could not.
@@ -165,7 +338,7 @@ impl Io {
             if self.poll_flush(cx).is_err() {
                 return Poll::Ready(false);
             }
-            if self.pending.is_empty() {
+            if self.queued() == 0 {
                 return Poll::Ready(true);
             }
             if Pin::new(&mut timer).poll(cx).is_ready() {
@@ -176,15 +349,28 @@ impl Io {
         .await
     }
 
-    /// Sends a TLS close_notify (if TLS is on) and flushes briefly; dropping the
-    /// `Io` afterwards closes the socket.
+    /// Sends what is queued and a TLS close_notify (if TLS is on), waiting briefly;
+    /// dropping the `Io` afterwards closes the socket.
     pub async fn close(&mut self) {
-        if let Some(tls) = &mut self.tls {
-            tls.send_close_notify();
-            Self::collect_tls(tls, &mut self.pending);
-        }
         self.flush(Duration::from_secs(1)).await;
+        if let Some(tls) = &mut self.tls {
+            tls.connection.send_close_notify();
+            collect_tls(&mut tls.connection, &mut self.wire);
+        }
+        self.flush(Duration::from_millis(200)).await;
     }
+}
+
+/// Moves every TLS record rustls has ready into `wire`.
+fn collect_tls(tls: &mut rustls::ServerConnection, wire: &mut OutQueue) {
+    let mut records = Vec::new();
+    while tls.wants_write() {
+        match tls.write_tls(&mut records) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    wire.extend(&records);
 }
 
 /// Writes all of `bytes` to a plain stream (used to flush a refusal before closing).
@@ -197,4 +383,33 @@ pub(crate) async fn write_all_plain(stream: &mut TcpStream, mut bytes: &[u8]) ->
         bytes = &bytes[n..];
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queue hands out what was added, in order, across partial consumption and
+    /// compaction, and frees a large buffer once empty.
+    #[test]
+    fn out_queue_keeps_order() {
+        let mut queue = OutQueue::default();
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        queue.extend(&data);
+        let mut seen = Vec::new();
+        while !queue.is_empty() {
+            let n = queue.len().min(7_777);
+            seen.extend_from_slice(&queue.as_slice()[..n]);
+            queue.consume(n);
+            if seen.len() == 100_000 - 100_000 % 7_777 {
+                queue.extend(b"tail");
+            }
+        }
+        let mut expected = data.clone();
+        expected.extend_from_slice(b"tail");
+        // "tail" was appended after the first ~100 KB were consumed: still at the end.
+        assert_eq!(seen.len(), expected.len());
+        assert_eq!(&seen[seen.len() - 4..], b"tail");
+        assert_eq!(queue.bytes.capacity(), 0);
+    }
 }

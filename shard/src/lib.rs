@@ -29,6 +29,7 @@ pub mod cluster;
 mod connection;
 mod core;
 mod delay;
+mod flow;
 mod im;
 mod io;
 mod iq;

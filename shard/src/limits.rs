@@ -11,8 +11,12 @@ pub struct Limits {
     pub pre_auth_timeout: Duration,
     /// Connections per core; above it new connections are closed at once.
     pub connections_per_core_max: usize,
-    /// Bytes queued for one client that does not read; above it, disconnect.
+    /// Bytes queued for one client above which whoever sends to it waits (stops
+    /// being read) until it drains. Nothing is dropped and nobody is disconnected for it.
     pub queued_bytes_per_connection_max: usize,
+    /// A client that takes no byte of its waiting output for this long is disconnected
+    /// (`connection-timeout`): it stopped reading. ejabberd's `send_timeout`.
+    pub send_timeout: Duration,
     /// Resources one account may bind at once.
     pub sessions_per_user_max: usize,
     /// XEP-0077: one in-band registration per client IP address per this long, across
@@ -26,6 +30,7 @@ impl Limits {
             pre_auth_timeout: Duration::from_secs(2),
             connections_per_core_max: 10_000,
             queued_bytes_per_connection_max: 64 * 1024,
+            send_timeout: Duration::from_secs(3),
             sessions_per_user_max: 8,
             registration_interval: Duration::from_secs(600),
         }
@@ -43,6 +48,11 @@ pub const READS_PER_WAKEUP_MAX: usize = 4;
 
 /// Capacity of each core-to-core channel, in batches.
 pub const CORE_CHANNEL_BATCHES: usize = 1024;
+
+/// Stanza bytes one core queues for another (including what is in the channel)
+/// above which the sessions that add more wait (`flow.rs`). Cost: at most this much
+/// per pair of cores, plus one stanza per sender.
+pub const OUTBOX_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Stanzas per core-to-core batch.
 pub const STANZAS_PER_BATCH_MAX: usize = 512;

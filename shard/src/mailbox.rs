@@ -2,18 +2,27 @@
 //! to close. Shared (`Rc`) between the connection task and the session table.
 //!
 //! Pushing appends plaintext bytes and wakes the connection's task, which writes
-//! everything queued in one go (natural batching: many stanzas, one send).
+//! everything queued in one go (natural batching: many stanzas, one send). A mailbox
+//! never refuses: past its limit it is congested, and whoever pushed waits until the
+//! connection drains it (`flow.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::task::Waker;
 
 use starling_wire::error::StreamErrorCondition;
 
+use crate::flow::Congestion;
+use crate::io::OutQueue;
+
 #[derive(Default)]
 pub(crate) struct Mailbox {
-    queue: RefCell<Vec<u8>>,
+    queue: RefCell<OutQueue>,
     waker: Cell<Option<Waker>>,
     kick: Cell<Option<StreamErrorCondition>>,
+    /// More than the connection's limit waits: whoever pushes waits (`flow.rs`).
+    congested: Cell<bool>,
+    /// Senders waiting for the queue to drain.
+    senders: RefCell<Vec<Waker>>,
     /// XEP-0352: the client is inactive; presence and chat states wait in `held`.
     inactive: Cell<bool>,
     /// Held stanzas in arrival order; a newer presence from the same sender
@@ -29,19 +38,20 @@ type Held = (Option<Box<str>>, Vec<u8>);
 const HELD_STANZAS_MAX: usize = 512;
 
 impl Mailbox {
-    /// Queues `bytes`; returns false (and queues nothing) past `limit` queued bytes,
-    /// in which case the connection is told to close: its client is not reading.
+    /// Queues `bytes`. Nothing is refused: past `limit` queued bytes the mailbox is
+    /// congested and the pusher should wait for it (returns true then; see `flow.rs`).
     pub fn push(&self, bytes: &[u8], limit: usize) -> bool {
-        let mut queue = self.queue.borrow_mut();
-        if queue.len() + bytes.len() > limit {
-            drop(queue);
-            self.kick(StreamErrorCondition::PolicyViolation);
+        if self.kick.get().is_some() {
+            // Closing: the stream will not be written again.
             return false;
         }
-        queue.extend_from_slice(bytes);
+        let mut queue = self.queue.borrow_mut();
+        queue.extend(bytes);
+        let congested = queue.len() > limit;
         drop(queue);
+        self.congested.set(congested);
         self.wake();
-        true
+        congested
     }
 
     /// Queues a stanza the client need not see at once (presence, keyed by its
@@ -54,12 +64,12 @@ impl Mailbox {
         if let Some(sender) = sender {
             if let Some(slot) = held.iter_mut().find(|(s, _)| s.as_deref() == Some(sender)) {
                 slot.1 = bytes.to_vec();
-                return true;
+                return false;
             }
         }
         held.push((sender.map(Into::into), bytes.to_vec()));
         if held.len() < HELD_STANZAS_MAX {
-            return true;
+            return false;
         }
         drop(held);
         self.release_held(limit)
@@ -76,15 +86,29 @@ impl Mailbox {
 
     fn release_held(&self, limit: usize) -> bool {
         let held = std::mem::take(&mut *self.held.borrow_mut());
-        held.iter().all(|(_, bytes)| self.push(bytes, limit))
+        let mut congested = false;
+        for (_, bytes) in held {
+            congested |= self.push(&bytes, limit);
+        }
+        congested
     }
 
-    /// Asks the connection to close with `condition` (the first reason wins).
+    /// Asks the connection to close with `condition` (the first reason wins). Senders
+    /// waiting for this mailbox stop waiting.
     pub fn kick(&self, condition: StreamErrorCondition) {
         if self.kick.get().is_none() {
             self.kick.set(Some(condition));
         }
+        self.congested.set(false);
+        self.wake_senders();
         self.wake();
+    }
+
+    /// The connection is gone: nothing more is queued, and senders waiting for this
+    /// mailbox go on.
+    pub fn close(&self) {
+        self.kick(StreamErrorCondition::Reset);
+        *self.queue.borrow_mut() = OutQueue::default();
     }
 
     pub fn kicked(&self) -> Option<StreamErrorCondition> {
@@ -95,13 +119,18 @@ impl Mailbox {
         !self.queue.borrow().is_empty()
     }
 
-    /// Moves everything queued into `out` (the connection's write path).
-    pub fn drain_into(&self, out: &mut Vec<u8>) {
+    /// Moves up to `max` queued bytes into `out` (the connection's write path); once
+    /// no more than `limit` wait, senders waiting for this mailbox go on.
+    pub fn drain_into(&self, out: &mut Vec<u8>, max: usize, limit: usize) {
         let mut queue = self.queue.borrow_mut();
-        if out.is_empty() {
-            std::mem::swap(&mut *queue, out);
-        } else {
-            out.append(&mut queue);
+        let n = queue.len().min(max);
+        out.extend_from_slice(queue.front(n));
+        queue.consume(n);
+        let congested = queue.len() > limit;
+        drop(queue);
+        if self.congested.get() && !congested {
+            self.congested.set(false);
+            self.wake_senders();
         }
     }
 
@@ -118,6 +147,31 @@ impl Mailbox {
             waker.wake();
         }
     }
+
+    fn wake_senders(&self) {
+        for waker in std::mem::take(&mut *self.senders.borrow_mut()) {
+            waker.wake();
+        }
+    }
+}
+
+impl Congestion for Mailbox {
+    fn is_congested(&self) -> bool {
+        self.congested.get()
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut senders = self.senders.borrow_mut();
+        if !senders.iter().any(|w| w.will_wake(waker)) {
+            senders.push(waker.clone());
+        }
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        self.wake_senders();
+    }
 }
 
 #[cfg(test)]
@@ -130,16 +184,41 @@ mod tests {
     fn inactive_clients_get_presence_later() {
         let mailbox = Mailbox::default();
         mailbox.set_inactive(true, 1 << 20);
-        assert!(mailbox.push_deferrable(Some("a@x/1"), b"<p1/>", 1 << 20));
-        assert!(mailbox.push_deferrable(None, b"<typing/>", 1 << 20));
-        assert!(mailbox.push_deferrable(Some("a@x/1"), b"<p2/>", 1 << 20));
-        assert!(mailbox.push(b"<m/>", 1 << 20));
+        assert!(!mailbox.push_deferrable(Some("a@x/1"), b"<p1/>", 1 << 20));
+        assert!(!mailbox.push_deferrable(None, b"<typing/>", 1 << 20));
+        assert!(!mailbox.push_deferrable(Some("a@x/1"), b"<p2/>", 1 << 20));
+        assert!(!mailbox.push(b"<m/>", 1 << 20));
         let mut out = Vec::new();
-        mailbox.drain_into(&mut out);
+        mailbox.drain_into(&mut out, usize::MAX, 1 << 20);
         assert_eq!(out, b"<m/>");
         mailbox.set_inactive(false, 1 << 20);
         out.clear();
-        mailbox.drain_into(&mut out);
+        mailbox.drain_into(&mut out, usize::MAX, 1 << 20);
         assert_eq!(out, b"<p2/><typing/>");
+    }
+}
+
+#[cfg(test)]
+mod flow_tests {
+    use super::*;
+
+    /// Past the limit the mailbox is congested but keeps everything; draining below
+    /// the limit clears it; a kick clears it too (its senders must not wait forever).
+    #[test]
+    fn congestion_follows_the_queue() {
+        let mailbox = Mailbox::default();
+        assert!(!mailbox.push(&[b'a'; 60], 100));
+        assert!(mailbox.push(&[b'b'; 60], 100));
+        assert!(mailbox.is_congested());
+        let mut out = Vec::new();
+        mailbox.drain_into(&mut out, 10, 100);
+        assert!(mailbox.is_congested(), "110 bytes still wait");
+        mailbox.drain_into(&mut out, 50, 100);
+        assert!(!mailbox.is_congested());
+        mailbox.drain_into(&mut out, usize::MAX, 100);
+        assert_eq!(out.len(), 120, "nothing was dropped");
+        mailbox.push(&[b'c'; 200], 100);
+        mailbox.kick(StreamErrorCondition::PolicyViolation);
+        assert!(!mailbox.is_congested());
     }
 }

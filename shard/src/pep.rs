@@ -389,7 +389,7 @@ pub(crate) fn send_last_items(core: &Core, full: &str, user: &BareJid, sources: 
             for item in &items {
                 let mut event = Vec::new();
                 write_event(owner.as_str(), &full, item, &mut event);
-                mailbox.push(&event, core.limits().queued_bytes_per_connection_max);
+                core.push(&mailbox, &event);
             }
         }
     })

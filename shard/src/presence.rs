@@ -240,7 +240,6 @@ fn go_unavailable(core: &Core, state: &mut State, stanza: Option<&Stanza<'_>>) {
 /// Sends `stanza` (or a bare unavailable presence) from this session to each other
 /// available resource of the account; they all live on this core.
 fn share_with_own_resources(core: &Core, state: &State, stanza: Option<&Stanza<'_>>) {
-    let limit = core.limits().queued_bytes_per_connection_max;
     let sessions = core.sessions.borrow();
     for sibling in sessions.sessions(state.jid.bare_str()) {
         if sibling.jid == state.jid || !sibling.available {
@@ -251,7 +250,7 @@ fn share_with_own_resources(core: &Core, state: &State, stanza: Option<&Stanza<'
             Some(stanza) => stanza.write_addressed(state.jid.as_str(), sibling.jid.as_str(), &mut bytes),
             None => unavailable(state.jid.as_str(), sibling.jid.as_str(), &mut bytes),
         }
-        sibling.mailbox.push(&bytes, limit);
+        core.push(&sibling.mailbox, &bytes);
     }
     drop(sessions);
     // Resources of the same account on other nodes.
@@ -271,7 +270,7 @@ fn share_with_own_resources(core: &Core, state: &State, stanza: Option<&Stanza<'
                 Some(stanza) => stanza.write_addressed(state.jid.as_str(), &full, &mut bytes),
                 None => unavailable(state.jid.as_str(), &full, &mut bytes),
             }
-            cluster.route(node, &full, &bytes);
+            cluster.route(core, node, &full, &bytes);
         }
     }
 }

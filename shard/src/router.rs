@@ -88,11 +88,11 @@ fn resources(core: &Core, bare: &str) -> Vec<Resource> {
 fn send(core: &Core, target: &Target, bytes: &[u8]) {
     match target {
         Target::Local(mailbox) => {
-            mailbox.push(bytes, core.limits().queued_bytes_per_connection_max);
+            core.push(mailbox, bytes);
         }
         Target::Remote { node, full } => {
             if let Some(cluster) = &core.cluster {
-                cluster.route(*node, full, bytes);
+                cluster.route(core, *node, full, bytes);
             }
         }
     }
@@ -183,7 +183,7 @@ fn deliver_presence(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
         let mailbox = core.sessions.borrow().session(to.as_str()).map(|s| s.mailbox.clone());
         match mailbox {
             Some(mailbox) => {
-                mailbox.push_deferrable(Some(&from), stanza.bytes, core.limits().queued_bytes_per_connection_max);
+                core.push_deferrable(&mailbox, Some(&from), stanza.bytes);
             }
             None => {
                 push_to_full(core, to.as_str(), stanza.bytes);
@@ -194,7 +194,7 @@ fn deliver_presence(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
     for resource in resources(core, to.bare_str()).iter().filter(|r| r.available) {
         match &resource.target {
             Target::Local(mailbox) => {
-                mailbox.push_deferrable(Some(&from), stanza.bytes, core.limits().queued_bytes_per_connection_max);
+                core.push_deferrable(mailbox, Some(&from), stanza.bytes);
             }
             remote => send(core, remote, stanza.bytes),
         }
@@ -220,13 +220,13 @@ fn deliver_iq(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
 fn push_to_full(core: &Core, full: &str, bytes: &[u8]) -> bool {
     let mailbox = core.sessions.borrow().session(full).map(|s| s.mailbox.clone());
     if let Some(mailbox) = mailbox {
-        mailbox.push(bytes, core.limits().queued_bytes_per_connection_max);
+        core.push(&mailbox, bytes);
         return true;
     }
     let Some(cluster) = &core.cluster else { return false };
     let remote = cluster.replica.borrow().store.session(full).map(|s| s.owner.node_num);
     match remote {
-        Some(node) => cluster.route(node, full, bytes),
+        Some(node) => cluster.route(core, node, full, bytes),
         None => false,
     }
 }
@@ -238,7 +238,7 @@ pub(crate) fn deliver_local(core: &Core, recipient: &str, bytes: &[u8]) {
     match mailbox {
         Some(mailbox) => {
             core.stats.stanzas_delivered.set(core.stats.stanzas_delivered.get() + 1);
-            mailbox.push(bytes, core.limits().queued_bytes_per_connection_max);
+            core.push(&mailbox, bytes);
         }
         None => {
             if let Ok(stanza) = Stanza::parse(bytes) {

@@ -12,8 +12,9 @@ use starling_wire::jid::{FullJid, Jid, JidRef};
 use starling_wire::stanza::{IqType, Stanza, StanzaKind, StanzaParseError};
 
 use crate::core::Core;
+use crate::flow::Congestion;
 use crate::im::{Outcome, Pending};
-use crate::io::{Io, Wake};
+use crate::io::{Io, Wake, WIRE_BYTES_HIGH};
 use crate::limits::READS_PER_WAKEUP_MAX;
 use crate::mailbox::Mailbox;
 use crate::sessions::SessionId;
@@ -60,6 +61,7 @@ pub(crate) fn run(
             log::warn!("c2s: cannot load the account of {}: {error}", state.jid);
         }
         let end = serve(&core, io, framer, state, &mailbox).await;
+        mailbox.close();
         crate::presence::session_ended(&core, state);
         let closing = match end {
             End::Gone => return,
@@ -77,65 +79,84 @@ pub(crate) fn run(
 }
 
 async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State, mailbox: &Mailbox) -> End {
-    let limit = core.limits().queued_bytes_per_connection_max;
-    let mut reads = 0;
+    // Locals here live in every idle session's task: kept few and small (`budget.rs`).
+    let mut reads: u8 = 0;
+    // Queues this session filled past their mark: it reads nothing until they drain.
+    let mut paused: Vec<Rc<dyn Congestion>> = Vec::new();
     loop {
         if !state.out.is_empty() {
             io.queue(&state.out);
             state.out.clear();
         }
-        match io.wait(core, mailbox, None, limit).await {
+        let limit = core.limits().queued_bytes_per_connection_max;
+        let handled = match io.wait(core, mailbox, None, limit, &mut paused).await {
             Wake::Read(n) => {
-                let mut pending = match pump_read(core, io, framer, state, n) {
-                    Ok(pending) => pending,
-                    Err(end) => return end,
-                };
-                // A stanza waits for the store: answer it before reading the next one,
-                // so this client's stanzas are handled in order.
-                while let Some(work) = pending {
-                    if !state.out.is_empty() {
-                        io.queue(&state.out);
-                        state.out.clear();
-                    }
-                    let reply = work.await;
-                    state.out.extend_from_slice(&reply);
-                    pending = match pump(core, framer, state, &[]) {
-                        Ok(pending) => pending,
-                        Err(end) => return end,
-                    };
-                }
-                reads += 1;
+                reads = reads.saturating_add(1);
+                core.take_congestion();
+                pump_read(core, io, framer, state, n)
             }
+            // Input stashed when this session had to wait is handled now.
+            Wake::Resumed => pump(core, framer, state, &[]),
             Wake::Mail => {
                 if let Some(condition) = mailbox.kicked() {
                     return End::Error(StreamError::new(condition));
                 }
                 let mut mail = Vec::new();
-                mailbox.drain_into(&mut mail);
+                mailbox.drain_into(&mut mail, WIRE_BYTES_HIGH, core.limits().queued_bytes_per_connection_max);
                 io.queue(&mail);
+                continue;
             }
             Wake::Closed => return End::Gone,
-            Wake::Overflow => {
-                return End::Error(StreamError::with_text(StreamErrorCondition::PolicyViolation, "not reading"))
+            // RFC 6120 section 4.9.3.4: the client took nothing for `send_timeout`.
+            Wake::Stalled => {
+                return End::Error(StreamError::with_text(StreamErrorCondition::ConnectionTimeout, "not reading"))
             }
-            Wake::Timeout => {}
+            Wake::Timeout => continue,
+        };
+        if let Err(end) = finish(core, io, framer, state, handled).await {
+            return end;
         }
-        if reads >= READS_PER_WAKEUP_MAX {
+        paused.extend(core.take_congestion());
+        if usize::from(reads) >= READS_PER_WAKEUP_MAX {
             reads = 0;
             glommio::yield_if_needed().await;
         }
     }
 }
 
-fn pump_read(
-    core: &Core,
-    io: &mut Io,
-    framer: &mut Framer,
-    state: &mut State,
-    n: usize,
-) -> Result<Option<Pending>, End> {
+/// Completes what handling input started: a stanza that waits for the store is
+/// answered before the next one is read, so this client's stanzas are handled in
+/// order; then the rest of the input goes on until more is needed or a queue this
+/// session filled is over its mark.
+async fn finish(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State, handled: Handled) -> Result<(), End> {
+    let mut handled = handled?;
+    while let Next::Wait(work) = handled {
+        if !state.out.is_empty() {
+            io.queue(&state.out);
+            state.out.clear();
+        }
+        let reply = work.await;
+        state.out.extend_from_slice(&reply);
+        handled = pump(core, framer, state, &[])?;
+    }
+    Ok(())
+}
+
+/// What handling input came to.
+pub(crate) enum Next {
+    /// All input handled; read more.
+    Read,
+    /// A stanza waits for the store (the rest of the input is stashed).
+    Wait(Pending),
+    /// A queue this session filled is over its mark (the rest is stashed).
+    Congested,
+}
+
+type Handled = Result<Next, End>;
+
+fn pump_read(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State, n: usize) -> Handled {
     let read = core.read_buffer.borrow();
-    if io.tls.is_none() {
+    if io.tls().is_none() {
         return pump(core, framer, state, &read[..n]);
     }
     let mut plain = core.plain_buffer.borrow_mut();
@@ -147,23 +168,28 @@ fn pump_read(
     pump(core, framer, state, &plain)
 }
 
-/// Frames and handles `input` (after anything stashed) until more input is needed, or
-/// a stanza waits for the store (the rest is stashed; call again with no input).
-fn pump(core: &Core, framer: &mut Framer, state: &mut State, input: &[u8]) -> Result<Option<Pending>, End> {
+/// Frames and handles `input` (after anything stashed) until more input is needed, a
+/// stanza waits for the store, or a queue is congested (then the rest is stashed; call
+/// again with no input).
+fn pump(core: &Core, framer: &mut Framer, state: &mut State, input: &[u8]) -> Handled {
     let mut input = input;
     loop {
         match framer.next(&mut input) {
             Ok(Some(Frame::Element(bytes))) => {
                 if let Some(pending) = handle_element(core, state, bytes).map_err(End::Error)? {
                     framer.stash(input);
-                    return Ok(Some(pending));
+                    return Ok(Next::Wait(pending));
+                }
+                if core.is_congested() {
+                    framer.stash(input);
+                    return Ok(Next::Congested);
                 }
             }
             Ok(Some(Frame::StreamClose)) => return Err(End::ClientClosed),
             Ok(Some(Frame::StreamHeader(_))) => {
                 return Err(End::Error(StreamError::new(StreamErrorCondition::InternalServerError)))
             }
-            Ok(None) => return Ok(None),
+            Ok(None) => return Ok(Next::Read),
             Err(error) => return Err(End::Error(error.into())),
         }
     }
@@ -173,8 +199,9 @@ fn pump(core: &Core, framer: &mut Framer, state: &mut State, input: &[u8]) -> Re
 pub(crate) fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Result<Option<Pending>, StreamError> {
     if let Some(inactive) = client_state(bytes) {
         let limit = core.limits().queued_bytes_per_connection_max;
-        if let Some(session) = core.sessions.borrow().session(state.jid.as_str()) {
-            session.mailbox.set_inactive(inactive, limit);
+        let mailbox = core.sessions.borrow().session(state.jid.as_str()).map(|s| s.mailbox.clone());
+        if let Some(mailbox) = mailbox {
+            mailbox.set_inactive(inactive, limit);
         }
         return Ok(None);
     }

@@ -109,14 +109,13 @@ fn deliver_inbound(core: &Core, user: &BareJid, account: &Shared, contact: &str,
     if transition.forward {
         // RFC 6121 sections 3.1.3 and 3.1.6: a request goes to the available
         // resources, answers and cancellations to the interested ones.
-        let limit = core.limits().queued_bytes_per_connection_max;
         let wanted =
             |s: &&crate::sessions::Session| if kind == PresenceType::Subscribe { s.available } else { s.interested };
         for session in core.sessions.borrow().sessions(user.as_str()).iter().filter(wanted) {
             let mut bytes = Vec::with_capacity(forward.len() + 64);
             if let Ok(stanza) = Stanza::parse(forward) {
                 stanza.write_addressed(contact, session.jid.as_str(), &mut bytes);
-                session.mailbox.push(&bytes, limit);
+                core.push(&session.mailbox, &bytes);
             }
         }
     }

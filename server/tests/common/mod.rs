@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use starling_server::config::Config;
+use starling_server::config::{C2sListener, Config, TlsMode};
 use starling_server::store::{sqlite::Sqlite, AccountKeys, Storage};
 use starling_wire::error::StreamErrorCondition;
 use starling_wire::framer::{Frame, Framer};
@@ -18,6 +18,8 @@ pub struct TestNode {
     running: Option<starling_server::Running>,
     pub dir: tempfile::TempDir,
     pub c2s: SocketAddr,
+    /// The first direct-TLS listener, if the config has one.
+    pub c2s_tls: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub config: Config,
 }
@@ -42,8 +44,44 @@ impl TestNode {
         let listeners = starling_server::bind_listeners(&config).unwrap();
         let running = starling_server::run(config.clone(), listeners).unwrap();
         let c2s = running.c2s_addresses[0];
+        let c2s_tls = tls_listener(&config, &running);
         let admin = running.admin_address.unwrap();
-        TestNode { running: Some(running), dir, c2s, admin, config }
+        TestNode { running: Some(running), dir, c2s, c2s_tls, admin, config }
+    }
+
+    /// A node with a plain listener (`c2s`) and a direct-TLS one (`c2s_tls`, the
+    /// generated certificate for `localhost`, trusted through `ca.pem`).
+    pub fn start_tls() -> TestNode {
+        TestNode::start_tls_with(|_| {})
+    }
+
+    pub fn start_tls_with(adjust: impl FnOnce(&mut Config)) -> TestNode {
+        TestNode::start_with(|config| {
+            config.c2s = vec![
+                C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::None },
+                C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::Direct },
+            ];
+            adjust(config);
+        })
+    }
+
+    /// Runs SQL on the node's SQLite file (for setting up data in bulk).
+    pub fn sql(&self, statements: &str) {
+        let store = Sqlite::open(&self.dir.path().join("starling.db")).unwrap();
+        store.connection().execute_batch(statements).unwrap();
+    }
+
+    /// A client connected over direct TLS, verifying the node's certificate.
+    pub fn connect_tls(&self) -> Client {
+        let address = self.c2s_tls.expect("a node started with start_tls");
+        Client::connect_tls(address, &self.dir.path().join("ca.pem"))
+    }
+
+    /// Logs in over direct TLS.
+    pub fn login_tls(&self, user: &str, password: &str, resource: &str) -> Client {
+        let mut client = self.connect_tls();
+        client.login_here(user, password, resource);
+        client
     }
 
     /// Stops the node and starts it again on the same data directory (new ports).
@@ -52,6 +90,7 @@ impl TestNode {
         let listeners = starling_server::bind_listeners(&self.config).unwrap();
         let running = starling_server::run(self.config.clone(), listeners).unwrap();
         self.c2s = running.c2s_addresses[0];
+        self.c2s_tls = tls_listener(&self.config, &running);
         self.admin = running.admin_address.unwrap();
         self.running = Some(running);
     }
@@ -68,7 +107,12 @@ impl TestNode {
 
     /// Waits until the node reports `sessions` bound sessions.
     pub fn wait_sessions(&self, sessions: usize) {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        self.wait_sessions_within(sessions, Duration::from_secs(5));
+    }
+
+    /// Waits at most `limit` until the node reports `sessions` bound sessions.
+    pub fn wait_sessions_within(&self, sessions: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
         while self.running().node().stats().sessions != sessions {
             assert!(
                 Instant::now() < deadline,
@@ -89,9 +133,57 @@ impl Drop for TestNode {
 pub const HEADER: &str =
     "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
 
+fn tls_listener(config: &Config, running: &starling_server::Running) -> Option<SocketAddr> {
+    config.c2s.iter().position(|l| l.tls == TlsMode::Direct).map(|i| running.c2s_addresses[i])
+}
+
+/// The client's connection: plain TCP or TLS over it.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.read(buffer),
+            Transport::Tls(tls) => tls.read(buffer),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.write(bytes),
+            Transport::Tls(tls) => tls.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Transport::Plain(tcp) => tcp.flush(),
+            Transport::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// What the test client accepts from the server: larger stanzas than a server takes
+/// from clients (a roster of 2,000 items is one stanza of ~150 KB).
+const CLIENT_LIMITS: FramerLimits = FramerLimits { stanza_bytes_max: 16 * 1024 * 1024, ..FramerLimits::DEFAULT };
+
 /// A blocking client that reads the server's stream with our own framer.
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: Transport,
     framer: Framer,
     pending: Vec<u8>,
     pub jid: String,
@@ -105,15 +197,48 @@ impl Client {
     pub fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, framer: Framer::new(FramerLimits::DEFAULT), pending: Vec::new(), jid: String::new() }
+        Client::over(Transport::Plain(stream))
+    }
+
+    fn over(stream: Transport) -> Client {
+        Client { stream, framer: Framer::new(CLIENT_LIMITS), pending: Vec::new(), jid: String::new() }
+    }
+
+    /// Connects with direct TLS (XEP-0368) to `address`, trusting the CA in `ca_file`.
+    pub fn connect_tls(address: SocketAddr, ca_file: &std::path::Path) -> Client {
+        use rustls::pki_types::pem::PemObject;
+        let mut tcp = TcpStream::connect(address).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        // Handshake first, so later reads with a short timeout only ever wait for data.
+        while connection.is_handshaking() {
+            connection.complete_io(&mut tcp).unwrap();
+        }
+        tcp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        Client::over(Transport::Tls(Box::new(rustls::StreamOwned::new(connection, tcp))))
     }
 
     pub fn send(&mut self, text: &str) {
         self.stream.write_all(text.as_bytes()).unwrap();
+        self.stream.flush().unwrap();
     }
 
     pub fn send_bytes(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes);
+        let _ = self.stream.flush();
     }
 
     /// The next frame from the server as text (`</stream:stream>` for the close);
@@ -209,15 +334,20 @@ impl Client {
     /// Logs in on an already connected stream.
     pub fn login_on(stream: TcpStream, user: &str, password: &str, resource: &str) -> Client {
         let mut client = Client::from_stream(stream);
-        client.open();
-        client.scram(user, password).expect("login succeeds");
-        client.open();
-        client.send(&format!(
+        client.login_here(user, password, resource);
+        client
+    }
+
+    /// Logs in with SCRAM-SHA-256 on this connection and binds `resource`.
+    pub fn login_here(&mut self, user: &str, password: &str, resource: &str) {
+        self.open();
+        self.scram(user, password).expect("login succeeds");
+        self.open();
+        self.send(&format!(
             "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"
         ));
-        let bound = client.expect("<jid>");
-        client.jid = bound.split("<jid>").nth(1).unwrap().split("</jid>").next().unwrap().to_owned();
-        client
+        let bound = self.expect("<jid>");
+        self.jid = bound.split("<jid>").nth(1).unwrap().split("</jid>").next().unwrap().to_owned();
     }
 
     /// Runs SCRAM-SHA-256; `Err` with the failure element on failure.

@@ -31,6 +31,8 @@ use starling_replicate::membership::DiscoveredNode;
 use starling_replicate::replica::{Change, OwnerId, Replica};
 use starling_wire::c2s::Entropy;
 
+use crate::flow::Congestion;
+
 use crate::core::Core;
 use store::{RemoteSessions, SessionEntry};
 
@@ -67,6 +69,8 @@ pub(crate) struct Link {
     waker: Cell<Option<Waker>>,
     /// Set when the queue overflowed: the link is reset and resynchronised.
     overflowed: Cell<bool>,
+    /// Congested above `LINK_QUEUE_BYTES_MAX`: senders wait (`flow.rs`).
+    valve: Rc<crate::flow::Valve>,
 }
 
 impl Link {
@@ -76,13 +80,17 @@ impl Link {
         }
         let bytes = item.bytes();
         if self.queued_bytes.get() + bytes > LINK_QUEUE_BYTES_MAX * 4 {
-            // The peer does not keep up: drop the link; the next one starts from a
-            // snapshot, so nothing is lost for the tables (stanzas in the queue are).
+            // Senders wait from LINK_QUEUE_BYTES_MAX on; four times that means the
+            // peer has stopped reading altogether: drop the link; the next one starts
+            // from a snapshot, so the tables lose nothing.
             self.overflowed.set(true);
             self.wake();
             return false;
         }
         self.queued_bytes.set(self.queued_bytes.get() + bytes);
+        if self.queued_bytes.get() > LINK_QUEUE_BYTES_MAX {
+            self.valve.set(true);
+        }
         self.queue.borrow_mut().push_back(item);
         self.wake();
         true
@@ -160,12 +168,18 @@ impl Cluster {
     }
 
     /// Sends a stanza to `recipient` on node `node_num`; false if that link is down.
-    pub fn route(&self, node_num: u16, recipient: &str, stanza: &[u8]) -> bool {
+    /// A link over its mark is noted on `core` (the sender waits, `flow.rs`).
+    pub fn route(&self, core: &Core, node_num: u16, recipient: &str, stanza: &[u8]) -> bool {
         let link = self.links.borrow().get(&node_num).cloned();
-        let sent = link
-            .is_some_and(|link| link.push(Outgoing::Route { recipient: recipient.into(), stanza: stanza.to_vec() }));
+        let Some(link) = link else {
+            self.routes_dropped.set(self.routes_dropped.get() + 1);
+            return false;
+        };
+        let sent = link.push(Outgoing::Route { recipient: recipient.into(), stanza: stanza.to_vec() });
         if !sent {
             self.routes_dropped.set(self.routes_dropped.get() + 1);
+        } else if link.valve.is_congested() {
+            core.note_congestion(link.valve.clone());
         }
         sent
     }
@@ -202,6 +216,7 @@ pub(crate) fn reconcile(core: &Rc<Core>, nodes: Vec<DiscoveredNode>) {
             stop: Cell::new(false),
             waker: Cell::new(None),
             overflowed: Cell::new(false),
+            valve: Rc::new(crate::flow::Valve::default()),
         });
         links.insert(node.node_num, link.clone());
         glommio::spawn_local(run_link(core.clone(), link, address)).detach();
@@ -238,6 +253,7 @@ async fn run_link(core: Rc<Core>, link: Rc<Link>, address: SocketAddr) {
         link.overflowed.set(false);
         link.queue.borrow_mut().clear();
         link.queued_bytes.set(0);
+        link.valve.set(false);
         if link.stop.get() {
             break;
         }
@@ -287,6 +303,9 @@ async fn drive(core: &Rc<Core>, link: &Link, mut stream: TcpStream) -> Result<()
             while out.room() > 4096 {
                 let Some(item) = queue.pop_front() else { break };
                 link.queued_bytes.set(link.queued_bytes.get().saturating_sub(item.bytes()));
+                if link.queued_bytes.get() <= LINK_QUEUE_BYTES_MAX {
+                    link.valve.set(false);
+                }
                 let _ = match &item {
                     Outgoing::Put { key, value } => {
                         out.send(&Frame::Put { table: Table::Session, key: key.as_bytes(), value })
@@ -428,6 +447,12 @@ async fn serve(core: Rc<Core>, mut stream: TcpStream) {
                     let pending = link.transmit().to_vec();
                     let _ = crate::io::write_all_plain(&mut stream, &pending).await;
                     break error.to_string();
+                }
+                // A local recipient is behind: stop reading this link until it catches
+                // up (TCP then slows the peer's link, whose senders wait; `flow.rs`).
+                let congested = core.take_congestion();
+                if !congested.is_empty() {
+                    crate::flow::drained(congested).await;
                 }
             }
             Ok(None) => {}
