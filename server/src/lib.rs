@@ -85,6 +85,7 @@ pub fn core_cpus(config: &Config) -> Vec<usize> {
 pub fn bind_listeners(config: &Config) -> Result<Listeners, RunError> {
     let cores = core_cpus(config).len();
     let bind_per_core = |mut address: SocketAddr| -> Result<(SocketAddr, Vec<OwnedFd>), RunError> {
+        refuse_served_port(address)?;
         let mut sockets = Vec::with_capacity(cores);
         for _ in 0..cores {
             let socket = reuse_port_socket(address).map_err(|source| RunError::Bind { address, source })?;
@@ -105,6 +106,21 @@ pub fn bind_listeners(config: &Config) -> Result<Listeners, RunError> {
     Ok(Listeners { c2s, admin, replication })
 }
 
+/// SO_REUSEPORT lets a second process bind a port this process serves, and the
+/// kernel would hand it half of the clients. So before binding our per-core sockets,
+/// a plain bind (SO_REUSEADDR only, so a port in TIME_WAIT is fine) must succeed:
+/// with any listener on the port it fails with "address in use".
+fn refuse_served_port(address: SocketAddr) -> Result<(), RunError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if address.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))
+        .and_then(|socket| socket.set_reuse_address(true).map(|()| socket))
+        .and_then(|socket| socket.bind(&address.into()));
+    probe.map_err(|source| RunError::Bind { address, source })
+}
+
 fn reuse_port_socket(address: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
@@ -113,6 +129,24 @@ fn reuse_port_socket(address: SocketAddr) -> std::io::Result<socket2::Socket> {
     socket.bind(&address.into())?;
     socket.listen(4096)?;
     Ok(socket)
+}
+
+/// Logs panics through `log` with their thread and place. The message is cut short:
+/// it is ours, but may quote a value. Contained panics (`starling_shard`'s contain.rs)
+/// are logged again with what was being handled.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|m| m.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let message: String = message.chars().take(160).collect();
+        log::error!("panic in thread {} at {location}: {message}", thread.name().unwrap_or("?"));
+    }));
 }
 
 /// A running node.

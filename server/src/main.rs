@@ -74,6 +74,7 @@ fn serve_node(path: Option<PathBuf>) -> i32 {
         .parse_env("STARLING_LOG")
         .format_timestamp_millis()
         .init();
+    starling_server::install_panic_hook();
     let signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
     {
         Ok(signals) => signals,

@@ -11,7 +11,8 @@
 //! - the full JID text (twice: session entry and session state) and the bare JID key.
 //!
 //! No read buffer: reads use the core's shared buffer. No write buffer: it is freed
-//! when empty. TLS sessions add rustls' connection state on top (not counted here).
+//! when empty. Work that waits for storage and the account load at login run in boxed
+//! futures, so the idle task does not reserve room for them. TLS sessions add rustls' connection state on top (not counted here).
 
 #[cfg(test)]
 mod tests {
@@ -36,7 +37,7 @@ mod tests {
         len.div_ceil(16) * 16
     }
 
-    /// The inline and heap cost of one idle plain-TCP session stays within 1,536
+    /// The inline and heap cost of one idle plain-TCP session stays within 1,600
     /// bytes (the loadgen measures the whole process; this catches regressions in the
     /// parts we own).
     #[test]
@@ -92,7 +93,9 @@ mod tests {
         let jids = heap(jid_text) * 2;
         let total = future_bytes + task_header + poll_source + mailbox + table + live + jids;
         println!("session future {future_bytes} B, total idle session ~{total} B");
-        assert!(future_bytes <= 768, "session future grew to {future_bytes} bytes");
-        assert!(total <= 1536, "idle session budget exceeded: {total} bytes");
+        // 768 before containment (issue 9); the session task now owns its core handle and
+        // a drop guard that unbinds the session even when a panic unwinds it (+40 B).
+        assert!(future_bytes <= 816, "session future grew to {future_bytes} bytes");
+        assert!(total <= 1600, "idle session budget exceeded: {total} bytes");
     }
 }

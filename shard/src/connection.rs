@@ -60,10 +60,10 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize) {
     };
     let id = core.next_id();
     let mailbox = Rc::new(Mailbox::default());
-    core.register_live(id, mailbox.clone());
+    let live = core.register_live_guarded(id, mailbox.clone());
     let deadline = Instant::now() + core.limits().pre_auth_timeout;
     let negotiated = negotiate(&core, &mut conn, &mailbox, deadline).await;
-    core.unregister_live(id);
+    drop(live);
     let Some((user, resource)) = negotiated else {
         core.stats.login_failures.set(core.stats.login_failures.get() + 1);
         conn.io.queue(&conn.out);
@@ -151,14 +151,11 @@ async fn establish(core: Rc<Core>, connection: Negotiated, user: BareJid, resour
     drop(c2s);
     io.queue(&out);
     core.stats.logins.set(core.stats.logins.get() + 1);
+    // The session task unregisters it when it ends (`session::Task`).
     core.register_live(id, mailbox.clone());
     log::debug!("c2s: {jid} bound on core {}", core.id);
     let session = crate::session::run(core.clone(), io, framer, jid, SessionId(id), mailbox);
-    glommio::spawn_local(async move {
-        session.await;
-        core.unregister_live(id);
-    })
-    .detach();
+    crate::contain::spawn(core.clone(), "a session", session);
 }
 
 /// Registers the session; replaces (with `conflict`) a session of the same full JID.

@@ -91,6 +91,8 @@ pub(crate) struct Stats {
     pub stanzas_routed: Cell<u64>,
     pub stanzas_delivered: Cell<u64>,
     pub moved_in: Cell<u64>,
+    /// Panics contained (`contain.rs`): each ended one stream or task.
+    pub panics: Cell<u64>,
 }
 
 /// Stanzas waiting to go to one peer core, in order.
@@ -293,15 +295,38 @@ impl Core {
         }
     }
 
+    /// Counts an open connection (for shutdown and metrics) until
+    /// [`Core::unregister_live`].
     pub(crate) fn register_live(&self, id: u64, mailbox: Rc<Mailbox>) {
         self.live.borrow_mut().insert(id, mailbox);
         self.stats.connections.set(self.stats.connections.get() + 1);
     }
 
+    /// Like [`Core::register_live`], until the returned guard is dropped (also when a
+    /// panic unwinds its task).
+    #[must_use]
+    pub(crate) fn register_live_guarded(&self, id: u64, mailbox: Rc<Mailbox>) -> Live {
+        self.register_live(id, mailbox);
+        Live { core: self.rc(), id }
+    }
+
     pub(crate) fn unregister_live(&self, id: u64) {
-        if self.live.borrow_mut().remove(&id).is_some() {
+        let Ok(mut live) = self.live.try_borrow_mut() else { return };
+        if live.remove(&id).is_some() {
             self.stats.connections.set(self.stats.connections.get() - 1);
         }
+    }
+}
+
+/// An open connection, counted until dropped.
+pub(crate) struct Live {
+    core: Rc<Core>,
+    id: u64,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.core.unregister_live(self.id);
     }
 }
 
@@ -380,7 +405,8 @@ pub(crate) async fn receive(core: Rc<Core>, receivers: Receivers<CoreMessage>) {
                     match message {
                         CoreMessage::Stanzas(batch) => {
                             for stanza in batch.stanzas() {
-                                crate::router::deliver(&core, stanza);
+                                let what = || crate::contain::describe(stanza);
+                                let _ = crate::contain::call(&core, &what, || crate::router::deliver(&core, stanza));
                                 // A recipient behind: stop taking from this core until
                                 // it catches up (the sender's outbox then fills and its
                                 // senders wait; `flow.rs`).
@@ -392,12 +418,15 @@ pub(crate) async fn receive(core: Rc<Core>, receivers: Receivers<CoreMessage>) {
                         }
                         CoreMessage::Replica(ops) => {
                             for op in ops {
-                                crate::cluster::apply(&core, op);
+                                let what = || "a replicated change".to_owned();
+                                let _ = crate::contain::call(&core, &what, || crate::cluster::apply(&core, op));
                             }
                         }
                         CoreMessage::Routes(routes) => {
                             for (recipient, stanza) in routes {
-                                crate::router::deliver_local(&core, &recipient, &stanza);
+                                let what = || crate::contain::describe(&stanza);
+                                let deliver = || crate::router::deliver_local(&core, &recipient, &stanza);
+                                let _ = crate::contain::call(&core, &what, deliver);
                                 let congested = core.take_congestion();
                                 if !congested.is_empty() {
                                     crate::flow::drained(congested).await;
@@ -405,7 +434,11 @@ pub(crate) async fn receive(core: Rc<Core>, receivers: Receivers<CoreMessage>) {
                             }
                         }
                         CoreMessage::Adopt(transfer) => {
-                            glommio::spawn_local(crate::connection::adopt(core.clone(), transfer)).detach();
+                            crate::contain::spawn(
+                                core.clone(),
+                                "a connection",
+                                crate::connection::adopt(core.clone(), transfer),
+                            );
                         }
                     }
                     glommio::yield_if_needed().await;

@@ -104,15 +104,14 @@ pub(crate) fn answer_for_account(core: &Core, stanza: &Stanza<'_>, account: &str
             let request = crate::im::Request::new(stanza, account, &sender);
             let core = core.rc();
             let last = namespace == NS_LAST;
-            glommio::spawn_local(async move {
+            crate::contain::spawn(core.clone(), "a request answered for an account", async move {
                 let reply = match last {
                     true => last_activity(&core, &user, request).await,
                     false => crate::im::read_vcard(core.clone(), user, request).await,
                 };
                 let bare = sender.split('/').next().unwrap_or(&sender).to_owned();
                 crate::router::route(&core, &bare, &reply);
-            })
-            .detach();
+            });
             return;
         }
         Ok(_) => error(stanza, from, &sender, StanzaErrorCondition::ServiceUnavailable, &mut reply),
@@ -138,11 +137,10 @@ fn items_for_contact(core: &Core, stanza: &Stanza<'_>, account: &str, sender: St
     };
     let is_owner = bare == owner.as_str();
     let core = core.rc();
-    glommio::spawn_local(async move {
+    crate::contain::spawn(core.clone(), "a request answered for an account", async move {
         let reply = crate::pep::items(core.clone(), owner, node, max, request, is_owner).await;
         crate::router::route(&core, &bare, &reply);
-    })
-    .detach();
+    });
 }
 
 /// XEP-0030 on an account: the account itself, its archive and its PEP service.

@@ -27,6 +27,7 @@ mod budget;
 mod carbons;
 pub mod cluster;
 mod connection;
+mod contain;
 mod core;
 mod delay;
 mod flow;
@@ -54,4 +55,4 @@ pub use crate::core::Core;
 pub fn stream_features() -> String {
     format!("<ver xmlns='urn:xmpp:features:rosterver'/><csi xmlns='urn:xmpp:csi:0'/>{}", iq::caps_feature())
 }
-pub use node::{Node, NodeStats, StartError};
+pub use node::{CoreHealth, Node, NodeStats, StartError, CORE_DIED_EXIT_CODE};

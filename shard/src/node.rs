@@ -37,7 +37,22 @@ enum Control {
 /// A running node: its cores and the way to talk to them.
 pub struct Node {
     controls: Vec<UnboundedSender<Control>>,
-    handles: std::sync::Mutex<Vec<ExecutorJoinHandle<()>>>,
+    /// One watchdog thread per core: it joins the core's executor and stops the
+    /// process if the core dies while the node is not shutting down.
+    watchdogs: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Exit status of a process whose core died (EX_SOFTWARE): a supervisor restarts it,
+/// and its peers drop its sessions.
+pub const CORE_DIED_EXIT_CODE: i32 = 70;
+
+/// How one core answered a health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreHealth {
+    pub core: usize,
+    /// How long the core took to answer; `None`: no answer within the deadline.
+    pub answered_in: Option<Duration>,
 }
 
 /// Per-core counters, summed by [`Node::stats`].
@@ -51,6 +66,8 @@ pub struct NodeStats {
     pub stanzas_routed: u64,
     pub stanzas_delivered: u64,
     pub moved_in: u64,
+    /// Panics contained: each ended one stream or task, never a core.
+    pub panics: u64,
 }
 
 /// Why the node could not start.
@@ -83,7 +100,8 @@ impl Node {
         let shared = Arc::new(Shared { settings, db });
         let mesh = MeshBuilder::<CoreMessage, _>::full(cores, CORE_CHANNEL_BATCHES);
         let mut controls = Vec::with_capacity(cores);
-        let mut handles = Vec::with_capacity(cores);
+        let mut watchdogs = Vec::with_capacity(cores);
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut replication = replication.into_iter();
         for (index, (cpu, core_sockets)) in cpus.into_iter().zip(sockets).enumerate() {
             let replication_socket = replication.next();
@@ -97,9 +115,34 @@ impl Node {
                 .io_memory(64 * 1024)
                 .spawn(move || run_core(shared, mesh, cores, core_sockets, replication_socket, receiver))
                 .map_err(|e| StartError::Executor(e.to_string()))?;
-            handles.push(handle);
+            watchdogs.push(watch(index, handle, stopping.clone()));
         }
-        Ok(Node { controls, handles: std::sync::Mutex::new(handles) })
+        Ok(Node { controls, watchdogs: std::sync::Mutex::new(watchdogs), stopping })
+    }
+
+    /// Asks every core to answer within `deadline`; a core that does not is stuck
+    /// (a dead core stops the process, so it never shows here).
+    pub fn health(&self, deadline: Duration) -> Vec<CoreHealth> {
+        let asked: Vec<_> = (0..self.cores())
+            .map(|core| {
+                let (reply, answer) = std::sync::mpsc::sync_channel(1);
+                let started = Instant::now();
+                let job: Job = Box::new(move |_| {
+                    let _ = reply.send(());
+                });
+                let sent = self.controls[core].unbounded_send(Control::Run(job)).is_ok();
+                (core, started, sent.then_some(answer))
+            })
+            .collect();
+        let until = Instant::now() + deadline;
+        asked
+            .into_iter()
+            .map(|(core, started, answer)| {
+                let answered =
+                    answer.and_then(|answer| answer.recv_timeout(until.saturating_duration_since(Instant::now())).ok());
+                CoreHealth { core, answered_in: answered.map(|()| started.elapsed()) }
+            })
+            .collect()
     }
 
     pub fn cores(&self) -> usize {
@@ -145,6 +188,7 @@ impl Node {
                 stanzas_routed: s.stanzas_routed.get(),
                 stanzas_delivered: s.stanzas_delivered.get(),
                 moved_in: s.moved_in.get(),
+                panics: s.panics.get(),
             }
         }) {
             total.connections += core.connections;
@@ -155,6 +199,7 @@ impl Node {
             total.stanzas_routed += core.stanzas_routed;
             total.stanzas_delivered += core.stanzas_delivered;
             total.moved_in += core.moved_in;
+            total.panics += core.panics;
         }
         total
     }
@@ -240,14 +285,38 @@ impl Node {
     /// most the shutdown grace), and stops the cores.
     /// Safe to call more than once; later calls find nothing left to stop.
     pub fn shutdown(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         for control in &self.controls {
             let _ = control.unbounded_send(Control::Stop);
         }
-        let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
-        for handle in handles {
-            let _ = handle.join();
+        let watchdogs = std::mem::take(&mut *self.watchdogs.lock().unwrap_or_else(|e| e.into_inner()));
+        for watchdog in watchdogs {
+            let _ = watchdog.join();
         }
     }
+}
+
+/// Joins core `index`'s executor; if it ends while the node is not stopping (a panic
+/// escaped containment), stops the whole process: a node with a dead core would keep
+/// accepting connections it never serves.
+fn watch(
+    index: usize,
+    handle: ExecutorJoinHandle<()>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let watch = move || {
+        let result = handle.join();
+        if !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            let how = match result {
+                Ok(()) => "stopped".to_owned(),
+                Err(error) => format!("died: {error}"),
+            };
+            log::error!("core {index} {how}; stopping the process (exit {CORE_DIED_EXIT_CODE}) so that a supervisor restarts it");
+            std::process::exit(CORE_DIED_EXIT_CODE);
+        }
+    };
+    // Invariant: a thread can be started while the node starts.
+    std::thread::Builder::new().name(format!("starling-watch-{index}")).spawn(watch).expect("a watchdog thread")
 }
 
 async fn run_core(
@@ -334,6 +403,6 @@ async fn accept(core: Rc<Core>, listener: TcpListener, index: usize) {
             // Over the limit: close at once (dropping the stream closes it).
             continue;
         }
-        glommio::spawn_local(crate::connection::serve(core.clone(), stream, index)).detach();
+        crate::contain::spawn(core.clone(), "a connection", crate::connection::serve(core.clone(), stream, index));
     }
 }

@@ -34,7 +34,7 @@ pub(crate) fn store(core: &Core, stanza: &Stanza<'_>, to: &str) {
     stamp_message(stanza.bytes, &domain, now_us(), &mut stamped);
     let original = stanza.bytes.to_vec();
     let core = core.rc();
-    glommio::spawn_local(async move {
+    crate::contain::spawn(core.clone(), "storing an offline message", async move {
         let outcome = match account::load(&core, &user).await {
             Ok(account) if account::blocks(&account.borrow(), &sender) => Err(StanzaErrorCondition::ServiceUnavailable),
             Ok(_) => push(&core, &user, stamped).await,
@@ -53,8 +53,7 @@ pub(crate) fn store(core: &Core, stanza: &Stanza<'_>, to: &str) {
                 crate::router::reply_error(&core, &stanza, condition);
             }
         }
-    })
-    .detach();
+    });
 }
 
 async fn push(core: &Core, user: &BareJid, stamped: Vec<u8>) -> Result<(), StanzaErrorCondition> {

@@ -366,7 +366,7 @@ pub(crate) fn send_last_items(core: &Core, full: &str, user: &BareJid, sources: 
     let core = core.rc();
     let full = full.to_owned();
     let user = user.clone();
-    glommio::spawn_local(async move {
+    crate::contain::spawn(core.clone(), "a personal eventing request", async move {
         for contact in std::iter::once(user.as_str().to_owned()).chain(sources) {
             let Ok(owner) = contact.parse::<BareJid>() else { continue };
             let own = owner == user;
@@ -392,8 +392,7 @@ pub(crate) fn send_last_items(core: &Core, full: &str, user: &BareJid, sources: 
                 core.push(&mailbox, &event);
             }
         }
-    })
-    .detach();
+    });
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -52,29 +52,69 @@ pub(crate) fn run(
     id: SessionId,
     mailbox: Rc<Mailbox>,
 ) -> impl std::future::Future<Output = ()> {
-    let mut session = (io, framer, State { jid, id, out: Vec::new(), directed: Vec::new() });
-    async move {
-        let (io, framer, state) = &mut session;
+    let state = State { jid, id, out: Vec::new(), directed: Vec::new() };
+    let mut task = Task { core, io, framer, state, mailbox, ended: false };
+    async move { task.run().await }
+}
+
+/// What a session task owns. Dropping it (normally, or while a panic unwinds the
+/// task) leaves nothing behind: the session is unbound, its senders released, and
+/// the connection unregistered.
+struct Task {
+    core: Rc<Core>,
+    io: Io,
+    framer: Framer,
+    state: State,
+    mailbox: Rc<Mailbox>,
+    /// The normal end ran (`presence::session_ended`).
+    ended: bool,
+}
+
+impl Task {
+    async fn run(&mut self) {
         // The roster and block list, for presence and blocking decisions; a failure
         // here is retried by the first request that needs them.
-        if let Err(error) = crate::account::load(&core, &state.jid.to_bare()).await {
-            log::warn!("c2s: cannot load the account of {}: {error}", state.jid);
+        // Boxed: the loading future must not make every idle session's task bigger.
+        if let Err(error) = Box::pin(crate::account::load(&self.core, &self.state.jid.to_bare())).await {
+            log::warn!("c2s: cannot load the account of {}: {error}", self.state.jid);
         }
-        let end = serve(&core, io, framer, state, &mailbox).await;
-        mailbox.close();
-        crate::presence::session_ended(&core, state);
-        let closing = match end {
+        let end = serve(&self.core, &mut self.io, &mut self.framer, &mut self.state, &self.mailbox).await;
+        self.mailbox.close();
+        crate::presence::session_ended(&self.core, &mut self.state);
+        self.ended = true;
+        match end {
             End::Gone => return,
-            End::ClientClosed => b"</stream:stream>".to_vec(),
+            End::ClientClosed => self.io.queue(b"</stream:stream>"),
             End::Error(error) => {
-                log::debug!("c2s: closing {} with {:?}", state.jid, error.condition);
+                log::debug!("c2s: closing {} with {:?}", self.state.jid, error.condition);
                 let mut bytes = Vec::new();
                 error.write_closing(&mut bytes);
-                bytes
+                self.io.queue(&bytes);
             }
-        };
-        io.queue(&closing);
-        io.close().await;
+        }
+        self.io.close().await;
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.mailbox.close();
+        if !self.ended {
+            let (core, state) = (&self.core, &mut self.state);
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::presence::session_ended(core, state);
+            }));
+            if ended.is_err() {
+                // Whatever else failed, the session must not stay bound.
+                if let Ok(mut sessions) = core.sessions.try_borrow_mut() {
+                    sessions.unbind(&state.jid, state.id);
+                }
+                if let Some(cluster) = &core.cluster {
+                    cluster.publish(state.jid.as_str(), None);
+                }
+            }
+        }
+        self.core.unregister_live(self.state.id.0);
     }
 }
 
@@ -113,8 +153,15 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
             }
             Wake::Timeout => continue,
         };
-        if let Err(end) = finish(core, io, framer, state, handled).await {
-            return end;
+        match handled {
+            Ok(Next::Read | Next::Congested) => {}
+            // Boxed: the idle session's task must not carry room for this (`budget.rs`).
+            Ok(Next::Wait(work)) => {
+                if let Err(end) = Box::pin(finish(core, io, framer, state, work)).await {
+                    return end;
+                }
+            }
+            Err(end) => return end,
         }
         paused.extend(core.take_congestion());
         if usize::from(reads) >= READS_PER_WAKEUP_MAX {
@@ -128,14 +175,16 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
 /// answered before the next one is read, so this client's stanzas are handled in
 /// order; then the rest of the input goes on until more is needed or a queue this
 /// session filled is over its mark.
-async fn finish(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State, handled: Handled) -> Result<(), End> {
-    let mut handled = handled?;
+async fn finish(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State, work: Pending) -> Result<(), End> {
+    let mut handled = Next::Wait(work);
     while let Next::Wait(work) = handled {
         if !state.out.is_empty() {
             io.queue(&state.out);
             state.out.clear();
         }
-        let reply = work.await;
+        let Ok(reply) = crate::contain::wait(core, "a request waiting for storage", work).await else {
+            return Err(internal_error());
+        };
         state.out.extend_from_slice(&reply);
         handled = pump(core, framer, state, &[])?;
     }
@@ -176,7 +225,11 @@ fn pump(core: &Core, framer: &mut Framer, state: &mut State, input: &[u8]) -> Ha
     loop {
         match framer.next(&mut input) {
             Ok(Some(Frame::Element(bytes))) => {
-                if let Some(pending) = handle_element(core, state, bytes).map_err(End::Error)? {
+                let handled = crate::contain::call(core, &|| crate::contain::describe(bytes), || {
+                    handle_element(core, state, bytes)
+                });
+                let Ok(handled) = handled else { return Err(internal_error()) };
+                if let Some(pending) = handled.map_err(End::Error)? {
                     framer.stash(input);
                     return Ok(Next::Wait(pending));
                 }
@@ -195,8 +248,15 @@ fn pump(core: &Core, framer: &mut Framer, state: &mut State, input: &[u8]) -> Ha
     }
 }
 
+/// A bug of ours ended this stream (RFC 6120 section 4.9.3.8).
+fn internal_error() -> End {
+    End::Error(StreamError::new(StreamErrorCondition::InternalServerError))
+}
+
 /// Handles one top-level element from the client; `Some` when it waits for the store.
 pub(crate) fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Result<Option<Pending>, StreamError> {
+    #[cfg(feature = "fault-injection")]
+    crate::contain::inject(core, bytes);
     if let Some(inactive) = client_state(bytes) {
         let limit = core.limits().queued_bytes_per_connection_max;
         let mailbox = core.sessions.borrow().session(state.jid.as_str()).map(|s| s.mailbox.clone());

@@ -81,15 +81,14 @@ pub(crate) fn inbound(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>, kind: P
     let mut forward = Vec::with_capacity(stanza.bytes.len() + 64);
     stanza.write_addressed(&contact, user.as_str(), &mut forward);
     let core = core.rc();
-    glommio::spawn_local(async move {
+    crate::contain::spawn(core.clone(), "a subscription request", async move {
         if let Ok(account) = account::load(&core, &user).await {
             if !account::blocks(&account.borrow(), &contact) {
                 deliver_inbound(&core, &user, &account, &contact, kind, &forward);
             }
         }
         account::release(&core, user.as_str());
-    })
-    .detach();
+    });
 }
 
 fn deliver_inbound(core: &Core, user: &BareJid, account: &Shared, contact: &str, kind: PresenceType, forward: &[u8]) {

@@ -256,6 +256,18 @@ fn metrics(node: &Node) -> String {
         "Stanzas that reached the recipient's core.",
         stats.stanzas_delivered,
     );
+    metric(
+        "starling_panics_contained_total",
+        "counter",
+        "Panics (our bugs) that ended one stream or task instead of a core.",
+        stats.panics,
+    );
+    let health = node.health(std::time::Duration::from_secs(1));
+    out.push_str("# HELP starling_core_up Whether each core answered a health check within 1 s.\n");
+    out.push_str("# TYPE starling_core_up gauge\n");
+    for core in &health {
+        out.push_str(&format!("starling_core_up{{core=\"{}\"}} {}\n", core.core, u8::from(core.answered_in.is_some())));
+    }
     out
 }
 

@@ -424,6 +424,20 @@ pub struct Status {
     message: Option<String>,
     /// Starling version
     version: Option<String>,
+    /// Health of each core (Starling addition): RUNNING needs every core to answer
+    /// within a second
+    cores: Option<Vec<Option<CoreStatus>>>,
+}
+
+/// How one core of the node answered a health check (Starling addition)
+#[derive(SimpleObject)]
+pub struct CoreStatus {
+    /// The core's index
+    core: i32,
+    /// It answered within the deadline
+    healthy: bool,
+    /// How long it took to answer, in microseconds (null: no answer)
+    answer_microseconds: Option<i64>,
 }
 
 /// Allow admin to acquire data about the node
@@ -551,13 +565,33 @@ fn import_users_impl(context: &Context<'_>, filename: NonEmptyString) -> Result<
 fn status_impl(context: &Context<'_>) -> Result<Status> {
     let admin = context.data::<Admin>()?;
     let version = env!("CARGO_PKG_VERSION");
-    Ok(Status {
-        status_code: Some(StatusCode::Running),
-        message: Some(format!(
+    let health = admin.node.as_ref().map(|node| node.health(std::time::Duration::from_secs(1))).unwrap_or_default();
+    let stuck: Vec<String> = health.iter().filter(|h| h.answered_in.is_none()).map(|h| h.core.to_string()).collect();
+    let (status_code, message) = if stuck.is_empty() {
+        let message = format!(
             "The node {} is started. Status: started. Starling {version} is running in that node.",
             admin.node_name
-        )),
+        );
+        (StatusCode::Running, message)
+    } else {
+        let message = format!("The node {} is started, but cores {} do not answer.", admin.node_name, stuck.join(", "));
+        (StatusCode::NotRunning, message)
+    };
+    let cores = health
+        .iter()
+        .map(|h| {
+            Some(CoreStatus {
+                core: h.core as i32,
+                healthy: h.answered_in.is_some(),
+                answer_microseconds: h.answered_in.map(|d| d.as_micros() as i64),
+            })
+        })
+        .collect();
+    Ok(Status {
+        status_code: Some(status_code),
+        message: Some(message),
         version: Some(version.to_owned()),
+        cores: Some(cores),
     })
 }
 

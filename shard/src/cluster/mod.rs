@@ -241,9 +241,9 @@ async fn run_link(core: Rc<Core>, link: Rc<Link>, address: SocketAddr) {
         if let Ok(Ok(stream)) = connected {
             let _ = stream.set_nodelay(true);
             let started = Instant::now();
-            match drive(&core, &link, stream).await {
-                Ok(()) => {}
-                Err(reason) => log::info!("cluster: link to {} closed: {reason}", link.peer.name),
+            match crate::contain::wait(&core, "a replication link", drive(&core, &link, stream)).await {
+                Ok(Ok(())) | Err(()) => {}
+                Ok(Err(reason)) => log::info!("cluster: link to {} closed: {reason}", link.peer.name),
             }
             if started.elapsed() > Duration::from_secs(10) {
                 backoff = RECONNECT_MIN;
@@ -394,7 +394,7 @@ pub(crate) async fn accept(core: Rc<Core>, listener: TcpListener) {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        glommio::spawn_local(serve(core.clone(), stream)).detach();
+        crate::contain::spawn(core.clone(), "a replication link", serve(core.clone(), stream));
     }
 }
 
