@@ -16,6 +16,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "unit, property and integration tests"
 cargo test --workspace
 
+step "Debian's packaged clients for black-box tests (python3-slixmpp 1.8.3, poezio, tmux)"
+if ! /usr/bin/python3 -c "import slixmpp" 2>/dev/null || ! command -v poezio >/dev/null || ! command -v tmux >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y python3-slixmpp poezio tmux >/dev/null
+fi
+
 step "python clients for black-box tests"
 if [ ! -x target/pyvenv/bin/python ]; then
   if ! python3 -m venv target/pyvenv 2>/dev/null; then
