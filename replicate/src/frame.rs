@@ -12,7 +12,7 @@
 use crate::limits::{FRAME_BYTES_MAX, NAME_BYTES_MAX};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The replicated tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,6 +85,12 @@ pub enum Frame<'a> {
     Remove { table: Table, key: &'a [u8] },
     /// A stanza for the session `recipient` (a full JID) on the receiving node.
     Route { recipient: &'a str, stanza: &'a [u8] },
+    /// A stanza for the receiving node to deliver to `account` (a bare JID whose
+    /// sessions it holds), running its delivery rules and hooks (version 2).
+    Deliver { account: &'a str, stanza: &'a [u8] },
+    /// A feature module's event about `account` (a bare JID) for the same module on
+    /// the receiving node: a changed roster or block list (version 2).
+    Event { module: &'a str, account: &'a str, payload: &'a [u8] },
 }
 
 /// Why bytes are not a valid frame.
@@ -120,6 +126,8 @@ mod kind {
     pub const PUT: u8 = 9;
     pub const REMOVE: u8 = 10;
     pub const ROUTE: u8 = 11;
+    pub const DELIVER: u8 = 12;
+    pub const EVENT: u8 = 13;
 }
 
 impl Frame<'_> {
@@ -175,6 +183,17 @@ impl Frame<'_> {
                 out.push(kind::ROUTE);
                 put_blob16(out, recipient.as_bytes());
                 put_blob32(out, stanza);
+            }
+            Frame::Deliver { account, stanza } => {
+                out.push(kind::DELIVER);
+                put_blob16(out, account.as_bytes());
+                put_blob32(out, stanza);
+            }
+            Frame::Event { module, account, payload } => {
+                out.push(kind::EVENT);
+                put_name(out, module);
+                put_blob16(out, account.as_bytes());
+                put_blob32(out, payload);
             }
         }
         let length = out.len() - start - 4;
@@ -321,6 +340,8 @@ impl<'a> Reader<'a> {
             kind::PUT => Frame::Put { table: self.table()?, key: self.blob16()?, value: self.blob32()? },
             kind::REMOVE => Frame::Remove { table: self.table()?, key: self.blob16()? },
             kind::ROUTE => Frame::Route { recipient: self.recipient()?, stanza: self.blob32()? },
+            kind::DELIVER => Frame::Deliver { account: self.recipient()?, stanza: self.blob32()? },
+            kind::EVENT => Frame::Event { module: self.name()?, account: self.recipient()?, payload: self.blob32()? },
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -339,7 +360,7 @@ mod tests {
 
     fn arbitrary_frame() -> impl Strategy<Value = (u8, Vec<u8>, Vec<u8>, String, u64, u16)> {
         (
-            0u8..11,
+            0u8..13,
             proptest::collection::vec(any::<u8>(), 0..64),
             proptest::collection::vec(any::<u8>(), 0..200),
             "[a-z@./]{0,40}",
@@ -370,6 +391,8 @@ mod tests {
             7 => Frame::SnapshotEnd { entries: number },
             8 => Frame::Put { table: Table::Session, key, value },
             9 => Frame::Remove { table: Table::ClusterId, key },
+            10 => Frame::Deliver { account: text, stanza: value },
+            11 => Frame::Event { module: text, account: text, payload: value },
             _ => Frame::Route { recipient: text, stanza: value },
         }
     }

@@ -340,6 +340,15 @@ pub enum InEvent<'a> {
         recipient: &'a str,
         stanza: &'a [u8],
     },
+    Deliver {
+        account: &'a str,
+        stanza: &'a [u8],
+    },
+    Event {
+        module: &'a str,
+        account: &'a str,
+        payload: &'a [u8],
+    },
 }
 
 #[derive(Debug)]
@@ -443,6 +452,14 @@ impl InLink {
             }
             (InState::Established, Frame::Route { recipient, stanza }) => {
                 sink(InEvent::Route { recipient, stanza });
+                Ok(())
+            }
+            (InState::Established, Frame::Deliver { account, stanza }) => {
+                sink(InEvent::Deliver { account, stanza });
+                Ok(())
+            }
+            (InState::Established, Frame::Event { module, account, payload }) => {
+                sink(InEvent::Event { module, account, payload });
                 Ok(())
             }
             (InState::AwaitHello, _) => Err(LinkError::Unexpected("await hello")),

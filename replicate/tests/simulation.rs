@@ -405,7 +405,7 @@ impl World {
             InEvent::Remove { table, key } => {
                 changes.push((owner.unwrap().0, owner.unwrap().1, Change::Remove { table, key: key.to_vec() }))
             }
-            InEvent::Route { .. } => {}
+            InEvent::Route { .. } | InEvent::Deliver { .. } | InEvent::Event { .. } => {}
         });
         *known = owner;
         for (owner, epoch, change) in &changes {

@@ -39,9 +39,10 @@ cat > "$work/starling.toml" <<TOML
   tls.mode = "tls"
 [listen.admin]
   port = $admin_port
-[modules.mod_register]
-  registration_timeout = 0
 TOML
+# Every module (the example config's [modules] section), plus in-band registration.
+sed -n '/^\[modules.mod_roster\]/,/^# XEP-0077/p' "$root/server/starling.example.toml" | grep -v '^# XEP-0077' >> "$work/starling.toml"
+printf '[modules.mod_register]\n  registration_timeout = 0\n' >> "$work/starling.toml"
 
 "$bin" serve --config "$work/starling.toml" >"$work/server.log" 2>&1 &
 server_pid=$!

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use starling_replicate::membership::DiscoveredNode;
-use starling_shard::blocking::StoreError;
+use starling_shard::db::StoreError;
 use starling_shard::Node;
 
 /// Rows older than this are deleted (a node gone for an hour).

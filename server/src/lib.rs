@@ -22,7 +22,8 @@ use std::num::NonZeroU32;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use starling_shard::blocking::{DbPool, DbThreads, StoreFactory};
+use starling_modules::Store;
+use starling_shard::db::{DbPool, DbThreads, StoreFactory};
 use starling_shard::settings::{Listener, ListenerTls, Settings};
 use starling_shard::Node;
 use starling_wire::c2s::{C2sSettings, TlsPolicy};
@@ -36,7 +37,7 @@ pub enum RunError {
     #[error("cannot listen on {address}: {source}")]
     Bind { address: SocketAddr, source: std::io::Error },
     #[error("storage: {0}")]
-    Storage(#[from] starling_shard::blocking::StoreError),
+    Storage(#[from] starling_shard::db::StoreError),
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("cores: {0}")]
@@ -186,7 +187,7 @@ impl Running {
 
 /// Starts a node on bound `listeners`.
 pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
-    let (factory, storage): (Arc<StoreFactory>, Box<dyn Storage>) = match &config.database {
+    let (factory, storage): (Arc<StoreFactory<dyn Store>>, Box<dyn Storage>) = match &config.database {
         Database::Sqlite { path, .. } => {
             let storage = store::sqlite::Sqlite::open(path)?;
             (Arc::new(store::sqlite::Sqlite::factory(path.clone())), Box::new(storage))
@@ -201,7 +202,9 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
     let workers = match &config.database {
         Database::Sqlite { workers, .. } | Database::Postgres { workers, .. } => workers.get(),
     };
-    let (db, db_threads) = DbPool::start(workers, starling_shard::limits::DB_QUEUE_MAX, factory);
+    let (db, db_threads): (DbPool<dyn Store>, DbThreads) =
+        DbPool::start(workers, starling_shard::limits::DB_QUEUE_MAX, factory);
+    let stream_features = starling_modules::stream_features(&config.modules, db.clone());
     let needs_tls = config.c2s.iter().any(|l| l.tls != TlsMode::None);
     let tls = if needs_tls {
         Some(tls::load(
@@ -217,7 +220,7 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
         .c2s
         .iter()
         .map(|listener| Listener {
-            c2s: Arc::new(c2s_settings(&config, listener.tls, decoy_secret.clone())),
+            c2s: Arc::new(c2s_settings(&config, listener.tls, decoy_secret.clone(), &stream_features)),
             tls: if listener.tls == TlsMode::Direct { ListenerTls::Direct } else { ListenerTls::StartTls },
         })
         .collect();
@@ -253,9 +256,10 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
         tls_starttls: tls.as_ref().map(|t| t.starttls.clone()),
         tls_direct: tls.as_ref().map(|t| t.direct.clone()),
         tls_server_end_point: tls.as_ref().and_then(|t| t.server_end_point.clone()),
+        modules: starling_modules::build(config.modules.clone(), db.clone()),
     };
     let replication = listeners.replication.map(|(_, sockets)| sockets).unwrap_or_default();
-    let node = Arc::new(Node::start_clustered(settings, per_core, replication, db)?);
+    let node = Arc::new(Node::start_clustered(settings, per_core, replication, Arc::new(db))?);
     let discovery = discovery_setup.map(|(discovery_settings, factory, first)| {
         node.update_discovery(first);
         let (stop, stopped) = std::sync::mpsc::channel();
@@ -337,7 +341,7 @@ fn join_cluster(
     Ok((starling_shard::cluster::ClusterSettings { link }, (settings, factory, first)))
 }
 
-fn c2s_settings(config: &Config, mode: TlsMode, decoy_secret: Vec<u8>) -> C2sSettings {
+fn c2s_settings(config: &Config, mode: TlsMode, decoy_secret: Vec<u8>, stream_features: &str) -> C2sSettings {
     C2sSettings {
         hosts: config.general.hosts.clone(),
         tls: match mode {
@@ -350,7 +354,7 @@ fn c2s_settings(config: &Config, mode: TlsMode, decoy_secret: Vec<u8>) -> C2sSet
         stanza_bytes_max: config.limits.framer.stanza_bytes_max,
         scram_iterations: config.auth.scram_iterations,
         decoy_secret,
-        bind_features_extra: starling_shard::stream_features().into_bytes(),
+        bind_features_extra: stream_features.as_bytes().to_vec(),
         registration: config.registration.is_some(),
     }
 }

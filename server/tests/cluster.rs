@@ -348,7 +348,21 @@ fn wrong_secret_is_refused() {
     let n1 = Node::start(dir.path(), "good1@localhost", &db, None);
     let n2 = Node::start(dir.path(), "good2@localhost", &db, None);
     let _evil = Node::start_with(dir.path(), "evil@localhost", &db, None, "wrong");
-    std::thread::sleep(Duration::from_secs(3));
+    // Discovery runs every second here; on a loaded machine the first rounds and
+    // links take a few seconds, so wait for the state rather than a fixed time.
+    wait_for(Duration::from_secs(15), "the good nodes joined, the evil one refused", || {
+        for node in [&n1, &n2] {
+            let info = node.system_info().ok_or("no answer")?;
+            if names(&info["joinedNodes"]) != ["good1@localhost", "good2@localhost"]
+                || names(&info["unavailableNodes"]) != ["evil@localhost"]
+            {
+                return Err(format!("{info}"));
+            }
+        }
+        Ok(())
+    });
+    // And it stays refused.
+    std::thread::sleep(Duration::from_secs(2));
     for node in [&n1, &n2] {
         let info = node.system_info().unwrap();
         assert_eq!(names(&info["joinedNodes"]), ["good1@localhost", "good2@localhost"], "{info}");

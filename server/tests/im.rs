@@ -160,8 +160,14 @@ fn vcards_and_private_storage() {
     bob.send("<iq type='get' id='v2' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>");
     let card = bob.expect("id='v2'");
     assert!(card.contains("<NICKNAME>ali</NICKNAME>") && card.contains("from='alice@localhost'"), "{card}");
+    // An account without a vCard and one that does not exist answer alike (issue 11:
+    // the answers must not tell which accounts exist; RFC 6121 section 8.5.1).
     bob.send("<iq type='get' id='v3' to='carol@localhost'><vCard xmlns='vcard-temp'/></iq>");
-    assert!(bob.expect("id='v3'").contains("<vCard xmlns='vcard-temp'/>"), "empty when none");
+    assert!(bob.expect("id='v3'").contains("service-unavailable"), "none stored");
+    bob.send("<iq type='get' id='v3b' to='nobody@localhost'><vCard xmlns='vcard-temp'/></iq>");
+    assert!(bob.expect("id='v3b'").contains("service-unavailable"), "no such account");
+    bob.send("<iq type='get' id='v3c'><vCard xmlns='vcard-temp'/></iq>");
+    assert!(bob.expect("id='v3c'").contains("<vCard xmlns='vcard-temp'/>"), "one's own: empty when none");
     let huge =
         format!("<iq type='set' id='v4'><vCard xmlns='vcard-temp'><DESC>{}</DESC></vCard></iq>", "x".repeat(40_000));
     alice.send(&huge);

@@ -11,8 +11,8 @@ use starling_wire::c2s::C2sSettings;
 use starling_wire::framer::{Frame, Framer};
 use starling_wire::limits::FramerLimits;
 
-use crate::blocking::{DbPool, DbThreads, StoreError, StoreFactory};
 use crate::core::{home_core, Core};
+use crate::db::{AuthStore, DbPool, DbThreads, StoreError, StoreFactory};
 use crate::limits::Limits;
 use crate::mailbox::Mailbox;
 use crate::session::State;
@@ -39,8 +39,8 @@ fn thread_cpu() -> Duration {
 
 impl RouteBench {
     pub fn new(recipients: usize) -> RouteBench {
-        let factory: Arc<StoreFactory> = Arc::new(|| Err(StoreError::Unavailable("benchmark".into())));
-        let (db, threads): (DbPool, DbThreads) = DbPool::start(1, 4, factory);
+        let factory: Arc<StoreFactory<dyn AuthStore>> = Arc::new(|| Err(StoreError::Unavailable("benchmark".into())));
+        let (db, threads): (DbPool<dyn AuthStore>, DbThreads) = DbPool::start(1, 4, factory);
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let settings = Settings {
             hosts: vec!["localhost".into()],
@@ -52,9 +52,11 @@ impl RouteBench {
             tls_direct: None,
             tls_server_end_point: None,
             cluster: None,
+            // The runtime alone: the routing path without any feature module.
+            modules: Arc::new(|_| Vec::new()),
         };
         // Invariant: two executors start on this machine (memlock allows them).
-        let node = Node::start(settings, vec![Vec::new(), Vec::new()], db).expect("benchmark node");
+        let node = Node::start(settings, vec![Vec::new(), Vec::new()], Arc::new(db)).expect("benchmark node");
         let names: Vec<String> = (0..)
             .map(|i| format!("user{i}@localhost"))
             .filter(|bare| home_core(bare, 2) == 1)
@@ -67,16 +69,13 @@ impl RouteBench {
                 let jid = format!("{bare}/bench").parse().expect("valid JID");
                 let mailbox = Rc::new(Mailbox::default());
                 sessions.bind(Session {
-                    carbons: false,
-                    notify: None,
-                    interested: false,
                     id: SessionId(i as u64),
                     jid,
                     mailbox,
                     available: true,
                     priority: 0,
-                    presence: None,
                     created_ms: 0,
+                    flags: Default::default(),
                 });
             }
         });
@@ -103,7 +102,7 @@ impl RouteBench {
         self.node.ask(0, move |core: &Core| {
             let mut framer = Framer::new(FramerLimits::DEFAULT);
             let jid = "sender@localhost/bench".parse().expect("valid JID");
-            let mut state = State { jid, id: SessionId(0), out: Vec::new(), directed: Vec::new() };
+            let mut state = State { jid, id: SessionId(0), out: Vec::new() };
             for chunk in bytes.chunks(16 * 1024) {
                 let mut input = chunk;
                 while let Ok(Some(frame)) = framer.next(&mut input) {

@@ -23,8 +23,8 @@ mod tests {
     use starling_wire::jid::FullJid;
     use starling_wire::limits::FramerLimits;
 
-    use crate::blocking::{DbPool, StoreError, StoreFactory};
     use crate::core::{Core, Shared};
+    use crate::db::{AuthStore, DbPool, StoreError, StoreFactory};
     use crate::io::Io;
     use crate::limits::Limits;
     use crate::mailbox::Mailbox;
@@ -42,7 +42,7 @@ mod tests {
     /// parts we own).
     #[test]
     fn idle_session_budget() {
-        let factory: Arc<StoreFactory> = Arc::new(|| Err(StoreError::Unavailable("none".into())));
+        let factory: Arc<StoreFactory<dyn AuthStore>> = Arc::new(|| Err(StoreError::Unavailable("none".into())));
         let (db, threads) = DbPool::start(1, 4, factory);
         let settings = Settings {
             hosts: vec!["localhost".into()],
@@ -54,8 +54,9 @@ mod tests {
             tls_direct: None,
             tls_server_end_point: None,
             cluster: None,
+            modules: Arc::new(|_| Vec::new()),
         };
-        let shared = Arc::new(Shared { settings, db });
+        let shared = Arc::new(Shared { settings, accounts: Arc::new(db) });
         let executor =
             glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(64 * 1024).make().unwrap();
         let future_bytes = executor.run(async move {

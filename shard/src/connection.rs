@@ -14,10 +14,10 @@ use starling_wire::c2s::{Action, C2s, Context};
 use starling_wire::error::{StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition};
 use starling_wire::framer::Framer;
 use starling_wire::jid::{BareJid, FullJid};
-use starling_wire::sasl::scram::{ChannelBindings, Credentials, Hash};
+use starling_wire::sasl::scram::ChannelBindings;
 
-use crate::blocking::Registered;
 use crate::core::{Core, Transfer};
+use crate::db::Registered;
 use crate::io::{Io, Moving, Wake};
 use crate::mailbox::Mailbox;
 use crate::sessions::{Bound, Session, SessionId};
@@ -179,18 +179,8 @@ fn bind(
     let jid = user.with_resource(&resource).map_err(|_| StanzaError::new(StanzaErrorCondition::BadRequest))?;
     let created_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let session = Session {
-        id,
-        jid: jid.clone(),
-        mailbox,
-        available: false,
-        priority: 0,
-        presence: None,
-        created_ms,
-        carbons: false,
-        notify: None,
-        interested: false,
-    };
+    let session =
+        Session { id, jid: jid.clone(), mailbox, available: false, priority: 0, created_ms, flags: Default::default() };
     let entry = session.entry();
     if let Bound::Replaced(old) = sessions.bind(session) {
         old.kick(StreamErrorCondition::Conflict);
@@ -355,7 +345,7 @@ impl Negotiating {
                 return Ok(None);
             }
             Action::FetchCredentials { user, hash } => {
-                let result = core.shared.db.run(move |store| store.credentials(&user, hash)).await;
+                let result = core.shared.accounts.credentials(user, hash).await;
                 let mut entropy = core.entropy.borrow_mut();
                 let mut context = Context { settings: &settings, entropy: &mut *entropy };
                 match result {
@@ -367,23 +357,10 @@ impl Negotiating {
                 }
             }
             Action::VerifyPassword { user, password } => {
+                // An unknown user costs the same PBKDF2 as a real one.
                 let secret = settings.decoy_secret.clone();
-                let iterations = settings.scram_iterations;
-                let result = core
-                    .shared
-                    .db
-                    .run(move |store| {
-                        // An unknown user costs the same PBKDF2 as a real one.
-                        Ok(match store.credentials(&user, Hash::Sha256)? {
-                            Some(credentials) => credentials.verify_password(&password),
-                            None => {
-                                let decoy = Credentials::decoy(Hash::Sha256, user.as_str(), &secret, iterations);
-                                let _ = decoy.verify_password(&password);
-                                false
-                            }
-                        })
-                    })
-                    .await;
+                let result =
+                    core.shared.accounts.verify_password(user, password, secret, settings.scram_iterations).await;
                 let mut entropy = core.entropy.borrow_mut();
                 let mut context = Context { settings: &settings, entropy: &mut *entropy };
                 match result {
@@ -423,23 +400,8 @@ async fn register(
 ) -> Result<(), StanzaErrorCondition> {
     let interval = core.limits().registration_interval;
     let address = io.stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-    let created = core
-        .shared
-        .db
-        .run(move |store| {
-            let derive = |hash| {
-                use ring::rand::SecureRandom;
-                let mut salt = [0u8; 16];
-                ring::rand::SystemRandom::new()
-                    .fill(&mut salt)
-                    .map(|_| Credentials::derive(hash, &password, &salt, iterations))
-                    .map_err(|_| crate::blocking::StoreError::Query("no randomness".into()))
-            };
-            let (sha1, sha256) = (derive(Hash::Sha1)?, derive(Hash::Sha256)?);
-            let limit = (!interval.is_zero()).then_some((address.as_str(), interval));
-            store.create_account(&user, (&sha1, &sha256), limit)
-        })
-        .await;
+    let limit = (!interval.is_zero()).then_some((address, interval));
+    let created = core.shared.accounts.register(user, password, iterations, limit).await;
     match created {
         Ok(Registered::Created) => Ok(()),
         Ok(Registered::Exists) => Err(StanzaErrorCondition::Conflict),

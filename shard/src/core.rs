@@ -22,7 +22,6 @@ use starling_wire::c2s::Entropy;
 use starling_wire::framer::Framer;
 use starling_wire::jid::BareJid;
 
-use crate::blocking::DbPool;
 use crate::limits::{Limits, OUTBOX_BYTES_MAX, READ_BUFFER_BYTES, STANZAS_PER_BATCH_MAX};
 use crate::mailbox::Mailbox;
 use crate::sessions::SessionTable;
@@ -77,6 +76,9 @@ pub(crate) enum CoreMessage {
     Replica(Vec<crate::cluster::ReplicaOp>),
     /// Stanzas from other nodes for one session each (recipient full JID).
     Routes(Vec<(Box<str>, Vec<u8>)>),
+    /// Stanzas another node handed to this node to deliver (the account's sessions
+    /// are here), and module events for accounts homed on the receiving core.
+    Forwarded(Vec<crate::cluster::Inbound>),
     /// A connection to adopt.
     Adopt(Box<Transfer>),
 }
@@ -106,6 +108,7 @@ pub(crate) struct Outbox {
     valve: Rc<crate::flow::Valve>,
     replica: RefCell<Vec<crate::cluster::ReplicaOp>>,
     routes: RefCell<Vec<(Box<str>, Vec<u8>)>>,
+    forwarded: RefCell<Vec<crate::cluster::Inbound>>,
     waker: Cell<Option<Waker>>,
     adoptions: RefCell<Vec<Transfer>>,
 }
@@ -124,7 +127,8 @@ impl Entropy for SystemEntropy {
 /// The node-wide things every core shares read-only.
 pub(crate) struct Shared {
     pub settings: Settings,
-    pub db: DbPool,
+    /// Credentials and account creation (the rest of storage is the modules').
+    pub accounts: Arc<dyn crate::db::Accounts>,
 }
 
 pub struct Core {
@@ -146,19 +150,20 @@ pub struct Core {
     pub(crate) stopping: Cell<bool>,
     /// Clustering state, when this node is part of a cluster.
     pub(crate) cluster: Option<crate::cluster::Cluster>,
-    /// IM state of the accounts homed here that are in use (`account.rs`).
-    pub(crate) accounts: RefCell<HashMap<Box<str>, crate::account::Slot>>,
-    /// The last archive id this core handed out (`archive.rs`).
-    pub(crate) archive_clock: Cell<u64>,
-    /// When this core started (XEP-0012 server uptime).
+    /// When this core started.
     pub(crate) started: std::time::Instant,
     /// Queues that went over their mark while the current stanza was handled
     /// (`flow.rs`): whoever handled it waits for them.
     congestion: RefCell<Vec<Rc<dyn crate::flow::Congestion>>>,
-    /// Verified XEP-0115 `ver` -> the `+notify` nodes it stands for (`pep.rs`).
-    pub(crate) caps: RefCell<HashMap<Box<str>, crate::pep::Notify>>,
-    /// Capability queries sent to clients: IQ id -> `ver`.
-    pub(crate) caps_queries: RefCell<HashMap<String, Box<str>>>,
+    /// The features, in hook order (`module.rs`), set once the core runs.
+    pub(crate) modules: std::cell::OnceCell<crate::module::Modules>,
+    /// (namespace, element) -> the modules answering it, with their scopes.
+    pub(crate) iq_routes: std::cell::OnceCell<crate::router::IqRoutes>,
+    /// Some module has an `on_push` hook.
+    pub(crate) push_hooks: Cell<bool>,
+    /// Stanzas waiting for an account with no session on this node to be looked up
+    /// and loaded, in arrival order (`router.rs`).
+    pub(crate) waiting_accounts: RefCell<HashMap<Box<str>, Vec<Vec<u8>>>>,
 }
 
 impl Core {
@@ -180,27 +185,40 @@ impl Core {
             next_id: Cell::new(1),
             stopping: Cell::new(false),
             cluster: shared_cluster,
-            accounts: RefCell::new(HashMap::new()),
-            archive_clock: Cell::new(0),
             started: std::time::Instant::now(),
             congestion: RefCell::new(Vec::new()),
-            caps: RefCell::new(HashMap::new()),
-            caps_queries: RefCell::new(HashMap::new()),
+            modules: std::cell::OnceCell::new(),
+            iq_routes: std::cell::OnceCell::new(),
+            push_hooks: Cell::new(false),
+            waiting_accounts: RefCell::new(HashMap::new()),
         })
     }
 
+    /// Builds this core's modules with `factory` (once, on this core).
+    pub(crate) fn install_modules(self: &Rc<Self>, factory: &crate::module::ModuleFactory) {
+        let modules = factory(self);
+        self.push_hooks.set(modules.iter().any(|m| m.wants_push()));
+        let _ = self.iq_routes.set(crate::router::IqRoutes::new(&modules));
+        let _ = self.modules.set(modules);
+    }
+
+    /// The modules in hook order (none before `install_modules`).
+    pub(crate) fn module_list(&self) -> &[Rc<dyn crate::module::Module>] {
+        self.modules.get().map(Vec::as_slice).unwrap_or(&[])
+    }
+
     /// A counted handle to this core, for tasks that outlive the caller's borrow.
-    pub(crate) fn rc(&self) -> Rc<Core> {
+    pub fn rc(&self) -> Rc<Core> {
         // Invariant: a Core only exists inside the Rc built by `new`.
         self.me.upgrade().expect("core alive")
     }
 
-    pub(crate) fn limits(&self) -> &Limits {
+    pub fn limits(&self) -> &Limits {
         &self.shared.settings.limits
     }
 
     /// A number unique on this node: the core in the low bits.
-    pub(crate) fn next_id(&self) -> u64 {
+    pub fn next_id(&self) -> u64 {
         let n = self.next_id.get();
         self.next_id.set(n + 1);
         (n << 8) | self.id as u64
@@ -255,6 +273,14 @@ impl Core {
         }
     }
 
+    pub(crate) fn forward_to_core(&self, peer: usize, inbound: crate::cluster::Inbound) {
+        let outbox = &self.outboxes[peer];
+        outbox.forwarded.borrow_mut().push(inbound);
+        if let Some(waker) = outbox.waker.take() {
+            waker.wake();
+        }
+    }
+
     pub(crate) fn adopt_on(&self, peer: usize, transfer: Transfer) {
         let outbox = &self.outboxes[peer];
         outbox.adoptions.borrow_mut().push(transfer);
@@ -263,8 +289,9 @@ impl Core {
         }
     }
 
-    /// Notes that `queue` went over its mark while handling the current stanza.
-    pub(crate) fn note_congestion(&self, queue: Rc<dyn crate::flow::Congestion>) {
+    /// Notes that `queue` went over its mark while handling the current stanza: the
+    /// session (or task) that handled it waits for the queue before reading more.
+    pub fn note_congestion(&self, queue: Rc<dyn crate::flow::Congestion>) {
         let mut congestion = self.congestion.borrow_mut();
         if !congestion.iter().any(|c| std::ptr::addr_eq(Rc::as_ptr(c), Rc::as_ptr(&queue))) {
             congestion.push(queue);
@@ -284,13 +311,6 @@ impl Core {
     /// Pushes `bytes` to a connection's mailbox on this core; notes congestion.
     pub(crate) fn push(&self, mailbox: &Rc<Mailbox>, bytes: &[u8]) {
         if mailbox.push(bytes, self.limits().queued_bytes_per_connection_max) {
-            self.note_congestion(mailbox.clone());
-        }
-    }
-
-    /// Like [`Core::push`], for a stanza a client in CSI inactive state may get later.
-    pub(crate) fn push_deferrable(&self, mailbox: &Rc<Mailbox>, sender: Option<&str>, bytes: &[u8]) {
-        if mailbox.push_deferrable(sender, bytes, self.limits().queued_bytes_per_connection_max) {
             self.note_congestion(mailbox.clone());
         }
     }
@@ -345,13 +365,19 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
     loop {
         // Take everything queued at once (linear, whatever the backlog), then send it in
         // batches.
-        let (stanzas, adoptions, replica, routes) = futures_lite::future::poll_fn(|cx| {
+        let (stanzas, adoptions, replica, routes, forwarded) = futures_lite::future::poll_fn(|cx| {
             let outbox = &core.outboxes[peer];
             let mut queue = outbox.queue.borrow_mut();
             let mut adoptions = outbox.adoptions.borrow_mut();
             let mut replica = outbox.replica.borrow_mut();
             let mut routes = outbox.routes.borrow_mut();
-            if queue.is_empty() && adoptions.is_empty() && replica.is_empty() && routes.is_empty() {
+            let mut forwarded = outbox.forwarded.borrow_mut();
+            if queue.is_empty()
+                && adoptions.is_empty()
+                && replica.is_empty()
+                && routes.is_empty()
+                && forwarded.is_empty()
+            {
                 outbox.waker.set(Some(cx.waker().clone()));
                 return Poll::Pending;
             }
@@ -360,9 +386,13 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
                 std::mem::take(&mut *adoptions),
                 std::mem::take(&mut *replica),
                 std::mem::take(&mut *routes),
+                std::mem::take(&mut *forwarded),
             ))
         })
         .await;
+        if !forwarded.is_empty() && senders.send_to(peer, CoreMessage::Forwarded(forwarded)).await.is_err() {
+            return;
+        }
         if !replica.is_empty() && senders.send_to(peer, CoreMessage::Replica(replica)).await.is_err() {
             return;
         }
@@ -427,6 +457,16 @@ pub(crate) async fn receive(core: Rc<Core>, receivers: Receivers<CoreMessage>) {
                                 let what = || crate::contain::describe(&stanza);
                                 let deliver = || crate::router::deliver_local(&core, &recipient, &stanza);
                                 let _ = crate::contain::call(&core, &what, deliver);
+                                let congested = core.take_congestion();
+                                if !congested.is_empty() {
+                                    crate::flow::drained(congested).await;
+                                }
+                            }
+                        }
+                        CoreMessage::Forwarded(inbound) => {
+                            for item in inbound {
+                                let what = || "a stanza or event from another node".to_owned();
+                                let _ = crate::contain::call(&core, &what, || crate::cluster::dispatch(&core, item));
                                 let congested = core.take_congestion();
                                 if !congested.is_empty() {
                                     crate::flow::drained(congested).await;

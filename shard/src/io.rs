@@ -259,6 +259,9 @@ impl Io {
             if self.poll_flush(cx).is_err() {
                 return Poll::Ready(Wake::Closed);
             }
+            if self.queued() == 0 {
+                mailbox.mark_written();
+            }
             if self.queued() < WIRE_BYTES_HIGH && mailbox.has_mail() {
                 return Poll::Ready(Wake::Mail);
             }

@@ -7,52 +7,41 @@
 //!
 //! ```text
 //!   accept (any core) --negotiate--> bind --move (fd + TLS + bytes)--> home core
-//!   home core: session loop --stamp--> router --(same core)--> recipient mailbox
-//!                                         \--(other core)--> batch --> peer core
-//!   blocking: DB threads (credentials, PBKDF2) <--jobs/oneshot--> core tasks
+//!   home core: session loop --stamp--> modules' on_send --> router --(same core)--> deliver
+//!                                                          \--(other core)--> batch --> peer core
+//!   deliver: delivery::decide --> modules' on_deliver --> on_push --> recipient mailbox
+//!   db: DB threads (credentials, PBKDF2, the modules' storage) <--jobs/oneshot--> core tasks
 //! ```
 //!
 //! Nothing mutable is shared between cores; per-core state lives in `Rc`/`RefCell`.
-//! Protocol decisions live in `wire` (negotiation) and in the handler modules
-//! (`router`, `iq`, `presence`); `io` and `connection` only shuttle bytes.
+//! Protocol decisions live in `wire` (negotiation), in `delivery` (RFC 6121 section
+//! 8.5) and in the feature modules behind [`module::Module`] (the crate
+//! `starling-modules`, which this crate never names); `io` and `connection` only
+//! shuttle bytes.
 //!
 //! Drive it with [`Node::start`] and stop it with [`Node::shutdown`].
 
-mod account;
-mod archive;
+mod api;
 #[doc(hidden)]
 pub mod bench;
-pub mod blocking;
 mod budget;
-mod carbons;
 pub mod cluster;
 mod connection;
 mod contain;
 mod core;
-mod delay;
-mod flow;
-mod im;
+pub mod db;
+pub mod delivery;
+pub mod flow;
 mod io;
-mod iq;
 pub mod limits;
 mod mailbox;
+pub mod module;
 mod node;
-mod offline;
-mod pep;
-mod presence;
-pub mod roster;
 mod router;
 mod session;
 mod sessions;
 pub mod settings;
-mod subscription;
 
 pub use crate::core::Core;
-
-/// Stream features this shard adds after authentication, next to resource binding:
-/// roster versioning (XEP-0237), client state indication (XEP-0352) and the server's
-/// entity capabilities (XEP-0115).
-pub fn stream_features() -> String {
-    format!("<ver xmlns='urn:xmpp:features:rosterver'/><csi xmlns='urn:xmpp:csi:0'/>{}", iq::caps_feature())
-}
 pub use node::{CoreHealth, Node, NodeStats, StartError, CORE_DIED_EXIT_CODE};
+pub use sessions::{Session, SessionId};

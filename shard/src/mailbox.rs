@@ -23,19 +23,20 @@ pub(crate) struct Mailbox {
     congested: Cell<bool>,
     /// Senders waiting for the queue to drain.
     senders: RefCell<Vec<Waker>>,
-    /// XEP-0352: the client is inactive; presence and chat states wait in `held`.
-    inactive: Cell<bool>,
-    /// Held stanzas in arrival order; a newer presence from the same sender
-    /// replaces the older one (only the latest matters).
-    held: RefCell<Vec<Held>>,
+    /// Bytes pushed so far, and bytes handed to the connection's write path so far.
+    pushed: Cell<u64>,
+    drained: Cell<u64>,
+    /// Bytes the socket has taken (as far as is known), and who waits for a mark;
+    /// boxed and made on first use: most sessions never have a waiter.
+    written: RefCell<Option<Box<Written>>>,
 }
 
-/// A stanza held for an inactive client: (presence sender, bytes).
-type Held = (Option<Box<str>>, Vec<u8>);
-
-/// Stanzas held for an inactive client before they are sent anyway: bounds the memory
-/// a client can make the server hold by staying inactive.
-const HELD_STANZAS_MAX: usize = 512;
+/// Who waits for output to reach the socket.
+#[derive(Default)]
+struct Written {
+    bytes: u64,
+    waiters: Vec<(u64, Waker)>,
+}
 
 impl Mailbox {
     /// Queues `bytes`. Nothing is refused: past `limit` queued bytes the mailbox is
@@ -47,49 +48,11 @@ impl Mailbox {
         }
         let mut queue = self.queue.borrow_mut();
         queue.extend(bytes);
+        self.pushed.set(self.pushed.get() + bytes.len() as u64);
         let congested = queue.len() > limit;
         drop(queue);
         self.congested.set(congested);
         self.wake();
-        congested
-    }
-
-    /// Queues a stanza the client need not see at once (presence, keyed by its
-    /// sender, or a chat state, unkeyed): held while the client is inactive.
-    pub fn push_deferrable(&self, sender: Option<&str>, bytes: &[u8], limit: usize) -> bool {
-        if !self.inactive.get() {
-            return self.push(bytes, limit);
-        }
-        let mut held = self.held.borrow_mut();
-        if let Some(sender) = sender {
-            if let Some(slot) = held.iter_mut().find(|(s, _)| s.as_deref() == Some(sender)) {
-                slot.1 = bytes.to_vec();
-                return false;
-            }
-        }
-        held.push((sender.map(Into::into), bytes.to_vec()));
-        if held.len() < HELD_STANZAS_MAX {
-            return false;
-        }
-        drop(held);
-        self.release_held(limit)
-    }
-
-    /// XEP-0352 `<inactive/>` (true) or `<active/>` (false); becoming active sends
-    /// everything held.
-    pub fn set_inactive(&self, inactive: bool, limit: usize) {
-        self.inactive.set(inactive);
-        if !inactive {
-            self.release_held(limit);
-        }
-    }
-
-    fn release_held(&self, limit: usize) -> bool {
-        let held = std::mem::take(&mut *self.held.borrow_mut());
-        let mut congested = false;
-        for (_, bytes) in held {
-            congested |= self.push(&bytes, limit);
-        }
         congested
     }
 
@@ -109,6 +72,11 @@ impl Mailbox {
     pub fn close(&self) {
         self.kick(StreamErrorCondition::Reset);
         *self.queue.borrow_mut() = OutQueue::default();
+        if let Some(written) = self.written.borrow_mut().as_mut() {
+            for (_, waker) in written.waiters.drain(..) {
+                waker.wake();
+            }
+        }
     }
 
     pub fn kicked(&self) -> Option<StreamErrorCondition> {
@@ -126,12 +94,51 @@ impl Mailbox {
         let n = queue.len().min(max);
         out.extend_from_slice(queue.front(n));
         queue.consume(n);
+        self.drained.set(self.drained.get() + n as u64);
         let congested = queue.len() > limit;
         drop(queue);
         if self.congested.get() && !congested {
             self.congested.set(false);
             self.wake_senders();
         }
+    }
+
+    /// Everything drained so far has reached the socket (the write path is empty).
+    pub fn mark_written(&self) {
+        let mut written = self.written.borrow_mut();
+        let Some(written) = written.as_mut() else { return };
+        written.bytes = self.drained.get();
+        if written.waiters.is_empty() {
+            return;
+        }
+        let bytes = written.bytes;
+        let (ready, waiting): (Vec<_>, Vec<_>) = written.waiters.drain(..).partition(|(target, _)| *target <= bytes);
+        written.waiters = waiting;
+        for (_, waker) in ready {
+            waker.wake();
+        }
+    }
+
+    /// Resolves to true once every byte pushed before this call reached the socket,
+    /// false if the connection closes first.
+    pub fn written(self: &std::rc::Rc<Self>) -> impl std::future::Future<Output = bool> + 'static {
+        let target = self.pushed.get();
+        let mailbox = self.clone();
+        futures_lite::future::poll_fn(move |cx| {
+            if mailbox.kick.get().is_some() {
+                return std::task::Poll::Ready(false);
+            }
+            let mut written = mailbox.written.borrow_mut();
+            let written = written.get_or_insert_with(Box::default);
+            if written.bytes >= target {
+                return std::task::Poll::Ready(true);
+            }
+            written.waiters.push((target, cx.waker().clone()));
+            // The connection learns of the waiter at its next poll, which marks what
+            // reached the socket.
+            mailbox.wake();
+            std::task::Poll::Pending
+        })
     }
 
     pub fn set_waker(&self, waker: &Waker) {
@@ -171,30 +178,6 @@ impl Congestion for Mailbox {
 impl Drop for Mailbox {
     fn drop(&mut self) {
         self.wake_senders();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// While inactive, presence waits (only the latest per sender) and chat states
-    /// wait in order; messages pass; becoming active releases what waited.
-    #[test]
-    fn inactive_clients_get_presence_later() {
-        let mailbox = Mailbox::default();
-        mailbox.set_inactive(true, 1 << 20);
-        assert!(!mailbox.push_deferrable(Some("a@x/1"), b"<p1/>", 1 << 20));
-        assert!(!mailbox.push_deferrable(None, b"<typing/>", 1 << 20));
-        assert!(!mailbox.push_deferrable(Some("a@x/1"), b"<p2/>", 1 << 20));
-        assert!(!mailbox.push(b"<m/>", 1 << 20));
-        let mut out = Vec::new();
-        mailbox.drain_into(&mut out, usize::MAX, 1 << 20);
-        assert_eq!(out, b"<m/>");
-        mailbox.set_inactive(false, 1 << 20);
-        out.clear();
-        mailbox.drain_into(&mut out, usize::MAX, 1 << 20);
-        assert_eq!(out, b"<p2/><typing/>");
     }
 }
 

@@ -21,7 +21,6 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use starling_wire::error::StreamErrorCondition;
 use starling_wire::jid::BareJid;
 
-use crate::blocking::DbPool;
 use crate::core::{Core, CoreMessage, Shared};
 use crate::limits::{CORE_CHANNEL_BATCHES, SHUTDOWN_GRACE};
 use crate::settings::{ListenerSockets, Settings};
@@ -82,22 +81,27 @@ pub enum StartError {
 impl Node {
     /// Starts one pinned executor per entry of `settings.cpus`. `replication` holds one
     /// listening socket per core for other nodes' links (with clustering on).
-    pub fn start(settings: Settings, sockets: ListenerSockets, db: DbPool) -> Result<Node, StartError> {
-        Node::start_clustered(settings, sockets, Vec::new(), db)
+    /// `accounts` answers credential lookups (usually the server's [`crate::db::DbPool`]).
+    pub fn start(
+        settings: Settings,
+        sockets: ListenerSockets,
+        accounts: Arc<dyn crate::db::Accounts>,
+    ) -> Result<Node, StartError> {
+        Node::start_clustered(settings, sockets, Vec::new(), accounts)
     }
 
     pub fn start_clustered(
         settings: Settings,
         sockets: ListenerSockets,
         replication: Vec<OwnedFd>,
-        db: DbPool,
+        accounts: Arc<dyn crate::db::Accounts>,
     ) -> Result<Node, StartError> {
         let cores = settings.cpus.len();
         if sockets.len() != cores {
             return Err(StartError::Sockets { cores, sockets: sockets.len() });
         }
         let cpus = settings.cpus.clone();
-        let shared = Arc::new(Shared { settings, db });
+        let shared = Arc::new(Shared { settings, accounts });
         let mesh = MeshBuilder::<CoreMessage, _>::full(cores, CORE_CHANNEL_BATCHES);
         let mut controls = Vec::with_capacity(cores);
         let mut watchdogs = Vec::with_capacity(cores);
@@ -337,6 +341,8 @@ async fn run_core(
     // The mesh numbers its members; that number is this core's identity.
     let id = senders.peer_id();
     let core = Core::new(id, cores, shared);
+    let factory = core.shared.settings.modules.clone();
+    core.install_modules(&*factory);
     let senders = Rc::new(senders);
     let mut tasks = Vec::new();
     for (listener, fd) in sockets.into_iter().enumerate() {

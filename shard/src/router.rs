@@ -1,21 +1,35 @@
-//! Routing between local accounts (RFC 6121 section 8.5): a stamped stanza goes to the
-//! core that homes its recipient (zero or one hop), which delivers it by the RFC's
-//! rules for full and bare JIDs, or answers with the right error.
+//! Routing and delivery between local accounts: a stamped stanza goes to the core
+//! that homes its recipient (zero or one hop), which decides by RFC 6121 section 8.5
+//! (`delivery.rs`) where it goes, lets the modules refine that (`on_deliver`), and
+//! pushes it to each target (`on_push`, then the session's mailbox, or the node that
+//! holds the session).
 //!
+//! ```text
+//!  route(to_bare) --same core--> deliver --------------------------------+
+//!                 \--peer core--> outbox --> deliver                     |
+//!  deliver: sessions here? ----------------------------------------------> deliver_now
+//!           only on another node --> Deliver frame --> that node: deliver_forwarded
+//!           nowhere --> look the account up, prepare modules (in arrival order) --^
+//!  deliver_now: decide --> on_deliver (modules) --> push targets and copies / error /
+//!               IQ answered on the account's behalf
+//! ```
 //! Cost per routed stanza (the budget `benches/route.rs` measures): one start-tag scan
 //! and one JID parse at the sender, one copy into a batch when the recipient is on
-//! another core, one start-tag scan and JID parse at the recipient's core, and one
-//! append to the recipient's mailbox. The write syscall is shared by every stanza
-//! queued for that connection before its task runs.
+//! another core, one start-tag scan and JID parse at the recipient's core, the
+//! resource list (one small allocation per resource), and one append to the
+//! recipient's mailbox. The write syscall is shared by every stanza queued for that
+//! connection before its task runs.
+
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use starling_wire::error::{StanzaError, StanzaErrorCondition};
 use starling_wire::jid::JidRef;
-use starling_wire::stanza::{IqType, MessageType, PresenceType, Stanza, StanzaKind};
-
-use std::rc::Rc;
+use starling_wire::stanza::{IqType, Stanza, StanzaKind};
 
 use crate::core::Core;
-use crate::mailbox::Mailbox;
+use crate::delivery::{Address, Candidate, Decision, Kind};
+use crate::module::{Delivery, Flow, Iq, IqScope, Module, Place, Push, Reply, Resource, SessionFlags};
 
 /// Sends a stamped stanza to the account `to_bare` (normalised), wherever it is homed.
 pub(crate) fn route(core: &Core, to_bare: &str, stanza: &[u8]) {
@@ -30,228 +44,252 @@ pub(crate) fn route(core: &Core, to_bare: &str, stanza: &[u8]) {
 
 /// Delivers a stamped stanza addressed to an account homed on this core.
 pub(crate) fn deliver(core: &Core, bytes: &[u8]) {
+    deliver_as(core, bytes, false);
+}
+
+/// Delivers a stanza another node handed to this one (it holds the account's
+/// sessions): never handed on again.
+pub(crate) fn deliver_forwarded(core: &Core, bytes: &[u8]) {
+    deliver_as(core, bytes, true);
+}
+
+fn deliver_as(core: &Core, bytes: &[u8], forwarded: bool) {
     let Ok(stanza) = Stanza::parse(bytes) else {
         log::error!("router: unparsable stanza reached delivery");
         return;
     };
-    let Some(to) = stanza.to.and_then(|to| to.value().and_then(|text| JidRef::parse(text).ok())) else {
-        return;
+    let Some(to) = stanza.to.and_then(|to| to.value()) else { return };
+    let Ok(to) = JidRef::parse(to) else { return };
+    let bare = to.bare_str();
+    let local = !core.sessions.borrow().sessions(bare).is_empty();
+    if !local {
+        if !forwarded && hand_to_node(core, &to, bytes) {
+            return;
+        }
+        if !has_remote(core, bare) {
+            return wait_for_account(core, bare, bytes);
+        }
+    }
+    deliver_now(core, &stanza, &to, true);
+}
+
+/// The account has no session here but has some on another node: that node delivers
+/// (it holds the account's state). The node of the addressed resource, or of the
+/// highest-priority available one (ties: the lowest node number).
+fn hand_to_node(core: &Core, to: &JidRef<'_>, bytes: &[u8]) -> bool {
+    let Some(cluster) = &core.cluster else { return false };
+    let node = {
+        let replica = cluster.replica.borrow();
+        let sessions = replica.store.sessions(to.bare_str());
+        let addressed = sessions.iter().find(|s| to.is_full() && &*s.full == to.as_str());
+        let best =
+            sessions.iter().max_by_key(|s| (s.entry.available, s.entry.priority, std::cmp::Reverse(s.owner.node_num)));
+        addressed.or(best).map(|s| s.owner.node_num)
     };
-    core.stats.stanzas_delivered.set(core.stats.stanzas_delivered.get() + 1);
-    match stanza.kind {
-        StanzaKind::Message => deliver_message(core, &stanza, &to),
-        StanzaKind::Presence => deliver_presence(core, &stanza, &to),
-        StanzaKind::Iq => deliver_iq(core, &stanza, &to),
+    match node {
+        Some(node) => cluster.deliver(core, node, to.bare_str(), bytes),
+        None => false,
     }
 }
 
-/// Where one resource of an account is: here, or on another node.
-enum Target {
-    Local(Rc<Mailbox>),
-    Remote { node: u16, full: Box<str> },
+fn has_remote(core: &Core, bare: &str) -> bool {
+    core.cluster.as_ref().is_some_and(|c| !c.replica.borrow().store.sessions(bare).is_empty())
 }
 
-struct Resource {
-    available: bool,
-    priority: i8,
-    target: Target,
-    /// XEP-0163 notify list of a local session (unknown for remote ones).
-    notify: Option<crate::pep::Notify>,
+/// The account has no session anywhere: whether it exists and what the modules need
+/// (its block list, ...) come from storage first. Stanzas for it wait in arrival
+/// order meanwhile, so offline messages keep their order.
+fn wait_for_account(core: &Core, bare: &str, bytes: &[u8]) {
+    let mut waiting = core.waiting_accounts.borrow_mut();
+    if let Some(queue) = waiting.get_mut(bare) {
+        queue.push(bytes.to_vec());
+        return;
+    }
+    waiting.insert(bare.into(), vec![bytes.to_vec()]);
+    drop(waiting);
+    let Ok(account) = bare.parse::<starling_wire::jid::BareJid>() else {
+        core.waiting_accounts.borrow_mut().remove(bare);
+        return;
+    };
+    let task_core = core.rc();
+    crate::contain::spawn(core.rc(), "a delivery to an account with no session", async move {
+        let core = task_core;
+        let exists = core.shared.accounts.exists(account.clone()).await.unwrap_or_else(|error| {
+            log::warn!("router: cannot look up {account}: {error}");
+            // Unknown: deliver as if it exists (stored offline or bounced by the
+            // modules, rather than an answer that it does not exist).
+            true
+        });
+        let preparing: Vec<_> = core.module_list().iter().filter_map(|m| m.prepare(&core, account.as_str())).collect();
+        for work in preparing {
+            work.await;
+        }
+        let queue = core.waiting_accounts.borrow_mut().remove(account.as_str()).unwrap_or_default();
+        for bytes in queue {
+            let Ok(stanza) = Stanza::parse(&bytes) else { continue };
+            let Some(to) = stanza.to.and_then(|to| to.value()) else { continue };
+            let Ok(to) = JidRef::parse(to) else { continue };
+            deliver_now(&core, &stanza, &to, exists);
+        }
+        for module in core.module_list() {
+            module.release(&core, account.as_str());
+        }
+    });
 }
 
-/// Every resource of `bare`: local sessions, and replicated ones on other nodes.
-fn resources(core: &Core, bare: &str) -> Vec<Resource> {
+/// Every resource of `bare`: sessions here, and replicated ones on other nodes.
+pub(crate) fn resources(core: &Core, bare: &str) -> Vec<Resource> {
     let mut all: Vec<Resource> = core
         .sessions
         .borrow()
         .sessions(bare)
         .iter()
         .map(|s| Resource {
+            full: s.jid.as_str().into(),
             available: s.available,
             priority: s.priority,
-            target: Target::Local(s.mailbox.clone()),
-            notify: s.notify.clone(),
+            flags: s.flags,
+            place: Place::Local(s.id),
         })
         .collect();
     if let Some(cluster) = &core.cluster {
         let replica = cluster.replica.borrow();
         all.extend(replica.store.sessions(bare).iter().map(|s| Resource {
+            full: s.full.clone(),
             available: s.entry.available,
             priority: s.entry.priority,
-            target: Target::Remote { node: s.owner.node_num, full: s.full.clone() },
-            notify: None,
+            flags: SessionFlags(s.entry.flags),
+            place: Place::Remote { node: s.owner.node_num },
         }));
     }
     all
 }
 
-fn send(core: &Core, target: &Target, bytes: &[u8]) {
-    match target {
-        Target::Local(mailbox) => {
-            core.push(mailbox, bytes);
-        }
-        Target::Remote { node, full } => {
-            if let Some(cluster) = &core.cluster {
-                cluster.route(core, *node, full, bytes);
-            }
-        }
-    }
-}
-
-/// The sender's JID text (empty when the stanza has none).
-fn sender<'a>(stanza: &Stanza<'a>) -> std::borrow::Cow<'a, str> {
-    stanza.from.and_then(|f| f.value()).unwrap_or_default()
-}
-
-fn deliver_message(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
-    let kind = stanza.message_type();
-    let from = sender(stanza);
-    if crate::account::blocks_sender(core, to.bare_str(), &from) {
-        // XEP-0191 section 3.5: the blocked sender learns nothing but unavailability.
-        return reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable);
-    }
-    let conversational = crate::carbons::eligible(stanza);
-    if to.is_full() {
-        if push_to_full(core, to.as_str(), stanza.bytes) {
-            crate::archive::archive(core, stanza, to.bare_str(), &from);
-            if conversational {
-                crate::carbons::received(core, to.bare_str(), stanza.bytes, |s| s.jid.as_str() == to.as_str());
-            }
+/// Decides, runs the modules' `on_deliver` hooks and carries out the result.
+fn deliver_now(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>, exists: bool) {
+    let Some(kind) = kind_of(stanza) else { return };
+    core.stats.stanzas_delivered.set(core.stats.stanzas_delivered.get() + 1);
+    let resources = resources(core, to.bare_str());
+    let candidates: Vec<Candidate> =
+        resources.iter().map(|r| Candidate { available: r.available, priority: r.priority }).collect();
+    let address = match to.is_full() {
+        false => Address::Bare,
+        true => Address::Full(resources.iter().position(|r| &*r.full == to.as_str())),
+    };
+    let decision = crate::delivery::decide(kind, address, exists, &candidates);
+    let from = stanza.from.and_then(|f| f.value()).unwrap_or_default();
+    let targets = match &decision {
+        Decision::Deliver(targets) => targets.clone(),
+        _ => Vec::new(),
+    };
+    let mut delivery =
+        Delivery { stanza, to, from: &from, decision, resources: &resources, targets, copies: Vec::new(), error: None };
+    for module in core.module_list() {
+        if let Flow::Stop = module.on_deliver(core, &mut delivery) {
             return;
         }
-        // RFC 6121 section 8.5.3.2.1: no such resource.
-        match kind {
-            MessageType::Groupchat => return reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable),
-            MessageType::Error => return,
-            _ => {}
+    }
+    carry_out(core, delivery);
+}
+
+fn carry_out(core: &Core, delivery: Delivery<'_>) {
+    let Delivery { stanza, to, decision, resources, targets, copies, error, .. } = delivery;
+    if let Some(condition) = error {
+        return reply_error(core, stanza, condition);
+    }
+    for index in targets {
+        if let Some(resource) = resources.get(index) {
+            push(core, resource, stanza.bytes, Some(stanza));
         }
     }
-    let candidates: Vec<Resource> =
-        resources(core, to.bare_str()).into_iter().filter(|r| r.available && r.priority >= 0).collect();
-    // RFC 6121 section 8.5.2.
-    let targets: Vec<Resource> = match kind {
-        MessageType::Error => return,
-        MessageType::Groupchat => Vec::new(),
-        // XEP-0163 section 4.3: PEP events only to resources whose caps ask for them.
-        MessageType::Headline => match crate::pep::event_node(stanza) {
-            Some(node) => candidates.into_iter().filter(|r| crate::pep::wants(r.notify.as_ref(), &node)).collect(),
-            None => candidates,
-        },
-        MessageType::Normal | MessageType::Chat => {
-            let top = candidates.iter().map(|r| r.priority).max();
-            candidates.into_iter().filter(|r| Some(r.priority) == top).collect()
+    for (index, bytes) in copies {
+        if let Some(resource) = resources.get(index) {
+            push(core, resource, &bytes, None);
         }
-    };
-    if targets.is_empty() {
-        // XEP-0160: kept for the next login, or (no body) dropped quietly.
-        if kind != MessageType::Headline && crate::offline::storable(stanza) {
-            crate::offline::store(core, stanza, to.bare_str());
-        }
-        return;
     }
-    for resource in &targets {
-        send(core, &resource.target, stanza.bytes);
-    }
-    crate::archive::archive(core, stanza, to.bare_str(), &from);
-    if conversational {
-        let delivered: Vec<*const Mailbox> = targets
-            .iter()
-            .filter_map(|r| match &r.target {
-                Target::Local(mailbox) => Some(Rc::as_ptr(mailbox)),
-                Target::Remote { .. } => None,
-            })
-            .collect();
-        crate::carbons::received(core, to.bare_str(), stanza.bytes, |s| delivered.contains(&Rc::as_ptr(&s.mailbox)));
+    match decision {
+        // No module stored it (XEP-0160 off): section 8.5.2.2.1 allows the error.
+        Decision::Store => reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable),
+        Decision::Error(condition) => reply_error(core, stanza, condition),
+        Decision::OnBehalf => answer_on_behalf(core, stanza, to.bare_str()),
+        Decision::Deliver(_) | Decision::Ignore | Decision::Subscription | Decision::Probe => {}
     }
 }
 
-fn deliver_presence(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
-    let Some(kind) = stanza.presence_type() else { return };
-    let from = sender(stanza);
-    match kind {
-        // RFC 6121 section 3: subscription presence is handled for the bare JID.
-        PresenceType::Subscribe | PresenceType::Subscribed | PresenceType::Unsubscribe | PresenceType::Unsubscribed => {
-            return crate::subscription::inbound(core, stanza, to, kind)
+/// Pushes `bytes` to one resource: on this core through the `on_push` hooks, or to
+/// the node that holds it.
+pub(crate) fn push(core: &Core, resource: &Resource, bytes: &[u8], parsed: Option<&Stanza<'_>>) {
+    match resource.place {
+        Place::Local(id) => {
+            push_local(core, id, &resource.full, bytes, parsed);
         }
-        PresenceType::Probe => return crate::presence::answer_probe(core, to, &from),
-        PresenceType::Error if !to.is_full() => return,
-        // XEP-0191 section 3.5: presence from a blocked contact is dropped.
-        _ if crate::account::blocks_sender(core, to.bare_str(), &from) => return,
-        _ => {}
-    }
-    if to.is_full() {
-        let mailbox = core.sessions.borrow().session(to.as_str()).map(|s| s.mailbox.clone());
-        match mailbox {
-            Some(mailbox) => {
-                core.push_deferrable(&mailbox, Some(&from), stanza.bytes);
+        Place::Remote { node } => {
+            if let Some(cluster) = &core.cluster {
+                cluster.route(core, node, &resource.full, bytes);
             }
-            None => {
-                push_to_full(core, to.as_str(), stanza.bytes);
-            }
-        }
-        return;
-    }
-    for resource in resources(core, to.bare_str()).iter().filter(|r| r.available) {
-        match &resource.target {
-            Target::Local(mailbox) => {
-                core.push_deferrable(mailbox, Some(&from), stanza.bytes);
-            }
-            remote => send(core, remote, stanza.bytes),
         }
     }
 }
 
-fn deliver_iq(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
-    let request = matches!(stanza.iq_type(), Some(IqType::Get | IqType::Set));
-    if request && crate::account::blocks_sender(core, to.bare_str(), &sender(stanza)) {
-        return reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable);
-    }
-    if to.is_full() {
-        if !push_to_full(core, to.as_str(), stanza.bytes) && request {
-            reply_error(core, stanza, StanzaErrorCondition::ServiceUnavailable);
+/// Pushes to a session of this core, after the `on_push` hooks; false if it is gone.
+pub(crate) fn push_local(
+    core: &Core,
+    id: crate::sessions::SessionId,
+    full: &str,
+    bytes: &[u8],
+    parsed: Option<&Stanza<'_>>,
+) -> bool {
+    let mailbox = core.sessions.borrow().session(full).filter(|s| s.id == id).map(|s| s.mailbox.clone());
+    let Some(mailbox) = mailbox else { return false };
+    if core.push_hooks.get() {
+        let reparsed;
+        let stanza = match parsed {
+            Some(stanza) => stanza,
+            None => match Stanza::parse(bytes) {
+                Ok(stanza) => {
+                    reparsed = stanza;
+                    &reparsed
+                }
+                Err(_) => return false,
+            },
+        };
+        for module in core.module_list().iter().filter(|m| m.wants_push()) {
+            match module.on_push(core, id, full, stanza) {
+                Push::Send => {}
+                Push::Drop | Push::Taken => return true,
+            }
         }
-    } else if request {
-        // RFC 6121 section 8.5.2.1.3: the server answers on the account's behalf.
-        crate::iq::answer_for_account(core, stanza, to.bare_str());
     }
-}
-
-/// Pushes to the session `full`, here or on another node; false if there is none.
-fn push_to_full(core: &Core, full: &str, bytes: &[u8]) -> bool {
-    let mailbox = core.sessions.borrow().session(full).map(|s| s.mailbox.clone());
-    if let Some(mailbox) = mailbox {
-        core.push(&mailbox, bytes);
-        return true;
-    }
-    let Some(cluster) = &core.cluster else { return false };
-    let remote = cluster.replica.borrow().store.session(full).map(|s| s.owner.node_num);
-    match remote {
-        Some(node) => cluster.route(core, node, full, bytes),
-        None => false,
-    }
+    core.push(&mailbox, bytes);
+    true
 }
 
 /// Delivers a stanza another node routed to the local session `recipient`; if the
 /// session is gone meanwhile, the sender gets `service-unavailable`.
 pub(crate) fn deliver_local(core: &Core, recipient: &str, bytes: &[u8]) {
-    let mailbox = core.sessions.borrow().session(recipient).map(|s| s.mailbox.clone());
-    match mailbox {
-        Some(mailbox) => {
-            core.stats.stanzas_delivered.set(core.stats.stanzas_delivered.get() + 1);
-            core.push(&mailbox, bytes);
-        }
-        None => {
-            if let Ok(stanza) = Stanza::parse(bytes) {
-                if stanza.kind != StanzaKind::Presence {
-                    reply_error(core, &stanza, StanzaErrorCondition::ServiceUnavailable);
-                }
-            }
+    let id = core.sessions.borrow().session(recipient).map(|s| s.id);
+    let delivered = id.is_some_and(|id| push_local(core, id, recipient, bytes, None));
+    if delivered {
+        core.stats.stanzas_delivered.set(core.stats.stanzas_delivered.get() + 1);
+    } else if let Ok(stanza) = Stanza::parse(bytes) {
+        if stanza.kind != StanzaKind::Presence {
+            reply_error(core, &stanza, StanzaErrorCondition::ServiceUnavailable);
         }
     }
 }
 
+/// The stanza's kind and type, as delivery sees them (`None`: an undefined presence
+/// type, which is dropped).
+fn kind_of(stanza: &Stanza<'_>) -> Option<Kind> {
+    Some(match stanza.kind {
+        StanzaKind::Message => Kind::Message(stanza.message_type()),
+        StanzaKind::Presence => Kind::Presence(stanza.presence_type()?),
+        StanzaKind::Iq => Kind::Iq(stanza.iq_type()?),
+    })
+}
+
 /// Answers `stanza` with an error from its recipient to its sender, unless it is an
-/// error itself (RFC 6120 section 8.3.1).
+/// error or a result itself (RFC 6120 section 8.3.1).
 pub(crate) fn reply_error(core: &Core, stanza: &Stanza<'_>, condition: StanzaErrorCondition) {
     if stanza.is_error() || stanza.iq_type() == Some(IqType::Result) {
         return;
@@ -262,4 +300,90 @@ pub(crate) fn reply_error(core: &Core, stanza: &Stanza<'_>, condition: StanzaErr
     stanza.write_error_reply(&recipient, &sender, &StanzaError::new(condition), &mut reply);
     let bare = sender.split('/').next().unwrap_or(&sender).to_owned();
     route(core, &bare, &reply);
+}
+
+/// (namespace, element) -> (module index, its scopes) for each module answering it.
+type RouteTable = HashMap<(&'static str, &'static str), Vec<(usize, &'static [IqScope])>>;
+
+/// Which modules answer which IQ payloads, built once per core.
+pub(crate) struct IqRoutes {
+    routes: RouteTable,
+}
+
+impl IqRoutes {
+    pub fn new(modules: &[Rc<dyn Module>]) -> IqRoutes {
+        let mut routes = RouteTable::new();
+        for (index, module) in modules.iter().enumerate() {
+            for route in module.iqs() {
+                routes.entry((route.namespace, route.element)).or_default().push((index, route.scopes));
+            }
+        }
+        IqRoutes { routes }
+    }
+
+    /// The module that answers (namespace, element) in `scope`.
+    pub fn find(&self, namespace: &str, element: &str, scope: IqScope) -> Option<usize> {
+        self.routes
+            .get(&(namespace, element))?
+            .iter()
+            .find(|(_, scopes)| scopes.contains(&scope))
+            .map(|(index, _)| *index)
+    }
+}
+
+/// Dispatches an IQ get or set to the module that answers its payload in `scope`;
+/// `service-unavailable` when none does (RFC 6120 section 8.4), `bad-request` when
+/// it does not have exactly one child (section 8.2.3).
+pub(crate) fn dispatch_iq(
+    core: &Core,
+    stanza: &Stanza<'_>,
+    scope: IqScope,
+    account: &str,
+    session: Option<crate::sessions::SessionId>,
+) -> Reply {
+    let requester = stanza.from.and_then(|f| f.value()).unwrap_or_default();
+    let reply_from = if scope == IqScope::OwnAccount { "" } else { account };
+    let error = |condition| {
+        let mut out = Vec::with_capacity(256);
+        stanza.write_error_reply(reply_from, &requester, &StanzaError::new(condition), &mut out);
+        Reply::Now(out)
+    };
+    let Some(kind @ (IqType::Get | IqType::Set)) = stanza.iq_type() else { return Reply::Now(Vec::new()) };
+    if stanza.id.is_none() {
+        return error(StanzaErrorCondition::BadRequest);
+    }
+    let Ok(text) = std::str::from_utf8(stanza.bytes) else { return error(StanzaErrorCondition::BadRequest) };
+    let Ok(document) = roxmltree::Document::parse(text) else { return error(StanzaErrorCondition::BadRequest) };
+    let mut children = document.root_element().children().filter(|c| c.is_element());
+    let (Some(child), None) = (children.next(), children.next()) else {
+        return error(StanzaErrorCondition::BadRequest);
+    };
+    let namespace = child.tag_name().namespace().unwrap_or("");
+    let routes = core.iq_routes.get();
+    let Some(index) = routes.and_then(|r| r.find(namespace, child.tag_name().name(), scope)) else {
+        return error(StanzaErrorCondition::ServiceUnavailable);
+    };
+    let Some(module) = core.module_list().get(index) else { return error(StanzaErrorCondition::ServiceUnavailable) };
+    let iq = Iq { stanza, kind, scope, child, text, requester: &requester, account, session };
+    module.handle_iq(core, &iq)
+}
+
+/// RFC 6121 section 8.5.2.1.3: an IQ to an account's bare JID, answered by the server
+/// on the account's behalf; the answer is routed back to the requester.
+fn answer_on_behalf(core: &Core, stanza: &Stanza<'_>, account: &str) {
+    let Some(requester) = stanza.from.and_then(|f| f.value()).map(|f| f.into_owned()) else { return };
+    let requester_bare = requester.split('/').next().unwrap_or(&requester).to_owned();
+    match dispatch_iq(core, stanza, IqScope::OtherAccount, account, None) {
+        Reply::Now(bytes) if bytes.is_empty() => {}
+        Reply::Now(bytes) => route(core, &requester_bare, &bytes),
+        Reply::Later(work) => {
+            let task_core = core.rc();
+            crate::contain::spawn(core.rc(), "a request answered for an account", async move {
+                let bytes = work.await;
+                if !bytes.is_empty() {
+                    route(&task_core, &requester_bare, &bytes);
+                }
+            });
+        }
+    }
 }

@@ -13,11 +13,25 @@ use starling_wire::stanza::{IqType, Stanza, StanzaKind, StanzaParseError};
 
 use crate::core::Core;
 use crate::flow::Congestion;
-use crate::im::{Outcome, Pending};
 use crate::io::{Io, Wake, WIRE_BYTES_HIGH};
 use crate::limits::READS_PER_WAKEUP_MAX;
 use crate::mailbox::Mailbox;
+use crate::module::{Flow, IqScope, Pending, Reply, Sender};
 use crate::sessions::SessionId;
+
+/// The session is gone: unbind it, tell the other nodes, then the modules (presence
+/// tells the contacts, ...).
+fn session_ended(core: &Core, state: &State) {
+    let session = core.sessions.borrow_mut().unbind(&state.jid, state.id);
+    // Replaced by a newer session with the same full JID: that one speaks now.
+    let Some(session) = session else { return };
+    if let Some(cluster) = &core.cluster {
+        cluster.publish(state.jid.as_str(), None);
+    }
+    for module in core.module_list() {
+        module.on_session_close(core, &state.jid, state.id, session.available);
+    }
+}
 
 /// How a session ended.
 enum End {
@@ -35,9 +49,6 @@ pub(crate) struct State {
     pub id: SessionId,
     /// Replies for this client produced while handling its stanzas.
     pub out: Vec<u8>,
-    /// Full or bare JIDs this session sent directed available presence to
-    /// (RFC 6121 section 4.6), told when it goes unavailable.
-    pub directed: Vec<Box<str>>,
 }
 
 /// Serves a bound session until it ends. Written as a plain function returning an
@@ -52,7 +63,7 @@ pub(crate) fn run(
     id: SessionId,
     mailbox: Rc<Mailbox>,
 ) -> impl std::future::Future<Output = ()> {
-    let state = State { jid, id, out: Vec::new(), directed: Vec::new() };
+    let state = State { jid, id, out: Vec::new() };
     let mut task = Task { core, io, framer, state, mailbox, ended: false };
     async move { task.run().await }
 }
@@ -72,15 +83,20 @@ struct Task {
 
 impl Task {
     async fn run(&mut self) {
-        // The roster and block list, for presence and blocking decisions; a failure
-        // here is retried by the first request that needs them.
-        // Boxed: the loading future must not make every idle session's task bigger.
-        if let Err(error) = Box::pin(crate::account::load(&self.core, &self.state.jid.to_bare())).await {
-            log::warn!("c2s: cannot load the account of {}: {error}", self.state.jid);
+        // What the modules need before this session's first stanza (its account's
+        // roster and block list, ...). Boxed: not part of every idle session's task.
+        let opening: Vec<_> = self
+            .core
+            .module_list()
+            .iter()
+            .filter_map(|m| m.on_session_open(&self.core, &self.state.jid, self.state.id))
+            .collect();
+        for work in opening {
+            Box::pin(work).await;
         }
         let end = serve(&self.core, &mut self.io, &mut self.framer, &mut self.state, &self.mailbox).await;
         self.mailbox.close();
-        crate::presence::session_ended(&self.core, &mut self.state);
+        session_ended(&self.core, &self.state);
         self.ended = true;
         match end {
             End::Gone => return,
@@ -100,9 +116,9 @@ impl Drop for Task {
     fn drop(&mut self) {
         self.mailbox.close();
         if !self.ended {
-            let (core, state) = (&self.core, &mut self.state);
+            let (core, state) = (&self.core, &self.state);
             let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                crate::presence::session_ended(core, state);
+                session_ended(core, state);
             }));
             if ended.is_err() {
                 // Whatever else failed, the session must not stay bound.
@@ -257,17 +273,9 @@ fn internal_error() -> End {
 pub(crate) fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Result<Option<Pending>, StreamError> {
     #[cfg(feature = "fault-injection")]
     crate::contain::inject(core, bytes);
-    if let Some(inactive) = client_state(bytes) {
-        let limit = core.limits().queued_bytes_per_connection_max;
-        let mailbox = core.sessions.borrow().session(state.jid.as_str()).map(|s| s.mailbox.clone());
-        if let Some(mailbox) = mailbox {
-            mailbox.set_inactive(inactive, limit);
-        }
-        return Ok(None);
-    }
     let stanza = match Stanza::parse(bytes) {
         Ok(stanza) => stanza,
-        Err(StanzaParseError::NotAStanza) => return Err(StreamError::new(StreamErrorCondition::UnsupportedStanzaType)),
+        Err(StanzaParseError::NotAStanza) => return nonza(core, state, bytes).map(|()| None),
         Err(StanzaParseError::Malformed) => return Err(StreamError::new(StreamErrorCondition::NotWellFormed)),
     };
     check_from(&stanza, &state.jid)?;
@@ -283,105 +291,77 @@ pub(crate) fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Re
     let mut stamped = core.stamp_buffer.take();
     stamped.clear();
     stanza.write_stamped(state.jid.as_str(), &mut stamped);
-    let pending = route_stamped(core, state, &stanza, to, &stamped);
+    let pending = match Stanza::parse(&stamped) {
+        Ok(stamped_stanza) => dispatch(core, state, &stamped_stanza, to.as_ref()),
+        Err(_) => None,
+    };
     core.stamp_buffer.replace(stamped);
     Ok(pending)
 }
 
-/// XEP-0352 `<active/>`/`<inactive/>` nonzas: `Some(inactive)`.
-fn client_state(bytes: &[u8]) -> Option<bool> {
-    let inactive = if bytes.starts_with(b"<inactive") {
-        true
-    } else if bytes.starts_with(b"<active") {
-        false
-    } else {
-        return None;
-    };
-    let namespace = starling_wire::xml::attribute(bytes, b"xmlns")?.value()?;
-    (namespace == "urn:xmpp:csi:0").then_some(inactive)
+/// A top-level element that is not a stanza: a module's (XEP-0352 `<active/>`, ...),
+/// or `unsupported-stanza-type`.
+fn nonza(core: &Core, state: &mut State, bytes: &[u8]) -> Result<(), StreamError> {
+    let mut sender = Sender { jid: &state.jid, session: state.id, out: &mut state.out };
+    for module in core.module_list() {
+        if module.on_nonza(core, &mut sender, bytes) {
+            return Ok(());
+        }
+    }
+    Err(StreamError::new(StreamErrorCondition::UnsupportedStanzaType))
 }
 
-fn route_stamped(
-    core: &Core,
-    state: &mut State,
-    stanza: &Stanza<'_>,
-    to: Option<JidRef<'_>>,
-    stamped: &[u8],
-) -> Option<Pending> {
-    let own = to.as_ref().is_none_or(|to| !to.is_full() && to.bare_str() == state.jid.bare_str());
-    let to_server = to.as_ref().is_none_or(|to| to.local().is_none() && !to.is_full());
-    if stanza.kind == StanzaKind::Iq
-        && to_server
-        && stanza.iq_type().is_some_and(|t| matches!(t, IqType::Result | IqType::Error))
-    {
-        // The answer to a capability query we sent this client (XEP-0115).
-        if crate::pep::caps_result(core, state, stanza) {
-            send_last_items(core, state);
-        }
-        return None;
-    }
-    let outcome = match stanza.kind {
-        StanzaKind::Presence => crate::presence::outbound(core, state, stanza, to.as_ref(), stamped),
-        StanzaKind::Iq if own => crate::im::from_client(core, state, stanza),
-        _ => Outcome::NotMine,
-    };
-    match outcome {
-        Outcome::Done => return None,
-        Outcome::Wait(pending) => return Some(pending),
-        Outcome::NotMine => {}
-    }
-    let Some(to) = to else {
-        if stanza.kind == StanzaKind::Iq {
-            crate::iq::answer_for_server(core, stanza, state.jid.as_str(), None, &mut state.out);
-        }
-        return None;
-    };
-    if !core.shared.settings.hosts.iter().any(|host| host == to.domain()) {
-        // No server-to-server connections: other domains are unreachable.
-        reply_here(state, stanza, StanzaErrorCondition::RemoteServerNotFound);
-        return None;
-    }
-    let server = to.local().is_none() && !to.is_full();
-    match stanza.kind {
-        StanzaKind::Iq if server => {
-            crate::iq::answer_for_server(core, stanza, state.jid.as_str(), Some(to.as_str()), &mut state.out)
-        }
-        _ if server => {}
-        StanzaKind::Message => send_message(core, state, stanza, &to, stamped),
-        _ => crate::router::route(core, to.bare_str(), stamped),
-    }
-    None
-}
-
-/// Once a session's notify list is known: the last PEP items it wants (XEP-0163).
-pub(crate) fn send_last_items(core: &Core, state: &State) {
-    let notify = core.sessions.borrow().session(state.jid.as_str()).and_then(|s| s.notify.clone());
-    let Some(notify) = notify.filter(|n| !n.is_empty()) else { return };
-    let sources = crate::account::cached(core, state.jid.bare_str())
-        .map(|account| account.borrow().roster.presence_sources().map(str::to_owned).collect())
-        .unwrap_or_default();
-    crate::pep::send_last_items(core, state.jid.as_str(), &state.jid.to_bare(), sources, notify);
-}
-
-/// A message from the client: refused if the user blocks the recipient (XEP-0191
-/// section 3.6), else copied to the user's other resources (XEP-0280), archived in
-/// the user's archive (XEP-0313) and routed.
-fn send_message(core: &Core, state: &mut State, stanza: &Stanza<'_>, to: &JidRef<'_>, stamped: &[u8]) {
+/// Where a client's stamped stanza goes: an IQ request for the server or the
+/// client's own account to the module that answers it; anything else through the
+/// modules' `on_send` hooks, then to its recipient.
+fn dispatch(core: &Core, state: &mut State, stanza: &Stanza<'_>, to: Option<&JidRef<'_>>) -> Option<Pending> {
     let own_bare = state.jid.bare_str();
-    if crate::account::blocks_sender(core, own_bare, to.as_str()) {
-        let blocked = StanzaError::with_text(StanzaErrorCondition::NotAcceptable, "you have blocked this contact");
-        let from = to.as_str().to_owned();
-        stanza.write_error_reply(&from, state.jid.as_str(), &blocked, &mut state.out);
-        return;
+    // RFC 6120 section 10.3: no `to` means the sender's own account (for presence:
+    // a broadcast, handled by the modules).
+    let own = to.is_none_or(|to| !to.is_full() && to.bare_str() == own_bare);
+    let server = to.is_some_and(|to| to.local().is_none() && !to.is_full() && core.serves(to.domain()));
+    if stanza.kind == StanzaKind::Iq && (own || server) {
+        if let Some(IqType::Get | IqType::Set) = stanza.iq_type() {
+            let (scope, account) = match server {
+                true => (IqScope::Server, to.map(|t| t.domain()).unwrap_or_default()),
+                false => (IqScope::OwnAccount, own_bare),
+            };
+            return match crate::router::dispatch_iq(core, stanza, scope, account, Some(state.id)) {
+                Reply::Now(bytes) => {
+                    state.out.extend_from_slice(&bytes);
+                    None
+                }
+                Reply::Later(pending) => Some(pending),
+            };
+        }
     }
-    let Ok(message) = Stanza::parse(stamped) else { return };
-    if crate::carbons::eligible(&message) {
-        crate::carbons::sent(core, state.jid.as_str(), stamped);
+    let mut sender = Sender { jid: &state.jid, session: state.id, out: &mut state.out };
+    for module in core.module_list() {
+        match module.on_send(core, &mut sender, stanza, to) {
+            Flow::Continue => {}
+            Flow::Stop => return None,
+            Flow::Wait(pending) => return Some(pending),
+        }
     }
-    if to.bare_str() != own_bare {
-        crate::archive::archive(core, &message, own_bare, to.bare_str());
+    match to {
+        // An IQ answer to the server or a presence broadcast no module took.
+        None if stanza.kind != StanzaKind::Message => None,
+        None => {
+            crate::router::route(core, own_bare, stanza.bytes);
+            None
+        }
+        Some(to) if !core.serves(to.domain()) => {
+            // No server-to-server connections: other domains are unreachable.
+            reply_here(state, stanza, StanzaErrorCondition::RemoteServerNotFound);
+            None
+        }
+        // A message or presence to the server itself, or an IQ answer to it.
+        Some(_) if server => None,
+        Some(to) => {
+            crate::router::route(core, to.bare_str(), stanza.bytes);
+            None
+        }
     }
-    crate::router::route(core, to.bare_str(), stamped);
 }
 
 /// RFC 6120 section 8.1.2.1: a client's `from`, if present, must be its own full or

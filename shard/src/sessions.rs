@@ -16,28 +16,43 @@ use crate::mailbox::Mailbox;
 pub struct SessionId(pub u64);
 
 /// One bound resource.
-pub(crate) struct Session {
-    pub id: SessionId,
-    pub jid: FullJid,
-    pub mailbox: Rc<Mailbox>,
+pub struct Session {
+    pub(crate) id: SessionId,
+    pub(crate) jid: FullJid,
+    pub(crate) mailbox: Rc<Mailbox>,
     /// Set by initial presence, cleared by unavailable presence (RFC 6121 section 4).
-    pub available: bool,
-    pub priority: i8,
-    /// The last available presence this session broadcast, stamped, to replay to the
-    /// account's other resources when they come online.
-    pub presence: Option<Box<[u8]>>,
+    pub(crate) available: bool,
+    pub(crate) priority: i8,
     /// When it was bound (ms since the UNIX epoch): the newer of two sessions with
     /// one full JID wins.
-    pub created_ms: u64,
-    /// XEP-0280: the client enabled message carbons.
-    pub carbons: bool,
-    /// XEP-0163: the PEP nodes the client wants events of, once its caps are known.
-    pub notify: Option<crate::pep::Notify>,
-    /// RFC 6121 section 2.1.6: the client asked for the roster, so it gets pushes.
-    pub interested: bool,
+    pub(crate) created_ms: u64,
+    /// Module flags, replicated with the session (`module::SessionFlags`).
+    pub(crate) flags: crate::module::SessionFlags,
 }
 
 impl Session {
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn jid(&self) -> &FullJid {
+        &self.jid
+    }
+
+    /// It sent available presence (RFC 6121 section 4.2).
+    pub fn available(&self) -> bool {
+        self.available
+    }
+
+    /// Its presence priority (RFC 6121 section 4.7.2.3).
+    pub fn priority(&self) -> i8 {
+        self.priority
+    }
+
+    pub fn flags(&self) -> crate::module::SessionFlags {
+        self.flags
+    }
+
     /// The replicated form of this session.
     pub fn entry(&self) -> crate::cluster::store::SessionEntry {
         crate::cluster::store::SessionEntry {
@@ -45,10 +60,12 @@ impl Session {
             created_ms: self.created_ms,
             priority: self.priority,
             available: self.available,
+            flags: self.flags.0,
         }
     }
 }
 
+/// One core's session table (`Core::sessions`).
 #[derive(Default)]
 pub(crate) struct SessionTable {
     accounts: HashMap<Box<str>, Vec<Session>>,
@@ -142,11 +159,8 @@ mod tests {
             mailbox: Rc::new(Mailbox::default()),
             available: false,
             priority: 0,
-            presence: None,
             created_ms: 0,
-            carbons: false,
-            notify: None,
-            interested: false,
+            flags: Default::default(),
         }
     }
 

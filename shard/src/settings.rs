@@ -44,4 +44,6 @@ pub struct Settings {
     pub tls_server_end_point: Option<Vec<u8>>,
     /// Clustering, when configured.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// Builds each core's feature modules (`module.rs`), in hook order.
+    pub modules: Arc<crate::module::ModuleFactory>,
 }

@@ -292,15 +292,18 @@ pub struct StanzaError {
     pub condition: StanzaErrorCondition,
     pub kind: ErrorType,
     pub text: Option<String>,
+    /// An application-specific condition element (RFC 6120 section 8.3.4), as XML,
+    /// for example XEP-0191's `<blocked xmlns='urn:xmpp:blocking:errors'/>`.
+    pub extra: Option<String>,
 }
 
 impl StanzaError {
     pub fn new(condition: StanzaErrorCondition) -> StanzaError {
-        StanzaError { condition, kind: condition.default_type(), text: None }
+        StanzaError { condition, kind: condition.default_type(), text: None, extra: None }
     }
 
     pub fn with_text(condition: StanzaErrorCondition, text: impl Into<String>) -> StanzaError {
-        StanzaError { condition, kind: condition.default_type(), text: Some(text.into()) }
+        StanzaError { condition, kind: condition.default_type(), text: Some(text.into()), extra: None }
     }
 
     /// Writes `<error type='..'><condition xmlns='...'/>[<text/>]</error>`.
@@ -314,6 +317,9 @@ impl StanzaError {
             out.extend_from_slice(b"<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>");
             escape(text, out);
             out.extend_from_slice(b"</text>");
+        }
+        if let Some(extra) = &self.extra {
+            out.extend_from_slice(extra.as_bytes());
         }
         out.extend_from_slice(b"</error>");
     }

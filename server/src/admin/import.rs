@@ -6,7 +6,7 @@
 //! Plain passwords are hashed on every CPU in parallel; rows are inserted in one
 //! transaction per batch.
 
-use starling_shard::blocking::StoreError;
+use starling_shard::db::StoreError;
 use starling_wire::jid::BareJid;
 
 use super::schema::{Admin, ImportPayload};

@@ -1,5 +1,5 @@
 //! Storage backends. [`Storage`] is everything the node stores; the cores see only the
-//! `Store` part (`starling_shard::blocking::Store`) through the DB thread pool, and the
+//! `Store` part (`starling_modules::Store`) through the DB thread pool, and the
 //! admin thread uses the rest directly (it is not a core, so blocking is fine there).
 //!
 //! Schema files live next to the code (`sqlite.sql`) and are applied on start.
@@ -9,7 +9,8 @@ pub mod sqlite;
 
 use std::num::NonZeroU32;
 
-use starling_shard::blocking::{Store, StoreError};
+use starling_modules::store::Store;
+use starling_shard::db::StoreError;
 use starling_wire::jid::BareJid;
 use starling_wire::sasl::scram::{Credentials, Hash};
 
@@ -123,9 +124,9 @@ pub trait Storage: Store {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use starling_shard::blocking::AccountData;
-    use starling_shard::blocking::{ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, Registered};
-    use starling_shard::roster::{Roster, RosterItem, Subscription};
+    use starling_modules::roster::{Roster, RosterItem, Subscription};
+    use starling_modules::store::{AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem};
+    use starling_shard::db::Registered;
 
     /// Accounts are created once, found, listed, re-keyed and removed; run by each
     /// backend's tests on a real database.
@@ -184,11 +185,27 @@ pub(crate) mod tests {
         let account = store.account(&alice).unwrap();
         assert_eq!(account.roster, Roster { version: 5, items: vec![item] });
         assert_eq!(account.blocked, vec!["spam@evil".to_owned()]);
-        assert_eq!(
-            store.offline_take(&alice).unwrap(),
-            vec![b"<message>1</message>".to_vec(), b"<message>2</message>".to_vec()]
-        );
-        assert!(store.offline_take(&alice).unwrap().is_empty(), "taken once");
+        let stored = store.offline_peek(&alice, 10).unwrap();
+        let stanzas: Vec<&[u8]> = stored.iter().map(|(_, s)| &s[..]).collect();
+        assert_eq!(stanzas, vec![&b"<message>1</message>"[..], b"<message>2</message>"]);
+        assert_eq!(store.offline_peek(&alice, 1).unwrap().len(), 1, "at most max");
+        assert_eq!(store.offline_peek(&alice, 10).unwrap().len(), 2, "peeking keeps them");
+        store.offline_delete(&alice, stored[0].0).unwrap();
+        assert_eq!(store.offline_peek(&alice, 10).unwrap().len(), 1, "deleted up to an id");
+        store.offline_delete(&alice, stored[1].0).unwrap();
+        assert!(store.offline_peek(&alice, 10).unwrap().is_empty());
+        // A batch of archive rows for two archives, in one transaction.
+        let (bob, carol): (BareJid, BareJid) = ("bob@localhost".parse().unwrap(), "carol@localhost".parse().unwrap());
+        let batch: Vec<(BareJid, ArchivedMessage)> = [(carol.clone(), 900u64), (bob.clone(), 901)]
+            .into_iter()
+            .map(|(user, id)| {
+                (user, ArchivedMessage { id, timestamp_us: id * 10, with: "x@y".into(), stanza: b"<m/>".to_vec() })
+            })
+            .collect();
+        store.archive_put_many(&batch).unwrap();
+        store.archive_put_many(&batch).unwrap();
+        let everything = ArchiveQuery { max: 100, ..ArchiveQuery::default() };
+        assert_eq!(store.archive_query(&bob, &everything).unwrap().count, 1, "written once, duplicates ignored");
         assert_eq!(store.data(&alice, DataKind::Vcard, "").unwrap(), Some(b"<vCard/>".to_vec()));
         assert_eq!(store.data(&alice, DataKind::Private, "").unwrap(), None);
 

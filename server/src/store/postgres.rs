@@ -5,10 +5,11 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 use std::time::Duration;
 
-use starling_shard::blocking::{
-    AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, PepNode, Registered, Store, StoreError,
+use starling_modules::roster::{Roster, RosterItem, Subscription};
+use starling_modules::store::{
+    AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, PepNode, Store,
 };
-use starling_shard::roster::{Roster, RosterItem, Subscription};
+use starling_shard::db::{AuthStore, Registered, StoreError};
 use starling_wire::jid::BareJid;
 use starling_wire::sasl::scram::{Credentials, Hash};
 
@@ -76,7 +77,7 @@ impl Postgres {
     }
 }
 
-impl Store for Postgres {
+impl AuthStore for Postgres {
     fn create_account(
         &mut self,
         user: &BareJid,
@@ -128,6 +129,24 @@ impl Store for Postgres {
         Ok(Registered::Created)
     }
 
+    fn credentials(&mut self, user: &BareJid, hash: Hash) -> Result<Option<Credentials>, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let sql = match hash {
+            Hash::Sha1 => "SELECT iterations, sha1_salt, sha1_stored_key, sha1_server_key FROM users WHERE server = $1 AND username = $2",
+            Hash::Sha256 => "SELECT iterations, sha256_salt, sha256_stored_key, sha256_server_key FROM users WHERE server = $1 AND username = $2",
+        };
+        let row = self.client.query_opt(sql, &[&server, &username]).map_err(error)?;
+        row.map(|row| {
+            let iterations: i32 = row.get(0);
+            let iterations = std::num::NonZeroU32::new(iterations as u32)
+                .ok_or_else(|| StoreError::Query(format!("zero iterations stored for {user}")))?;
+            Ok(Credentials { hash, salt: row.get(1), iterations, stored_key: row.get(2), server_key: row.get(3) })
+        })
+        .transpose()
+    }
+}
+
+impl Store for Postgres {
     fn account(&mut self, user: &BareJid) -> Result<AccountData, StoreError> {
         let (server, username) = Self::user_key(user);
         let version = self
@@ -275,17 +294,27 @@ impl Store for Postgres {
         Ok(true)
     }
 
-    fn offline_take(&mut self, user: &BareJid) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn offline_peek(&mut self, user: &BareJid, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let (server, username) = Self::user_key(user);
         let rows = self
             .client
             .query(
-                "WITH taken AS (DELETE FROM offline_message WHERE server = $1 AND username = $2 RETURNING id, stanza) \
-                 SELECT stanza FROM taken ORDER BY id",
-                &[&server, &username],
+                "SELECT id, stanza FROM offline_message WHERE server = $1 AND username = $2 ORDER BY id LIMIT $3",
+                &[&server, &username, &(max as i64)],
             )
             .map_err(error)?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
+        Ok(rows.iter().map(|row| (row.get::<_, i64>(0) as u64, row.get(1))).collect())
+    }
+
+    fn offline_delete(&mut self, user: &BareJid, last: u64) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.client
+            .execute(
+                "DELETE FROM offline_message WHERE server = $1 AND username = $2 AND id <= $3",
+                &[&server, &username, &(last as i64)],
+            )
+            .map(|_| ())
+            .map_err(error)
     }
 
     fn data(&mut self, user: &BareJid, kind: DataKind, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -333,6 +362,33 @@ impl Store for Postgres {
             )
             .map(|_| ())
             .map_err(error)
+    }
+
+    fn archive_put_many(&mut self, rows: &[(BareJid, ArchivedMessage)]) -> Result<(), StoreError> {
+        let mut transaction = self.client.transaction().map_err(error)?;
+        let statement = transaction
+            .prepare(
+                "INSERT INTO mam_message (server, username, id, timestamp_us, remote_bare, stanza) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .map_err(error)?;
+        for (user, message) in rows {
+            let (server, username) = Self::user_key(user);
+            transaction
+                .execute(
+                    &statement,
+                    &[
+                        &server,
+                        &username,
+                        &(message.id as i64),
+                        &(message.timestamp_us as i64),
+                        &message.with,
+                        &message.stanza,
+                    ],
+                )
+                .map_err(error)?;
+        }
+        transaction.commit().map_err(error)
     }
 
     fn archive_query(&mut self, user: &BareJid, query: &ArchiveQuery) -> Result<ArchivePage, StoreError> {
@@ -496,22 +552,6 @@ impl Store for Postgres {
             )
             .map_err(error)?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
-    }
-
-    fn credentials(&mut self, user: &BareJid, hash: Hash) -> Result<Option<Credentials>, StoreError> {
-        let (server, username) = Self::user_key(user);
-        let sql = match hash {
-            Hash::Sha1 => "SELECT iterations, sha1_salt, sha1_stored_key, sha1_server_key FROM users WHERE server = $1 AND username = $2",
-            Hash::Sha256 => "SELECT iterations, sha256_salt, sha256_stored_key, sha256_server_key FROM users WHERE server = $1 AND username = $2",
-        };
-        let row = self.client.query_opt(sql, &[&server, &username]).map_err(error)?;
-        row.map(|row| {
-            let iterations: i32 = row.get(0);
-            let iterations = std::num::NonZeroU32::new(iterations as u32)
-                .ok_or_else(|| StoreError::Query(format!("zero iterations stored for {user}")))?;
-            Ok(Credentials { hash, salt: row.get(1), iterations, stored_key: row.get(2), server_key: row.get(3) })
-        })
-        .transpose()
     }
 }
 

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use starling_shard::blocking::{
-    AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, PepNode, Registered, Store, StoreError,
+use starling_modules::roster::{Roster, RosterItem, Subscription};
+use starling_modules::store::{
+    AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, PepNode, Store,
 };
-use starling_shard::roster::{Roster, RosterItem, Subscription};
+use starling_shard::db::{AuthStore, Registered, StoreError};
 use starling_wire::jid::BareJid;
 use starling_wire::sasl::scram::{Credentials, Hash};
 
@@ -67,7 +68,7 @@ impl Sqlite {
     }
 }
 
-impl Store for Sqlite {
+impl AuthStore for Sqlite {
     fn create_account(
         &mut self,
         user: &BareJid,
@@ -131,7 +132,9 @@ impl Store for Sqlite {
             })
             .transpose()
     }
+}
 
+impl Store for Sqlite {
     fn account(&mut self, user: &BareJid) -> Result<AccountData, StoreError> {
         let (server, username) = Self::user_key(user);
         let version = self
@@ -261,20 +264,50 @@ impl Store for Sqlite {
         })
     }
 
-    fn offline_take(&mut self, user: &BareJid) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn offline_peek(&mut self, user: &BareJid, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let (server, username) = Self::user_key(user);
-        self.in_transaction(|connection| {
-            let messages = connection
-                .prepare_cached("SELECT stanza FROM offline_message WHERE server = ?1 AND username = ?2 ORDER BY id")?
-                .query_map(params![server, username], |row| row.get::<_, Vec<u8>>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            connection
-                .prepare_cached("DELETE FROM offline_message WHERE server = ?1 AND username = ?2")?
-                .execute(params![server, username])?;
-            Ok(messages)
-        })
+        self.connection
+            .prepare_cached(
+                "SELECT id, stanza FROM offline_message WHERE server = ?1 AND username = ?2 ORDER BY id LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![server, username, max as i64], |row| {
+                    Ok((row.get::<_, i64>(0)? as u64, row.get::<_, Vec<u8>>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(query_error)
     }
 
+    fn offline_delete(&mut self, user: &BareJid, last: u64) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.connection
+            .prepare_cached("DELETE FROM offline_message WHERE server = ?1 AND username = ?2 AND id <= ?3")
+            .and_then(|mut s| s.execute(params![server, username, last as i64]))
+            .map(|_| ())
+            .map_err(query_error)
+    }
+
+    fn archive_put_many(&mut self, rows: &[(BareJid, ArchivedMessage)]) -> Result<(), StoreError> {
+        self.in_transaction(|connection| {
+            let mut statement = connection.prepare_cached(
+                "INSERT OR IGNORE INTO mam_message (server, username, id, timestamp_us, remote_bare, stanza) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (user, message) in rows {
+                let (server, username) = Self::user_key(user);
+                statement.execute(params![
+                    server,
+                    username,
+                    message.id as i64,
+                    message.timestamp_us as i64,
+                    message.with,
+                    message.stanza
+                ])?;
+            }
+            Ok(())
+        })
+    }
     fn data(&mut self, user: &BareJid, kind: DataKind, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let (server, username) = Self::user_key(user);
         self.connection

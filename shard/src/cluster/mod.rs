@@ -47,6 +47,8 @@ enum Outgoing {
     Put { key: Box<str>, value: [u8; SessionEntry::BYTES] },
     Remove { key: Box<str> },
     Route { recipient: Box<str>, stanza: Vec<u8> },
+    Deliver { account: Box<str>, stanza: Vec<u8> },
+    Event { module: &'static str, account: Box<str>, payload: Rc<[u8]> },
 }
 
 impl Outgoing {
@@ -55,6 +57,38 @@ impl Outgoing {
             Outgoing::Put { key, .. } => key.len() + 32,
             Outgoing::Remove { key } => key.len() + 16,
             Outgoing::Route { recipient, stanza } => recipient.len() + stanza.len() + 16,
+            Outgoing::Deliver { account, stanza } => account.len() + stanza.len() + 16,
+            Outgoing::Event { module, account, payload } => module.len() + account.len() + payload.len() + 16,
+        }
+    }
+}
+
+/// What another node hands this node: a stanza to deliver to an account whose
+/// sessions are here, or a module's event about an account. Travels to the account's
+/// home core and is handled there (`dispatch`).
+pub(crate) enum Inbound {
+    Deliver { account: Box<str>, stanza: Vec<u8> },
+    Event { module: Box<str>, account: Box<str>, payload: Vec<u8> },
+}
+
+impl Inbound {
+    fn account(&self) -> &str {
+        match self {
+            Inbound::Deliver { account, .. } | Inbound::Event { account, .. } => account,
+        }
+    }
+}
+
+/// Handles `inbound` on the home core of its account.
+pub(crate) fn dispatch(core: &Core, inbound: Inbound) {
+    match inbound {
+        Inbound::Deliver { stanza, .. } => crate::router::deliver_forwarded(core, &stanza),
+        Inbound::Event { module, account, payload } => {
+            for candidate in core.module_list() {
+                if candidate.name() == &*module {
+                    candidate.on_event(core, &account, &payload);
+                }
+            }
         }
     }
 }
@@ -164,6 +198,27 @@ impl Cluster {
                 None => Outgoing::Remove { key: full.into() },
             };
             link.push(item);
+        }
+    }
+
+    /// Hands a stanza for `account` to node `node_num`, which delivers it (its
+    /// sessions are there); false if that link is down. A link over its mark is noted
+    /// on `core` (the sender waits).
+    pub fn deliver(&self, core: &Core, node_num: u16, account: &str, stanza: &[u8]) -> bool {
+        let link = self.links.borrow().get(&node_num).cloned();
+        let Some(link) = link else { return false };
+        let sent = link.push(Outgoing::Deliver { account: account.into(), stanza: stanza.to_vec() });
+        if sent && link.valve.is_congested() {
+            core.note_congestion(link.valve.clone());
+        }
+        sent
+    }
+
+    /// Sends a module's event about `account` to every peer node.
+    pub fn broadcast_event(&self, module: &'static str, account: &str, payload: Vec<u8>) {
+        let payload: Rc<[u8]> = payload.into();
+        for link in self.links.borrow().values() {
+            link.push(Outgoing::Event { module, account: account.into(), payload: payload.clone() });
         }
     }
 
@@ -312,6 +367,10 @@ async fn drive(core: &Rc<Core>, link: &Link, mut stream: TcpStream) -> Result<()
                     }
                     Outgoing::Remove { key } => out.send(&Frame::Remove { table: Table::Session, key: key.as_bytes() }),
                     Outgoing::Route { recipient, stanza } => out.send(&Frame::Route { recipient, stanza }),
+                    Outgoing::Deliver { account, stanza } => out.send(&Frame::Deliver { account, stanza }),
+                    Outgoing::Event { module, account, payload } => {
+                        out.send(&Frame::Event { module, account, payload })
+                    }
                 };
             }
         }
@@ -514,6 +573,22 @@ fn on_event(core: &Rc<Core>, id: u64, owner: &mut Option<(OwnerId, u64, String)>
                 core.send_route_to_core(home, recipient, stanza);
             }
         }
+        InEvent::Deliver { account, stanza } => {
+            to_account_home(core, Inbound::Deliver { account: account.into(), stanza: stanza.to_vec() })
+        }
+        InEvent::Event { module, account, payload } => to_account_home(
+            core,
+            Inbound::Event { module: module.into(), account: account.into(), payload: payload.to_vec() },
+        ),
+    }
+}
+
+fn to_account_home(core: &Core, inbound: Inbound) {
+    let home = core.home_of(inbound.account());
+    if home == core.id {
+        dispatch(core, inbound);
+    } else {
+        core.forward_to_core(home, inbound);
     }
 }
 

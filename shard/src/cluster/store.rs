@@ -19,17 +19,20 @@ pub struct SessionEntry {
     pub created_ms: u64,
     pub priority: i8,
     pub available: bool,
+    /// Module flags (`module::SessionFlags`), seven bits.
+    pub flags: u8,
 }
 
 impl SessionEntry {
     pub const BYTES: usize = 18;
 
+    /// Byte 17: bit 0 available, bits 1..=7 the module flags.
     pub fn encode(&self) -> [u8; Self::BYTES] {
         let mut out = [0u8; Self::BYTES];
         out[..8].copy_from_slice(&self.session.to_be_bytes());
         out[8..16].copy_from_slice(&self.created_ms.to_be_bytes());
         out[16] = self.priority as u8;
-        out[17] = u8::from(self.available);
+        out[17] = u8::from(self.available) | (self.flags & 0x7f) << 1;
         out
     }
 
@@ -39,7 +42,8 @@ impl SessionEntry {
             session: u64::from_be_bytes(bytes[..8].try_into().ok()?),
             created_ms: u64::from_be_bytes(bytes[8..16].try_into().ok()?),
             priority: bytes[16] as i8,
-            available: bytes[17] == 1,
+            available: bytes[17] & 1 == 1,
+            flags: bytes[17] >> 1,
         })
     }
 }
@@ -191,7 +195,7 @@ mod tests {
     const A: OwnerId = OwnerId { node_num: 1, core: 0 };
 
     fn entry(session: u64) -> SessionEntry {
-        SessionEntry { session, created_ms: 7, priority: -2, available: true }
+        SessionEntry { session, created_ms: 7, priority: -2, available: true, flags: 5 }
     }
 
     /// Entries round-trip through their wire form.

@@ -9,21 +9,112 @@
 //! ids from every node of a cluster are unique in one archive and sort by time
 //! (MongooseIM's scheme). A user's archive is written only on its home core(s).
 
-use starling_wire::error::StanzaErrorCondition;
-use starling_wire::jid::{BareJid, Jid};
-use starling_wire::stanza::{write_attribute, IqType, MessageType, Stanza};
+mod writer;
 
-use crate::blocking::{ArchiveQuery, ArchivedMessage, DataKind};
-use crate::core::Core;
+use std::cell::Cell;
+use std::rc::Rc;
+
+use starling_shard::delivery::Decision;
+use starling_shard::module::{Delivery, Flow, Iq, IqRoute, IqScope, Module, Reply, Request, Sender};
+use starling_shard::Core;
+use starling_wire::error::StanzaErrorCondition;
+use starling_wire::jid::{BareJid, Jid, JidRef};
+use starling_wire::stanza::{write_attribute, IqType, MessageType, Stanza, StanzaKind};
+
 use crate::delay::{now_us, parse_utc};
-use crate::im::{Outcome, Request};
-use crate::limits::ARCHIVE_PAGE_MAX;
-use crate::session::State;
+use crate::store::{ArchiveQuery, ArchivedMessage, DataKind};
+use crate::{Ctx, MamConfig};
+
+pub use writer::Writer;
 
 pub const NS_MAM: &str = "urn:xmpp:mam:2";
 const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 const NS_DATA: &str = "jabber:x:data";
 
+/// Advertised on accounts (XEP-0313 section 7) and, as ejabberd does, on the server.
+const ACCOUNT_FEATURES: &[&str] = &[NS_MAM];
+const SERVER_FEATURES: &[&str] = &[NS_MAM];
+
+const IQS: &[IqRoute] = &[
+    IqRoute { namespace: NS_MAM, element: "query", scopes: &[IqScope::OwnAccount] },
+    IqRoute { namespace: NS_MAM, element: "prefs", scopes: &[IqScope::OwnAccount] },
+];
+
+/// `mod_mam`: the archive of one core, with its batched writer.
+pub struct Mam {
+    ctx: Rc<Ctx>,
+    config: MamConfig,
+    writer: Rc<Writer>,
+    /// The last archive id this core handed out.
+    clock: Cell<u64>,
+}
+
+impl Mam {
+    pub fn new(ctx: Rc<Ctx>, config: MamConfig) -> Mam {
+        let writer = Rc::new(Writer::new(ctx.db.clone(), config.clone()));
+        Mam { ctx, config, writer, clock: Cell::new(0) }
+    }
+}
+
+impl Module for Mam {
+    fn name(&self) -> &'static str {
+        "mod_mam"
+    }
+
+    fn server_features(&self) -> &[&'static str] {
+        SERVER_FEATURES
+    }
+
+    fn account_features(&self) -> &[&'static str] {
+        ACCOUNT_FEATURES
+    }
+
+    fn iqs(&self) -> &[IqRoute] {
+        IQS
+    }
+
+    fn handle_iq(&self, core: &Core, iq: &Iq<'_>) -> Reply {
+        let request = iq.request();
+        match (iq.kind, iq.child.tag_name().name()) {
+            (IqType::Get, "query") => {
+                let form = "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='form'>\
+                    <field type='hidden' var='FORM_TYPE'><value>urn:xmpp:mam:2</value></field>\
+                    <field type='jid-single' var='with'/><field type='text-single' var='start'/>\
+                    <field type='text-single' var='end'/></x></query>";
+                Reply::Now(request.result(form.as_bytes()))
+            }
+            (IqType::Set, "query") => match parse_query(iq.child, &self.config) {
+                Ok(query) => self.run_query(core, iq, request, query),
+                Err(condition) => Reply::Now(request.error(condition)),
+            },
+            (_, "prefs") => self.preferences(iq, request),
+            _ => Reply::Now(request.error(StanzaErrorCondition::FeatureNotImplemented)),
+        }
+    }
+
+    /// The sender's copy of a message it sends (XEP-0313 section 5).
+    fn on_send(&self, core: &Core, sender: &mut Sender<'_>, stanza: &Stanza<'_>, to: Option<&JidRef<'_>>) -> Flow {
+        let Some(to) = to else { return Flow::Continue };
+        if stanza.kind == StanzaKind::Message && to.bare_str() != sender.jid.bare_str() {
+            self.archive(core, stanza, sender.jid.bare_str(), to.bare_str());
+        }
+        Flow::Continue
+    }
+
+    /// The recipient's copy, wherever the message is delivered (local or from another
+    /// node) or stored offline.
+    fn on_deliver(&self, core: &Core, delivery: &mut Delivery<'_>) -> Flow {
+        let taken = match &delivery.decision {
+            Decision::Deliver(_) => !delivery.targets.is_empty(),
+            Decision::Store => true,
+            _ => false,
+        };
+        if taken && delivery.stanza.kind == StanzaKind::Message && delivery.error.is_none() {
+            self.archive(core, delivery.stanza, delivery.to.bare_str(), delivery.from);
+        }
+        Flow::Continue
+    }
+}
 /// Which conversations a user archives (XEP-0313 section 6).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Preferences {
@@ -99,29 +190,37 @@ impl Preferences {
     }
 }
 
-/// Archives a routed message in the archive of `owner` (homed on this core); `with`
-/// is the other party. Only messages a user would want back are kept: chat and
-/// normal messages with a body, not `no-store`/`no-permanent-store` ones, and only
-/// as the owner's preferences allow (read from the loaded account; an account not
-/// loaded here archives by the default, `always`).
-pub(crate) fn archive(core: &Core, stanza: &Stanza<'_>, owner: &str, with: &str) {
-    if !worth_archiving(stanza) {
-        return;
-    }
-    let with_bare = with.split('/').next().unwrap_or(with);
-    if let Some(account) = crate::account::cached(core, owner) {
-        let Ok(account) = account.try_borrow() else { return };
-        let in_roster = account.roster.item(with_bare).is_some_and(|i| i.visible);
-        if !account.archive.allows(with_bare, in_roster) {
+impl Mam {
+    /// Archives a routed message in the archive of `owner` (homed on this core); `with`
+    /// is the other party. Only messages a user would want back are kept: chat and
+    /// normal messages with a body, not `no-store`/`no-permanent-store` ones, and only
+    /// as the owner's preferences allow (read from the loaded account; an account not
+    /// loaded here archives by the default, `always`).
+    fn archive(&self, core: &Core, stanza: &Stanza<'_>, owner: &str, with: &str) {
+        if !worth_archiving(stanza) {
             return;
         }
+        let with_bare = with.split('/').next().unwrap_or(with);
+        if let Some(account) = crate::account::cached(&self.ctx, owner) {
+            let Ok(account) = account.try_borrow() else { return };
+            let in_roster = crate::roster::in_roster(&self.ctx, owner, with_bare);
+            if !account.archive.allows(with_bare, in_roster) {
+                return;
+            }
+        }
+        let Ok(user) = owner.parse::<BareJid>() else { return };
+        let timestamp_us = now_us();
+        let id = self.next_id(core, timestamp_us);
+        let message = ArchivedMessage { id, timestamp_us, with: with_bare.to_owned(), stanza: stanza.bytes.to_vec() };
+        self.writer.append(core, user, message);
     }
-    let Ok(user) = owner.parse::<BareJid>() else { return };
-    let with = with.split('/').next().unwrap_or(with).to_owned();
-    let timestamp_us = now_us();
-    let message =
-        ArchivedMessage { id: next_id(core, timestamp_us), timestamp_us, with, stanza: stanza.bytes.to_vec() };
-    core.shared.db.submit_for(owner, "archiving a message", move |store| store.archive_put(&user, &message));
+
+    fn next_id(&self, core: &Core, timestamp_us: u64) -> u64 {
+        let node = u64::from(core.node_num()) & 0xff;
+        let clock = timestamp_us.max(self.clock.get() + 1);
+        self.clock.set(clock);
+        (clock << 8) | node
+    }
 }
 
 fn worth_archiving(stanza: &Stanza<'_>) -> bool {
@@ -133,45 +232,6 @@ fn worth_archiving(stanza: &Stanza<'_>) -> bool {
         && !has(b"<no-permanent-store xmlns='urn:xmpp:hints'")
 }
 
-fn next_id(core: &Core, timestamp_us: u64) -> u64 {
-    let node = core.cluster.as_ref().map_or(0, |c| c.node_num()) as u64 & 0xff;
-    let clock = timestamp_us.max(core.archive_clock.get() + 1);
-    core.archive_clock.set(clock);
-    (clock << 8) | node
-}
-
-/// Handles an IQ in `urn:xmpp:mam:2` from the client about its own archive.
-pub(crate) fn from_client(
-    core: &Core,
-    state: &mut State,
-    request: Request,
-    kind: IqType,
-    child: roxmltree::Node<'_, '_>,
-) -> Outcome {
-    match (kind, child.tag_name().name()) {
-        (IqType::Get, "query") => {
-            let form = "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='form'>\
-                <field type='hidden' var='FORM_TYPE'><value>urn:xmpp:mam:2</value></field>\
-                <field type='jid-single' var='with'/><field type='text-single' var='start'/>\
-                <field type='text-single' var='end'/></x></query>";
-            state.out.extend_from_slice(&request.result(form.as_bytes()));
-            Outcome::Done
-        }
-        (IqType::Set, "query") => match parse_query(child) {
-            Ok(query) => run_query(core, state, request, query),
-            Err(condition) => {
-                state.out.extend_from_slice(&request.error(condition));
-                Outcome::Done
-            }
-        },
-        (_, "prefs") => preferences(core, state, request, kind, child),
-        _ => {
-            state.out.extend_from_slice(&request.error(StanzaErrorCondition::FeatureNotImplemented));
-            Outcome::Done
-        }
-    }
-}
-
 /// A parsed query: the store's part plus what the reply needs.
 #[derive(Debug, PartialEq, Eq)]
 struct Query {
@@ -180,8 +240,9 @@ struct Query {
     flip: bool,
 }
 
-fn parse_query(query: roxmltree::Node<'_, '_>) -> Result<Query, StanzaErrorCondition> {
-    let mut store = ArchiveQuery { max: ARCHIVE_PAGE_MAX, ..ArchiveQuery::default() };
+fn parse_query(query: roxmltree::Node<'_, '_>, config: &MamConfig) -> Result<Query, StanzaErrorCondition> {
+    let mut store =
+        ArchiveQuery { max: config.default_result_limit.min(config.max_result_limit), ..ArchiveQuery::default() };
     let form = query.children().find(|c| c.tag_name().name() == "x" && c.tag_name().namespace() == Some(NS_DATA));
     for field in form.iter().flat_map(|x| x.children()).filter(|c| c.tag_name().name() == "field") {
         let value = field.children().find(|c| c.tag_name().name() == "value").and_then(|v| v.text()).unwrap_or("");
@@ -204,7 +265,8 @@ fn parse_query(query: roxmltree::Node<'_, '_>) -> Result<Query, StanzaErrorCondi
         let id = || text.parse::<u64>().map_err(|_| StanzaErrorCondition::ItemNotFound);
         match element.tag_name().name() {
             "max" => {
-                store.max = text.parse::<usize>().map_err(|_| StanzaErrorCondition::BadRequest)?.min(ARCHIVE_PAGE_MAX)
+                store.max =
+                    text.parse::<usize>().map_err(|_| StanzaErrorCondition::BadRequest)?.min(config.max_result_limit)
             }
             "after" => store.after_id = Some(id()?),
             "before" if text.is_empty() => store.from_end = true,
@@ -220,40 +282,48 @@ fn parse_query(query: roxmltree::Node<'_, '_>) -> Result<Query, StanzaErrorCondi
     Ok(Query { store, query_id: query.attribute("queryid").map(str::to_owned), flip })
 }
 
-fn run_query(core: &Core, state: &State, request: Request, query: Query) -> Outcome {
-    let user = state.jid.to_bare();
-    let full = state.jid.as_str().to_owned();
-    let Query { store: page_query, query_id, flip } = query;
-    let owner = user.clone();
-    let read = core.shared.db.run_for(user.as_str(), move |store| store.archive_query(&owner, &page_query));
-    Outcome::Wait(Box::pin(async move {
-        let page = match read.await {
-            Ok(page) => page,
-            Err(error) => {
-                log::warn!("archive: query of {user} failed: {error}");
-                return request.error(StanzaErrorCondition::InternalServerError);
-            }
+impl Mam {
+    /// Runs a query once every message archived so far on this core is written (a
+    /// client that just received a message finds it in the archive).
+    fn run_query(&self, _core: &Core, iq: &Iq<'_>, request: Request, query: Query) -> Reply {
+        let Ok(user) = iq.account.parse::<BareJid>() else {
+            return Reply::Now(request.error(StanzaErrorCondition::BadRequest));
         };
-        let mut messages = page.messages;
-        if flip {
-            messages.reverse();
-        }
-        let mut out = Vec::new();
-        for message in &messages {
-            write_result(&full, user.as_str(), query_id.as_deref(), message, &mut out);
-        }
-        let mut fin = b"<fin xmlns='urn:xmpp:mam:2'".to_vec();
-        if page.complete {
-            fin.extend_from_slice(b" complete='true'");
-        }
-        fin.extend_from_slice(b"><set xmlns='http://jabber.org/protocol/rsm'>");
-        if let (Some(first), Some(last)) = (messages.first(), messages.last()) {
-            fin.extend_from_slice(format!("<first>{}</first><last>{}</last>", first.id, last.id).as_bytes());
-        }
-        fin.extend_from_slice(format!("<count>{}</count></set></fin>", page.count).as_bytes());
-        out.extend_from_slice(&request.result(&fin));
-        out
-    }))
+        let full = iq.requester.to_owned();
+        let Query { store: page_query, query_id, flip } = query;
+        let db = self.ctx.db.clone();
+        let synced = self.writer.sync();
+        Reply::Later(Box::pin(async move {
+            synced.await;
+            let owner = user.clone();
+            let page = match db.run_for(user.as_str(), move |store| store.archive_query(&owner, &page_query)).await {
+                Ok(page) => page,
+                Err(error) => {
+                    log::warn!("archive: query of {user} failed: {error}");
+                    return request.error(StanzaErrorCondition::InternalServerError);
+                }
+            };
+            let mut messages = page.messages;
+            if flip {
+                messages.reverse();
+            }
+            let mut out = Vec::new();
+            for message in &messages {
+                write_result(&full, user.as_str(), query_id.as_deref(), message, &mut out);
+            }
+            let mut fin = b"<fin xmlns='urn:xmpp:mam:2'".to_vec();
+            if page.complete {
+                fin.extend_from_slice(b" complete='true'");
+            }
+            fin.extend_from_slice(b"><set xmlns='http://jabber.org/protocol/rsm'>");
+            if let (Some(first), Some(last)) = (messages.first(), messages.last()) {
+                fin.extend_from_slice(format!("<first>{}</first><last>{}</last>", first.id, last.id).as_bytes());
+            }
+            fin.extend_from_slice(format!("<count>{}</count></set></fin>", page.count).as_bytes());
+            out.extend_from_slice(&request.result(&fin));
+            out
+        }))
+    }
 }
 
 /// One `<message><result><forwarded>` carrying an archived message (XEP-0313 section 4.2).
@@ -271,46 +341,41 @@ fn write_result(to: &str, from: &str, query_id: Option<&str>, message: &Archived
     out.extend_from_slice(b"</result></message>");
 }
 
-/// XEP-0313 section 6 preferences: kept with the account (applied when archiving)
-/// and stored; the default is `always`.
-fn preferences(
-    core: &Core,
-    state: &mut State,
-    request: Request,
-    kind: IqType,
-    child: roxmltree::Node<'_, '_>,
-) -> Outcome {
-    let change = match kind {
-        IqType::Set => match Preferences::parse(child) {
-            Some(preferences) => Some(preferences),
-            None => {
-                state.out.extend_from_slice(&request.error(StanzaErrorCondition::BadRequest));
-                return Outcome::Done;
+impl Mam {
+    /// XEP-0313 section 6 preferences: kept with the account (applied when archiving)
+    /// and stored; the default is `always`.
+    fn preferences(&self, iq: &Iq<'_>, request: Request) -> Reply {
+        let change = match iq.kind {
+            IqType::Set => match Preferences::parse(iq.child) {
+                Some(preferences) => Some(preferences),
+                None => return Reply::Now(request.error(StanzaErrorCondition::BadRequest)),
+            },
+            _ => None,
+        };
+        let Ok(user) = iq.account.parse::<BareJid>() else {
+            return Reply::Now(request.error(StanzaErrorCondition::BadRequest));
+        };
+        let ctx = self.ctx.clone();
+        Reply::Later(Box::pin(async move {
+            let account = match crate::account::load(&ctx, &user).await {
+                Ok(account) => account,
+                Err(_) => return request.error(StanzaErrorCondition::InternalServerError),
+            };
+            let Some(preferences) = change else {
+                return request.result(account.borrow().archive.write().as_bytes());
+            };
+            let text = preferences.write();
+            account.borrow_mut().archive = preferences;
+            let (owner, value) = (user.clone(), text.clone().into_bytes());
+            let write = ctx.db.run_for(user.as_str(), move |store| {
+                store.set_data(&owner, DataKind::ArchivePreferences, "", Some(&value))
+            });
+            match write.await {
+                Ok(()) => request.result(text.as_bytes()),
+                Err(_) => request.error(StanzaErrorCondition::InternalServerError),
             }
-        },
-        _ => None,
-    };
-    let core = core.rc();
-    let user = state.jid.to_bare();
-    Outcome::Wait(Box::pin(async move {
-        let account = match crate::account::load(&core, &user).await {
-            Ok(account) => account,
-            Err(_) => return request.error(StanzaErrorCondition::InternalServerError),
-        };
-        let Some(preferences) = change else {
-            return request.result(account.borrow().archive.write().as_bytes());
-        };
-        let text = preferences.write();
-        account.borrow_mut().archive = preferences;
-        let (owner, value) = (user.clone(), text.clone().into_bytes());
-        let write = core.shared.db.run_for(user.as_str(), move |store| {
-            store.set_data(&owner, DataKind::ArchivePreferences, "", Some(&value))
-        });
-        match write.await {
-            Ok(()) => request.result(text.as_bytes()),
-            Err(_) => request.error(StanzaErrorCondition::InternalServerError),
-        }
-    }))
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -319,7 +384,7 @@ mod tests {
 
     fn parse(xml: &str) -> Result<Query, StanzaErrorCondition> {
         let document = roxmltree::Document::parse(xml).unwrap();
-        parse_query(document.root_element())
+        parse_query(document.root_element(), &MamConfig::default())
     }
 
     /// Filters and paging are read from the data form and the RSM set.
@@ -344,7 +409,7 @@ mod tests {
         };
         assert_eq!(query.store, expected);
         let after = parse("<query xmlns='urn:xmpp:mam:2'><set xmlns='http://jabber.org/protocol/rsm'><after>42</after><max>9999</max></set></query>").unwrap();
-        assert_eq!((after.store.after_id, after.store.max), (Some(42), ARCHIVE_PAGE_MAX));
+        assert_eq!((after.store.after_id, after.store.max), (Some(42), MamConfig::default().max_result_limit));
     }
 
     /// Bad filters get the XEP's errors.

@@ -14,6 +14,8 @@ use starling_wire::jid;
 use starling_wire::limits::FramerLimits;
 use starling_wire::sasl::Mechanism;
 
+mod modules;
+
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -42,6 +44,8 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// XEP-0077 in-band registration (`[modules.mod_register]`), when enabled.
     pub registration: Option<Registration>,
+    /// The feature modules that run (`[modules]`) and their options.
+    pub modules: starling_modules::Config,
 }
 
 /// In-band registration settings.
@@ -193,26 +197,7 @@ mod raw {
         #[serde(default)]
         internal_databases: InternalDatabases,
         #[serde(default)]
-        modules: Modules,
-    }
-
-    #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields)]
-    struct Modules {
-        #[serde(default)]
-        mod_register: Option<ModRegister>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct ModRegister {
-        /// Seconds between two registrations from one IP address (MongooseIM's name).
-        #[serde(default = "default_registration_timeout")]
-        registration_timeout: u64,
-    }
-
-    fn default_registration_timeout() -> u64 {
-        600
+        modules: Option<super::modules::Modules>,
     }
 
     #[derive(Deserialize, Default)]
@@ -564,6 +549,7 @@ mod raw {
 
     impl Config {
         pub fn convert(self) -> Result<super::Config, ConfigError> {
+            let (modules, registration) = super::modules::convert(self.modules)?;
             let data_dir = self.general.data_dir;
             Ok(super::Config {
                 general: super::General {
@@ -585,9 +571,8 @@ mod raw {
                 database: database(self.outgoing_pools.rdbms, &data_dir)?,
                 limits: self.limits.convert()?,
                 cluster: self.internal_databases.cets.map(Cets::convert).transpose()?,
-                registration: self.modules.mod_register.map(|register| super::Registration {
-                    interval: Duration::from_secs(register.registration_timeout),
-                }),
+                registration,
+                modules,
             })
         }
     }
@@ -793,7 +778,7 @@ mod tests {
     /// The example file in the repository parses and equals the defaults it documents.
     #[test]
     fn example_file_parses() {
-        let text = include_str!("../starling.example.toml");
+        let text = include_str!("../../starling.example.toml");
         let config = Config::parse(text).unwrap();
         assert_eq!(config.general.hosts, vec!["localhost"]);
         assert_eq!(config.admin.unwrap().address.port(), 5551);
@@ -802,6 +787,29 @@ mod tests {
         let open = Config::parse("[modules.mod_register]\nregistration_timeout = 60").unwrap();
         assert_eq!(open.registration.unwrap().interval, Duration::from_secs(60));
         assert!(Config::parse("[modules.mod_register]\ncaptcha = true").is_err(), "unknown keys are errors");
+    }
+
+    /// Modules: the example lists every one (what a node without a file runs); a
+    /// `[modules]` table runs exactly what it lists, as in MongooseIM; unknown modules
+    /// and options are errors naming them.
+    #[test]
+    fn modules_are_listed_like_mongooseim() {
+        let example = Config::parse(include_str!("../../starling.example.toml")).unwrap();
+        assert_eq!(example.modules, starling_modules::Config::all());
+        assert_eq!(Config::defaults().modules, starling_modules::Config::all());
+        let only = Config::parse("[modules.mod_ping]\n[modules.mod_roster]\nversioning = false").unwrap().modules;
+        assert!(only.ping && !only.carbons && only.mam.is_none() && only.roster.is_some_and(|r| !r.versioning));
+        let writer = Config::parse("[modules.mod_mam.async_writer]\nbatch_size = 7\nflush_interval = 9").unwrap();
+        let mam = writer.modules.mam.unwrap();
+        assert_eq!((mam.batch_size, mam.flush_interval), (7, Duration::from_millis(9)));
+        for (text, key) in [
+            ("[modules.mod_muc_magic]", "mod_muc_magic"),
+            ("[modules.mod_ping]\nsend_pings = true", "send_pings"),
+            ("[modules.mod_mam]\nmax_result_limit = 0", "modules.mod_mam.max_result_limit"),
+        ] {
+            let error = Config::parse(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text:?} gave {error:?}");
+        }
     }
 
     /// Unknown keys and bad values are errors that name the key.

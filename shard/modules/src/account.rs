@@ -9,17 +9,25 @@
 //! ```
 //! The cache is the truth while it holds an account: every change is applied to it
 //! synchronously on the core and queued to the account's DB thread in the same order,
-//! so the store never goes backwards. In a cluster each node caches its own copy; a
-//! change made through another node is seen here when the account is next loaded.
+//! so the store never goes backwards. In a cluster each node that holds a session of
+//! the account caches its own copy; a change made through another node arrives as
+//! that module's event (`Module::on_event`) and is applied here too, so every node's
+//! copy (and the roster version) stays the same.
+//!
+//! This cache is the modules' shared infrastructure, not a module: each part is read
+//! and changed only by the module it belongs to (roster, blocking, mam).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use starling_wire::jid::BareJid;
 
-use crate::blocking::{AccountData, StoreError};
-use crate::core::Core;
+use starling_shard::db::StoreError;
+use starling_shard::Core;
+
 use crate::roster::{Roster, RosterItem};
+use crate::store::AccountData;
+use crate::Ctx;
 
 /// What the home core keeps for one account.
 #[derive(Debug, Default)]
@@ -27,7 +35,7 @@ pub(crate) struct Account {
     pub roster: Roster,
     pub blocked: Vec<String>,
     /// XEP-0313 archiving preferences.
-    pub archive: crate::archive::Preferences,
+    pub archive: crate::mam::Preferences,
 }
 
 pub(crate) type Shared = Rc<RefCell<Account>>;
@@ -40,18 +48,18 @@ pub(crate) enum Slot {
 }
 
 /// The cached account, if loaded.
-pub(crate) fn cached(core: &Core, bare: &str) -> Option<Shared> {
-    match core.accounts.borrow().get(bare) {
+pub(crate) fn cached(ctx: &Ctx, bare: &str) -> Option<Shared> {
+    match ctx.accounts.borrow().get(bare) {
         Some(Slot::Loaded(account)) => Some(account.clone()),
         _ => None,
     }
 }
 
 /// The account `bare`, from the cache or the store. Concurrent callers share one load.
-pub(crate) async fn load(core: &Core, bare: &BareJid) -> Result<Shared, StoreError> {
+pub(crate) async fn load(ctx: &Ctx, bare: &BareJid) -> Result<Shared, StoreError> {
     loop {
         let waiting = {
-            let mut accounts = core.accounts.borrow_mut();
+            let mut accounts = ctx.accounts.borrow_mut();
             match accounts.get_mut(bare.as_str()) {
                 Some(Slot::Loaded(account)) => return Ok(account.clone()),
                 Some(Slot::Loading(waiters)) => {
@@ -70,29 +78,28 @@ pub(crate) async fn load(core: &Core, bare: &BareJid) -> Result<Shared, StoreErr
             Some(told) => {
                 let _ = told.await;
             }
-            None => return fetch(core, bare).await,
+            None => return fetch(ctx, bare).await,
         }
     }
 }
 
-async fn fetch(core: &Core, bare: &BareJid) -> Result<Shared, StoreError> {
+async fn fetch(ctx: &Ctx, bare: &BareJid) -> Result<Shared, StoreError> {
     let user = bare.clone();
-    let result = core
-        .shared
+    let result = ctx
         .db
         .run_for(bare.as_str(), move |store| {
             let data = store.account(&user)?;
-            let preferences = store.data(&user, crate::blocking::DataKind::ArchivePreferences, "")?;
+            let preferences = store.data(&user, crate::store::DataKind::ArchivePreferences, "")?;
             Ok((data, preferences))
         })
         .await;
-    let mut accounts = core.accounts.borrow_mut();
+    let mut accounts = ctx.accounts.borrow_mut();
     let waiters = match accounts.remove(bare.as_str()) {
         Some(Slot::Loading(waiters)) => waiters,
         _ => Vec::new(),
     };
     let loaded = result.map(|(AccountData { roster, blocked }, preferences)| {
-        let archive = preferences.and_then(|p| crate::archive::Preferences::from_bytes(&p)).unwrap_or_default();
+        let archive = preferences.and_then(|p| crate::mam::Preferences::from_bytes(&p)).unwrap_or_default();
         Rc::new(RefCell::new(Account { roster, blocked, archive }))
     });
     if let Ok(account) = &loaded {
@@ -107,11 +114,11 @@ async fn fetch(core: &Core, bare: &BareJid) -> Result<Shared, StoreError> {
 
 /// Drops the cached account `bare` when no session of it is bound and nobody else
 /// holds it. Call after the last use (a session's end, a finished background task).
-pub(crate) fn release(core: &Core, bare: &str) {
-    if !core.sessions.borrow().sessions(bare).is_empty() {
+pub(crate) fn release(core: &Core, ctx: &Ctx, bare: &str) {
+    if !core.sessions_of(bare).is_empty() {
         return;
     }
-    let mut accounts = core.accounts.borrow_mut();
+    let mut accounts = ctx.accounts.borrow_mut();
     if let Some(Slot::Loaded(account)) = accounts.get(bare) {
         if Rc::strong_count(account) == 1 {
             accounts.remove(bare);
@@ -122,55 +129,22 @@ pub(crate) fn release(core: &Core, bare: &str) {
 /// Stores `item` with the roster's current version, in order with the account's
 /// other writes.
 pub(crate) fn store_item(
-    core: &Core,
+    ctx: &Ctx,
     bare: &BareJid,
     item: RosterItem,
     version: u64,
 ) -> impl std::future::Future<Output = Result<(), StoreError>> {
     let user = bare.clone();
-    core.shared.db.run_for(bare.as_str(), move |store| store.roster_put(&user, &item, version))
+    ctx.db.run_for(bare.as_str(), move |store| store.roster_put(&user, &item, version))
 }
 
 /// Deletes the item `jid`, in order with the account's other writes.
 pub(crate) fn delete_item(
-    core: &Core,
+    ctx: &Ctx,
     bare: &BareJid,
     jid: String,
     version: u64,
 ) -> impl std::future::Future<Output = Result<(), StoreError>> {
     let user = bare.clone();
-    core.shared.db.run_for(bare.as_str(), move |store| store.roster_delete(&user, &jid, version))
-}
-
-/// Is `sender` (a full or bare JID, or a domain) blocked by this account (XEP-0191
-/// section 3.4 matching: full JID, bare JID, domain)?
-pub(crate) fn blocks(account: &Account, sender: &str) -> bool {
-    if account.blocked.is_empty() {
-        return false;
-    }
-    let bare = sender.split('/').next().unwrap_or(sender);
-    let domain = bare.rsplit('@').next().unwrap_or(bare);
-    account.blocked.iter().any(|b| b == sender || b == bare || b == domain)
-}
-
-/// Does the account `bare` (if loaded here) block `sender`? An account being changed
-/// at this moment counts as not blocking.
-pub(crate) fn blocks_sender(core: &Core, bare: &str, sender: &str) -> bool {
-    cached(core, bare).is_some_and(|account| account.try_borrow().is_ok_and(|a| blocks(&a, sender)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Blocking matches a full JID, its bare JID, or its domain, and nothing else.
-    #[test]
-    fn block_matching() {
-        let account = Account { blocked: vec!["spam@evil".into(), "bad.example".into()], ..Account::default() };
-        assert!(blocks(&account, "spam@evil/phone"));
-        assert!(blocks(&account, "spam@evil"));
-        assert!(blocks(&account, "anyone@bad.example/r"));
-        assert!(!blocks(&account, "friend@evil"));
-        assert!(!blocks(&Account::default(), "spam@evil"));
-    }
+    ctx.db.run_for(bare.as_str(), move |store| store.roster_delete(&user, &jid, version))
 }

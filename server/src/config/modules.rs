@@ -1,0 +1,185 @@
+//! `[modules]`: which feature modules run and their options, with MongooseIM's
+//! module and option names. No `[modules]` table: every module with its defaults,
+//! in-band registration off (`starling_modules::Config::all`). A `[modules]` table:
+//! exactly the modules listed there, as in MongooseIM.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{invalid, ConfigError, Registration};
+
+/// The raw `[modules]` table.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Modules {
+    mod_roster: Option<ModRoster>,
+    mod_mam: Option<ModMam>,
+    mod_offline: Option<ModOffline>,
+    mod_carbons: Option<Empty>,
+    mod_blocking: Option<Empty>,
+    mod_pep: Option<Empty>,
+    mod_vcard: Option<Empty>,
+    mod_private: Option<Empty>,
+    mod_last: Option<Empty>,
+    mod_csi: Option<ModCsi>,
+    mod_disco: Option<Empty>,
+    mod_ping: Option<Empty>,
+    mod_version: Option<ModVersion>,
+    mod_register: Option<ModRegister>,
+}
+
+/// A module without options (an empty table switches it on).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModRoster {
+    /// XEP-0237 roster versioning (default true).
+    #[serde(default = "yes")]
+    versioning: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModMam {
+    #[serde(default)]
+    default_result_limit: Option<usize>,
+    #[serde(default)]
+    max_result_limit: Option<usize>,
+    #[serde(default)]
+    async_writer: Option<AsyncWriter>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AsyncWriter {
+    /// Milliseconds a row waits at most before it is written.
+    #[serde(default)]
+    flush_interval: Option<u64>,
+    /// Rows per write transaction.
+    #[serde(default)]
+    batch_size: Option<usize>,
+    /// Rows waiting per core above which senders wait (Starling's addition).
+    #[serde(default)]
+    queue_max: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModOffline {
+    /// Messages stored per account (MongooseIM's `max_user_offline_messages` rule).
+    #[serde(default)]
+    max_user_offline_messages: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModCsi {
+    #[serde(default)]
+    buffer_max: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModVersion {
+    #[serde(default)]
+    os_info: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModRegister {
+    /// Seconds between two registrations from one IP address (MongooseIM's name).
+    #[serde(default = "default_registration_timeout")]
+    registration_timeout: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_registration_timeout() -> u64 {
+    600
+}
+
+/// Converts `[modules]` (`None`: the table is absent) into the modules' config and the
+/// in-band registration settings.
+pub(super) fn convert(raw: Option<Modules>) -> Result<(starling_modules::Config, Option<Registration>), ConfigError> {
+    let Some(raw) = raw else { return Ok((starling_modules::Config::all(), None)) };
+    let defaults = starling_modules::Config::all();
+    let registration = raw.mod_register.map(|r| Registration { interval: Duration::from_secs(r.registration_timeout) });
+    let positive = |key: &str, value: Option<usize>, default: usize| -> Result<usize, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(0) => Err(invalid(key, "must be positive")),
+            Some(value) => Ok(value),
+        }
+    };
+    let mam = match raw.mod_mam {
+        None => None,
+        Some(mam) => {
+            let base = starling_modules::MamConfig::default();
+            let writer =
+                mam.async_writer.unwrap_or(AsyncWriter { flush_interval: None, batch_size: None, queue_max: None });
+            let config = starling_modules::MamConfig {
+                default_result_limit: positive(
+                    "modules.mod_mam.default_result_limit",
+                    mam.default_result_limit,
+                    base.default_result_limit,
+                )?,
+                max_result_limit: positive(
+                    "modules.mod_mam.max_result_limit",
+                    mam.max_result_limit,
+                    base.max_result_limit,
+                )?,
+                flush_interval: writer.flush_interval.map_or(base.flush_interval, Duration::from_millis),
+                batch_size: positive("modules.mod_mam.async_writer.batch_size", writer.batch_size, base.batch_size)?,
+                queue_max: positive("modules.mod_mam.async_writer.queue_max", writer.queue_max, base.queue_max)?,
+            };
+            if config.queue_max < config.batch_size {
+                return Err(invalid("modules.mod_mam.async_writer.queue_max", "must be at least batch_size"));
+            }
+            Some(config)
+        }
+    };
+    let offline = match raw.mod_offline {
+        None => None,
+        Some(offline) => Some(starling_modules::OfflineConfig {
+            max_user_offline_messages: positive(
+                "modules.mod_offline.max_user_offline_messages",
+                offline.max_user_offline_messages,
+                1000,
+            )?,
+        }),
+    };
+    let csi = match raw.mod_csi {
+        None => None,
+        Some(csi) => Some(starling_modules::CsiConfig {
+            buffer_max: positive(
+                "modules.mod_csi.buffer_max",
+                csi.buffer_max,
+                defaults.csi.map_or(500, |c| c.buffer_max),
+            )?,
+        }),
+    };
+    let config = starling_modules::Config {
+        roster: raw.mod_roster.map(|r| starling_modules::RosterConfig { versioning: r.versioning }),
+        mam,
+        offline,
+        carbons: raw.mod_carbons.is_some(),
+        blocking: raw.mod_blocking.is_some(),
+        pep: raw.mod_pep.is_some(),
+        vcard: raw.mod_vcard.is_some(),
+        private: raw.mod_private.is_some(),
+        last: raw.mod_last.is_some(),
+        csi,
+        disco: raw.mod_disco.is_some(),
+        ping: raw.mod_ping.is_some(),
+        version: raw.mod_version.map(|v| starling_modules::VersionConfig { os_info: v.os_info }),
+        register: registration.is_some(),
+    };
+    Ok((config, registration))
+}
