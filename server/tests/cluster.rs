@@ -369,3 +369,64 @@ fn wrong_secret_is_refused() {
         assert_eq!(names(&info["unavailableNodes"]), ["evil@localhost"], "{info}");
     }
 }
+
+/// Issue 11: the cluster is not a second-class path. bob has a session on node 1 and
+/// one on node 3, alice is on node 2, carol on node 1. A roster change and a block
+/// made on node 1 reach bob's session on node 3 at once (pushes, same roster
+/// version), and the block applies to stanzas delivered on node 3; carbons enabled on
+/// node 3 copy a message delivered on node 1.
+#[test]
+fn roster_block_and_carbons_across_three_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::Sqlite(dir.path().join("shared.db"));
+    db.register(&["alice", "bob", "carol"]);
+    let n1 = Node::start(dir.path(), "c1@localhost", &db, None);
+    let n2 = Node::start(dir.path(), "c2@localhost", &db, None);
+    let n3 = Node::start(dir.path(), "c3@localhost", &db, None);
+    let all = ["c1@localhost", "c2@localhost", "c3@localhost"];
+    wait_for(Duration::from_secs(15), "three joined nodes", || formed(&[&n1, &n2, &n3], &all));
+    let mut one = Client::login(n1.c2s, "bob", "secret", "one");
+    let mut three = Client::login(n3.c2s, "bob", "secret", "three");
+    let mut alice = Client::login(n2.c2s, "alice", "secret", "a");
+    let mut carol = Client::login(n1.c2s, "carol", "secret", "c");
+    for client in [&mut one, &mut three, &mut alice, &mut carol] {
+        client.presence();
+    }
+    three.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>");
+    three.expect("id='r0'");
+    three.send("<iq type='set' id='cb'><enable xmlns='urn:xmpp:carbons:2'/></iq>");
+    three.expect("id='cb'");
+    // The sessions and their flags reach the other nodes' tables.
+    std::thread::sleep(Duration::from_millis(800));
+
+    one.send(
+        "<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='dave@localhost' name='Dave'/></query></iq>",
+    );
+    assert!(one.expect("id='r1'").contains("type='result'"));
+    let push = three.expect("jabber:iq:roster");
+    assert!(push.contains("jid='dave@localhost'") && push.contains("ver='1'"), "the push reached node 3: {push}");
+    three.send("<iq type='get' id='r2'><query xmlns='jabber:iq:roster'/></iq>");
+    let roster = three.expect("id='r2'");
+    assert!(roster.contains("ver='1'") && roster.contains("name='Dave'"), "node 3's copy: {roster}");
+
+    carol.send("<message to='bob@localhost/one' type='chat'><body>for one</body></message>");
+    one.expect("for one");
+    let carbon = three.expect("urn:xmpp:carbons:2");
+    assert!(carbon.contains("<received") && carbon.contains("for one"), "a carbon across nodes: {carbon}");
+
+    one.send("<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>");
+    one.expect("id='b1'");
+    assert!(three.expect("urn:xmpp:blocking").contains("<block"), "the block push reached node 3");
+    alice.send("<message to='bob@localhost/three' type='chat' id='m3'><body>blocked?</body></message>");
+    assert!(alice.expect("id='m3'").contains("service-unavailable"), "node 3 applies the block");
+    alice.send("<message to='bob@localhost' type='chat' id='m4'><body>blocked too?</body></message>");
+    assert!(alice.expect("id='m4'").contains("service-unavailable"));
+    for client in [&mut one, &mut three] {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if let Some(frame) = client.next_within(Duration::from_millis(100)) {
+                assert!(!frame.contains("blocked"), "a blocked message arrived: {frame}");
+            }
+        }
+    }
+}
