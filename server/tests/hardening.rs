@@ -154,3 +154,39 @@ fn tls_client_that_stops_reading_is_disconnected_alone() {
     carol.expect("id='c2'");
     drop(sleeper);
 }
+
+/// Offline messages leave storage only once the client's socket took them (issue 9):
+/// bob logs in with 100 messages of 60 KB waiting, reads nothing and drops the
+/// connection; before, they were all deleted when fetched and lost. Now a batch (50)
+/// leaves storage only when the socket took all of it: loopback's kernel buffers
+/// take up to ~4 MB (one batch here), so at least the other batch comes back at the
+/// next login. What a socket took but its client never read is lost without stream
+/// management (XEP-0198, the web and mobile issue).
+#[test]
+fn offline_messages_stay_stored_until_written() {
+    let node = node();
+    let mut alice = node.login_tls("alice", "secret", "desk");
+    let body = "w".repeat(60_000);
+    for i in 0..100 {
+        alice.send(&format!("<message to='bob@localhost' type='chat' id='o{i}'><body>{i}:{body}</body></message>"));
+    }
+    alice.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>");
+    alice.expect("id='sync'");
+    std::thread::sleep(Duration::from_millis(500));
+    // A client whose kernel takes little (a small receive buffer) and that reads
+    // nothing: without stream management, what its socket took is all the server can
+    // know was delivered.
+    let small = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    small.set_recv_buffer_size(4096).unwrap();
+    small.connect(&node.c2s_tls.unwrap().into()).unwrap();
+    let mut careless = Client::tls_on(small.into(), &node.dir.path().join("ca.pem"));
+    careless.login_here("bob", "secret", "phone");
+    careless.presence();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(careless);
+    node.wait_sessions_within(1, Duration::from_secs(10));
+    let mut bob = node.login_tls("bob", "secret", "phone");
+    bob.presence();
+    let got = count_frames(&mut bob, "urn:xmpp:delay", 100, Duration::from_secs(20));
+    assert!(got >= 50, "only {got} of 100 came back: a batch the socket did not take was deleted");
+}

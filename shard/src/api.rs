@@ -155,6 +155,12 @@ impl Core {
         self.shared.accounts.exists(account)
     }
 
+    /// Adds `by` to the counter `name` (a metric, `starling_<name>_total`): what a
+    /// module did or failed to do that an operator watches.
+    pub fn count(&self, name: &'static str, by: u64) {
+        *self.stats.counters.borrow_mut().entry(name).or_insert(0) += by;
+    }
+
     /// A counted handle to this core.
     pub fn handle(&self) -> Rc<Core> {
         self.rc()

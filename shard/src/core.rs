@@ -95,6 +95,8 @@ pub(crate) struct Stats {
     pub moved_in: Cell<u64>,
     /// Panics contained (`contain.rs`): each ended one stream or task.
     pub panics: Cell<u64>,
+    /// Counters the modules keep (`Core::count`), by name.
+    pub counters: RefCell<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// Stanzas waiting to go to one peer core, in order.

@@ -32,6 +32,8 @@ mod core;
 pub mod db;
 pub mod delivery;
 pub mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 mod io;
 pub mod limits;
 mod mailbox;

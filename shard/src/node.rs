@@ -67,6 +67,8 @@ pub struct NodeStats {
     pub moved_in: u64,
     /// Panics contained: each ended one stream or task, never a core.
     pub panics: u64,
+    /// The modules' counters (`Core::count`), summed over the cores.
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// Why the node could not start.
@@ -193,6 +195,7 @@ impl Node {
                 stanzas_delivered: s.stanzas_delivered.get(),
                 moved_in: s.moved_in.get(),
                 panics: s.panics.get(),
+                counters: s.counters.borrow().iter().map(|(name, n)| (name.to_string(), *n)).collect(),
             }
         }) {
             total.connections += core.connections;
@@ -204,6 +207,9 @@ impl Node {
             total.stanzas_delivered += core.stanzas_delivered;
             total.moved_in += core.moved_in;
             total.panics += core.panics;
+            for (name, n) in core.counters {
+                *total.counters.entry(name).or_insert(0) += n;
+            }
         }
         total
     }

@@ -262,6 +262,10 @@ fn metrics(node: &Node) -> String {
         "Panics (our bugs) that ended one stream or task instead of a core.",
         stats.panics,
     );
+    for (name, value) in &stats.counters {
+        let name = format!("starling_{name}_total");
+        out.push_str(&format!("# TYPE {name} counter\n{name} {value}\n"));
+    }
     let health = node.health(std::time::Duration::from_secs(1));
     out.push_str("# HELP starling_core_up Whether each core answered a health check within 1 s.\n");
     out.push_str("# TYPE starling_core_up gauge\n");

@@ -206,8 +206,12 @@ impl Client {
 
     /// Connects with direct TLS (XEP-0368) to `address`, trusting the CA in `ca_file`.
     pub fn connect_tls(address: SocketAddr, ca_file: &std::path::Path) -> Client {
+        Client::tls_on(TcpStream::connect(address).unwrap(), ca_file)
+    }
+
+    /// Direct TLS on an already connected socket.
+    pub fn tls_on(mut tcp: TcpStream, ca_file: &std::path::Path) -> Client {
         use rustls::pki_types::pem::PemObject;
-        let mut tcp = TcpStream::connect(address).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         tcp.set_nodelay(true).unwrap();
         let mut roots = rustls::RootCertStore::empty();

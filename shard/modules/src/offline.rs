@@ -111,7 +111,10 @@ impl Offline {
         let task_core = core.handle();
         core.spawn("storing an offline message", async move {
             let outcome = match stored.await {
-                Ok(Some(true)) => return,
+                Ok(Some(true)) => {
+                    task_core.count("offline_messages_stored", 1);
+                    return;
+                }
                 Ok(Some(false)) => StanzaErrorCondition::ResourceConstraint,
                 Ok(None) => StanzaErrorCondition::ServiceUnavailable,
                 Err(error) => {
@@ -119,7 +122,8 @@ impl Offline {
                     StanzaErrorCondition::InternalServerError
                 }
             };
-            // Not stored: its sender is told (never only a log line).
+            // Not stored: its sender is told (never only a log line), and it is counted.
+            task_core.count("offline_messages_refused", 1);
             if let Ok(stanza) = Stanza::parse(&original) {
                 task_core.reply_error(&stanza, outcome);
             }

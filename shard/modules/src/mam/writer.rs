@@ -147,6 +147,7 @@ impl Writer {
             writer.in_flight.set(0);
             match outcome {
                 Ok(()) => {
+                    task_core.count("mam_rows_written", rows as u64);
                     writer.committed(rows);
                     writer.flush(&task_core);
                 }
@@ -177,6 +178,7 @@ impl Writer {
 
     fn failed(self: &Rc<Self>, core: &Core, error: &str, batch: Vec<(BareJid, ArchivedMessage)>) {
         self.failures.set(self.failures.get() + 1);
+        core.count("mam_write_retries", 1);
         log::warn!("archive: writing {} rows failed ({error}); retrying", batch.len());
         {
             let mut pending = self.pending.borrow_mut();

@@ -1,0 +1,105 @@
+//! Support for fuzzing a whole core (not part of the public API): one in-memory core
+//! with its modules, a bound session, and arbitrary client bytes handled the way a
+//! session handles them (framing, every hook, IQ handler and storage reply), with no
+//! socket. Used by `server/fuzz` (target `core`), which supplies a real store.
+//!
+//! Unlike a running node, a panic here is not contained: the fuzzer must see it.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_wire::framer::{Frame, Framer};
+use starling_wire::limits::FramerLimits;
+
+use crate::core::{Core, Shared};
+use crate::mailbox::Mailbox;
+use crate::session::State;
+use crate::sessions::{Session, SessionId};
+use crate::settings::Settings;
+
+/// The stream header the fuzz input is framed after.
+const HEADER: &[u8] =
+    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+/// How long one input may wait for storage replies and background work.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// One core on the current thread with sessions `fuzz@localhost/a` (the sender) and
+/// `peer@localhost/b` bound.
+pub struct CoreHarness {
+    executor: glommio::LocalExecutor,
+    core: Rc<Core>,
+    mailboxes: Vec<Rc<Mailbox>>,
+}
+
+impl CoreHarness {
+    /// `settings` must name one CPU; `accounts` answers credential lookups.
+    pub fn new(settings: Settings, accounts: Arc<dyn crate::db::Accounts>) -> CoreHarness {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 * 1024)
+            .make()
+            // Invariant: a harness is made once per fuzz process, where executors start.
+            .expect("an executor for the fuzz harness");
+        let shared = Arc::new(Shared { settings, accounts });
+        let (core, mailboxes) = executor.run(async move {
+            let core = Core::new(0, 1, shared);
+            let factory = core.shared.settings.modules.clone();
+            core.install_modules(&*factory);
+            let mut mailboxes = Vec::new();
+            for (i, jid) in ["fuzz@localhost/a", "peer@localhost/b"].into_iter().enumerate() {
+                let mailbox = Rc::new(Mailbox::default());
+                core.sessions.borrow_mut().bind(Session {
+                    id: SessionId(i as u64 + 1),
+                    // Invariant: constant, valid JIDs.
+                    jid: jid.parse().expect("a valid JID"),
+                    mailbox: mailbox.clone(),
+                    available: true,
+                    priority: 0,
+                    created_ms: 0,
+                    flags: Default::default(),
+                });
+                mailboxes.push(mailbox);
+            }
+            (core, mailboxes)
+        });
+        CoreHarness { executor, core, mailboxes }
+    }
+
+    /// Handles `input` as bytes from `fuzz@localhost/a`'s client (after a stream
+    /// header), waits for what it started, and returns the bytes the client and the
+    /// peer would have received. Stream errors end the input, as they end a stream.
+    pub fn feed(&self, input: &[u8]) -> Vec<u8> {
+        let core = self.core.clone();
+        let mailboxes = self.mailboxes.clone();
+        let input = input.to_vec();
+        self.executor.run(async move {
+            // Invariant: constant, valid JID.
+            let jid = "fuzz@localhost/a".parse().expect("a valid JID");
+            let mut state = State { jid, id: SessionId(1), out: Vec::new() };
+            let mut framer = Framer::new(FramerLimits::DEFAULT);
+            let mut header: &[u8] = HEADER;
+            let _ = framer.next(&mut header);
+            let mut rest = &input[..];
+            while let Ok(Some(Frame::Element(element))) = framer.next(&mut rest) {
+                let element = element.to_vec();
+                match crate::session::handle_element(&core, &mut state, &element) {
+                    Ok(Some(pending)) => {
+                        let reply = glommio::timer::timeout(SETTLE, async { Ok(pending.await) }).await;
+                        state.out.extend_from_slice(&reply.unwrap_or_default());
+                    }
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+                core.take_congestion();
+            }
+            // Background work (storage writes, the archive writer) gets its turn.
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            let mut out = std::mem::take(&mut state.out);
+            for mailbox in &mailboxes {
+                mailbox.drain_into(&mut out, usize::MAX, usize::MAX);
+            }
+            out
+        })
+    }
+}
