@@ -16,7 +16,6 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use starling_wire::framer::{Frame, Framer};
@@ -36,6 +35,30 @@ pub enum AuthMode {
     ScramCold,
     /// SASL PLAIN.
     Plain,
+}
+
+/// How the load generator's clients use TLS (`--tls`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain TCP (the server's listener must allow it).
+    None,
+    /// STARTTLS (RFC 6120 section 5), as on a default listener.
+    Starttls,
+    /// TLS from the first byte (XEP-0368).
+    Direct,
+}
+
+impl std::str::FromStr for TlsMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<TlsMode, String> {
+        match text {
+            "none" => Ok(TlsMode::None),
+            "starttls" => Ok(TlsMode::Starttls),
+            "direct" => Ok(TlsMode::Direct),
+            other => Err(format!("unknown TLS mode {other:?} (none, starttls, direct)")),
+        }
+    }
 }
 
 impl std::str::FromStr for AuthMode {
@@ -74,6 +97,13 @@ pub struct RunSettings {
     pub iterations: u32,
     /// Send the legacy session request after binding (amoc does).
     pub legacy_session: bool,
+    /// Plain TCP, STARTTLS or direct TLS.
+    #[serde(default = "no_tls")]
+    pub tls: TlsMode,
+}
+
+fn no_tls() -> TlsMode {
+    TlsMode::None
 }
 
 impl RunSettings {
@@ -176,7 +206,7 @@ enum LoginError {
 
 /// A stream with its framer.
 struct Conn {
-    stream: TcpStream,
+    stream: crate::net::Stream,
     framer: Framer,
 }
 
@@ -306,7 +336,12 @@ async fn retry_pause(worker: &Worker, end: Duration) {
 
 async fn login(worker: &Worker, user: u64, local: u64, source: Option<IpAddr>) -> Result<Conn, LoginError> {
     let settings = &worker.settings;
-    let stream = crate::net::connect(source, settings.target(user)).map_err(|_| LoginError::Connect)?;
+    let tcp = crate::net::connect(source, settings.target(user)).map_err(|_| LoginError::Connect)?;
+    let mut stream = crate::net::Stream::Plain(tcp);
+    if settings.tls == TlsMode::Direct {
+        let tls = stream.start_tls(crate::net::client_tls(), &settings.domain).await;
+        stream = tls.map_err(|_| LoginError::Connect)?;
+    }
     let mut conn = Conn { stream, framer: Framer::new(FramerLimits::DEFAULT) };
     let header = format!(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
@@ -315,6 +350,17 @@ async fn login(worker: &Worker, user: u64, local: u64, source: Option<IpAddr>) -
     conn.send(header.as_bytes()).await.map_err(|_| LoginError::Connect)?;
     conn.expect("<stream:stream").await?;
     conn.expect("<stream:features").await?;
+    if settings.tls == TlsMode::Starttls {
+        conn.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await?;
+        conn.expect("<proceed").await?;
+        let plain = std::mem::replace(&mut conn.stream, crate::net::Stream::Closed);
+        conn.stream =
+            plain.start_tls(crate::net::client_tls(), &settings.domain).await.map_err(|_| LoginError::Connect)?;
+        conn.framer.reset();
+        conn.send(header.as_bytes()).await?;
+        conn.expect("<stream:stream").await?;
+        conn.expect("<stream:features").await?;
+    }
     let name = settings.user_name(settings.account(user));
     let password = settings.password(settings.account(user));
     match settings.auth {
@@ -756,6 +802,7 @@ mod tests {
             salt_seed: "seed".into(),
             iterations: 16,
             legacy_session: false,
+            tls: TlsMode::None,
         }
     }
 

@@ -52,7 +52,7 @@ async fn connection(mut stream: TcpStream, directory: Directory, domain: Rc<str>
     let mut out = Vec::new();
     loop {
         if !out.is_empty() {
-            if crate::net::write_all(&mut stream, &out).await.is_err() {
+            if crate::net::write_all_tcp(&mut stream, &out).await.is_err() {
                 break;
             }
             out.clear();
@@ -62,7 +62,7 @@ async fn connection(mut stream: TcpStream, directory: Directory, domain: Rc<str>
                 return Poll::Ready(Ok(usize::MAX));
             }
             let framer = &mut framer;
-            match crate::net::poll_read_with(&mut stream, cx, &mut |bytes| framer.stash(bytes)) {
+            match crate::net::poll_read_tcp(&mut stream, cx, &mut |bytes| framer.stash(bytes)) {
                 Poll::Pending => {
                     *inbox.waker.borrow_mut() = Some(cx.waker().clone());
                     Poll::Pending

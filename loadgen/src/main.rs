@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use argh::FromArgs;
-use starling_loadgen::client::{AuthMode, RunSettings};
+use starling_loadgen::client::{AuthMode, RunSettings, TlsMode};
 use starling_loadgen::profile::{Profile, ProfileKind};
 use starling_loadgen::run::{RunOptions, RunResult};
 
@@ -102,6 +102,10 @@ struct Run {
     /// send the legacy session request after binding
     #[argh(switch)]
     legacy_session: bool,
+    /// TLS: none (default), starttls or direct (any certificate is accepted: loopback
+    /// benchmarks only)
+    #[argh(option, default = "TlsMode::None")]
+    tls: TlsMode,
     /// contacts per user (build them once with --profile roster-setup)
     #[argh(option, default = "0")]
     roster: u64,
@@ -255,6 +259,7 @@ fn run_command(run: Run) -> Result<(), String> {
         salt_seed: run.salt_seed,
         iterations: run.iterations,
         legacy_session: run.legacy_session,
+        tls: run.tls,
     };
     let options = RunOptions {
         settings,

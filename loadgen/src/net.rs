@@ -50,8 +50,74 @@ pub fn connect(source: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpStre
     Ok(TcpStream::from(socket))
 }
 
+/// A client connection: plain TCP, or TLS over it (rustls, `--tls`).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+    /// No socket (while one is being upgraded to TLS).
+    Closed,
+}
+
+/// TLS on a client socket: rustls' state and the ciphertext not yet written.
+pub struct TlsStream {
+    tcp: TcpStream,
+    tls: rustls::ClientConnection,
+    wire: Vec<u8>,
+}
+
+impl Stream {
+    /// Starts TLS on this connection (direct TLS at connect, or after STARTTLS's
+    /// `<proceed/>`) and completes the handshake.
+    pub async fn start_tls(self, config: std::sync::Arc<rustls::ClientConfig>, domain: &str) -> io::Result<Stream> {
+        let tcp = match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => return Ok(Stream::Tls(tls)),
+            Stream::Closed => return Err(io::ErrorKind::NotConnected.into()),
+        };
+        let name = rustls::pki_types::ServerName::try_from(domain.to_owned())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        let mut stream = TlsStream { tcp, tls, wire: Vec::new() };
+        while stream.tls.is_handshaking() {
+            stream.flush().await?;
+            if !stream.tls.is_handshaking() {
+                break;
+            }
+            let n = futures_lite::future::poll_fn(|cx| poll_read_tls(&mut stream, cx, &mut |_: &[u8]| {})).await?;
+            if n == 0 && stream.tls.is_handshaking() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        stream.flush().await?;
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+}
+
+impl TlsStream {
+    /// Writes every TLS record rustls has ready.
+    async fn flush(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut self.wire)?;
+        }
+        let wire = std::mem::take(&mut self.wire);
+        write_all_tcp(&mut self.tcp, &wire).await
+    }
+}
+
 /// Writes all of `bytes` (waits while the socket is full or still connecting).
-pub async fn write_all(stream: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+pub async fn write_all(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+    match stream {
+        Stream::Plain(tcp) => write_all_tcp(tcp, bytes).await,
+        Stream::Tls(tls) => {
+            std::io::Write::write_all(&mut tls.tls.writer(), bytes)?;
+            tls.flush().await
+        }
+        Stream::Closed => Err(io::ErrorKind::NotConnected.into()),
+    }
+}
+
+/// Writes all of `bytes` to a plain socket.
+pub async fn write_all_tcp(stream: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         let written = futures_lite::future::poll_fn(|cx| Pin::new(&mut *stream).poll_write(cx, bytes)).await?;
         if written == 0 {
@@ -62,14 +128,59 @@ pub async fn write_all(stream: &mut TcpStream, mut bytes: &[u8]) -> io::Result<(
     Ok(())
 }
 
-/// Waits for input and hands it to `take` (borrowed from the thread's buffer).
-/// Returns the number of bytes, 0 when the peer closed.
-pub async fn read_with(stream: &mut TcpStream, mut take: impl FnMut(&[u8])) -> io::Result<usize> {
+/// Waits for input and hands it to `take` (borrowed from the thread's buffer;
+/// plaintext when TLS is on). Returns the number of bytes read from the socket, 0
+/// when the peer closed.
+pub async fn read_with(stream: &mut Stream, mut take: impl FnMut(&[u8])) -> io::Result<usize> {
     futures_lite::future::poll_fn(|cx| poll_read_with(stream, cx, &mut take)).await
 }
 
-/// One poll of a read into the thread's buffer; `take` sees the bytes read.
+/// One poll of a read into the thread's buffer; `take` sees the bytes read
+/// (decrypted when TLS is on; handshake records get no call).
 pub fn poll_read_with(
+    stream: &mut Stream,
+    cx: &mut std::task::Context<'_>,
+    take: &mut impl FnMut(&[u8]),
+) -> Poll<io::Result<usize>> {
+    match stream {
+        Stream::Plain(tcp) => poll_read_tcp(tcp, cx, take),
+        Stream::Tls(tls) => poll_read_tls(tls, cx, take),
+        Stream::Closed => Poll::Ready(Ok(0)),
+    }
+}
+
+fn poll_read_tls(
+    stream: &mut TlsStream,
+    cx: &mut std::task::Context<'_>,
+    take: &mut impl FnMut(&[u8]),
+) -> Poll<io::Result<usize>> {
+    let TlsStream { tcp, tls, wire } = stream;
+    let mut ciphertext = Vec::new();
+    let polled = poll_read_tcp(tcp, cx, &mut |bytes: &[u8]| ciphertext.extend_from_slice(bytes));
+    let n = match polled {
+        Poll::Ready(Ok(n)) => n,
+        other => return other,
+    };
+    let mut input = &ciphertext[..];
+    while !input.is_empty() {
+        tls.read_tls(&mut input)?;
+        let state = tls.process_new_packets().map_err(io::Error::other)?;
+        let available = state.plaintext_bytes_to_read();
+        if available > 0 {
+            let mut plain = vec![0; available];
+            std::io::Read::read_exact(&mut tls.reader(), &mut plain)?;
+            take(&plain);
+        }
+    }
+    // Records to answer (key updates, the handshake's last flight) go on the next write.
+    while tls.wants_write() {
+        tls.write_tls(wire)?;
+    }
+    Poll::Ready(Ok(n))
+}
+
+/// [`poll_read_with`] on a plain socket.
+pub fn poll_read_tcp(
     stream: &mut TcpStream,
     cx: &mut std::task::Context<'_>,
     take: &mut impl FnMut(&[u8]),
@@ -84,6 +195,68 @@ pub fn poll_read_with(
             other => other,
         }
     })
+}
+
+thread_local! {
+    static TLS_CONFIG: std::sync::Arc<rustls::ClientConfig> = tls_config();
+}
+
+/// This thread's TLS client config (made once: its session cache is shared).
+pub fn client_tls() -> std::sync::Arc<rustls::ClientConfig> {
+    TLS_CONFIG.with(|config| config.clone())
+}
+
+/// A TLS client config for `--tls`: a load generator that only targets 127.0.0.0/8
+/// and measures servers with self-signed certificates accepts any certificate.
+fn tls_config() -> std::sync::Arc<rustls::ClientConfig> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        // Invariant: ring supports the default protocol versions.
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+/// Accepts any server certificate (loopback benchmarks only), checking signatures.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The `index`-th source address of a range starting at `base` (skipping .0 and .255

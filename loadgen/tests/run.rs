@@ -14,16 +14,20 @@ const USERS: u64 = 200;
 
 struct Node {
     running: starling_server::Running,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn start_node() -> Node {
+    start_node_with(TlsMode::None)
+}
+
+fn start_node_with(tls: TlsMode) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_tests(dir.path());
-    config.c2s[0].tls = TlsMode::None;
+    config.c2s[0].tls = tls;
     let listeners = starling_server::bind_listeners(&config).unwrap();
     let running = starling_server::run(config, listeners).unwrap();
-    Node { running, _dir: dir }
+    Node { running, dir }
 }
 
 /// POSTs a GraphQL query to the admin port and returns the JSON answer.
@@ -226,4 +230,59 @@ fn roster_setup_then_presence_storm() {
     // broadcast or by the answer to its probe.
     let presences = summary["presences"].as_u64().unwrap();
     assert!(presences >= 200, "{summary}");
+}
+
+/// The throughput profile over STARTTLS (the default listener), archive on: every
+/// message sent is delivered, and once the archive writer caught up the archive
+/// holds exactly two rows (both sides) per delivered message (issue 9: before, 77%
+/// of archive writes were dropped under load).
+#[test]
+fn throughput_over_starttls_archives_every_message() {
+    let node = start_node_with(TlsMode::StartTlsRequired);
+    let work = tempfile::tempdir().unwrap();
+    import_accounts(&node, work.path());
+    let out = work.path().join("report");
+    let target = node.running.c2s_addresses[0].to_string();
+    let output = loadgen(&[
+        "run",
+        "--profile",
+        "throughput",
+        "--users",
+        &USERS.to_string(),
+        "--target",
+        &target,
+        "--duration",
+        "6",
+        "--rate",
+        "400",
+        "--in-flight",
+        "2",
+        "--iterations",
+        "64",
+        "--sessions-per-worker",
+        "100",
+        "--tls",
+        "starttls",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    let summary = &result["summary"];
+    let context = format!("{summary}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(result["totals"]["logins"], USERS, "{context}");
+    let delivered = summary["delivered"].as_u64().unwrap();
+    assert!(delivered > 500, "{context}");
+    assert_eq!(summary["sent"].as_u64().unwrap(), delivered, "{context}");
+    let database = node.dir.path().join("starling.db");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let rows = loop {
+        let connection = rusqlite::Connection::open(&database).unwrap();
+        let rows: u64 = connection.query_row("SELECT COUNT(*) FROM mam_message", [], |row| row.get(0)).unwrap();
+        if rows >= 2 * delivered || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(rows, 2 * delivered, "both sides of every delivered message: {context}");
 }
