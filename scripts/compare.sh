@@ -7,7 +7,11 @@
 #   e.g. scripts/compare.sh connect connect 19500 60
 # Environment: STARLING_RATE, EJABBERD_RATE, PROSODY_RATE, LIMIT_RATE (logins/s per
 # server; default: the profile's), SERVERS (default "starling ejabberd prosody limit"),
-# STARLING_AUTH (default scram), OUT (default bench-results/<date>-NAME).
+# STARLING_AUTH (default scram), STARLING_TLS (none, default, or starttls: the
+# listener requires STARTTLS and the load generator uses it), STARLING_MODULES (TOML
+# appended to Starling's config, e.g. a [modules] list without mod_mam),
+# STARLING_BIN (a starling binary to measure instead of target/release's, e.g. an
+# older build for a before/after run), OUT (default bench-results/<date>-NAME).
 # Peers come from ../shared/peers (installed with its install.sh, as root).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,12 +36,16 @@ run_loadgen() {  # run_loadgen LABEL TARGET PID AUTH RATE
   # shellcheck disable=SC2046
   taskset -c 1 "$bin/starling-loadgen" run --profile "$profile" --users "$users" --duration "$duration" \
     --target "$target" --auth "$auth" --server-pid "$pid" --name "$label" --out "$out/$label" \
-    $(rate_arg "$rate") "${extra[@]}"
+    $(rate_arg "$rate") "${extra[@]}" ${server_args:-}
 }
 
 for server in $servers; do
   case "$server" in
   starling)
+    listener_tls="none"; server_args=""
+    if [ "${STARLING_TLS:-none}" = "starttls" ]; then listener_tls="starttls_required"; server_args="--tls starttls"; fi
+    starling_bin="${STARLING_BIN:-$bin/starling}"
+    rm -rf "$work/data"
     cat > "$work/starling.toml" <<TOML
 [general]
   data_dir = "$work/data"
@@ -45,21 +53,29 @@ for server in $servers; do
 [[listen.c2s]]
   port = 5222
   ip_address = "127.0.0.1"
-  tls.mode = "none"
+  tls.mode = "$listener_tls"
 [listen.admin]
   port = 5551
 [limits]
   pre_auth_timeout_seconds = 60
+${STARLING_MODULES:-}
 TOML
-    taskset -c 0 "$bin/starling" serve --config "$work/starling.toml" >"$work/starling.log" 2>&1 &
+    taskset -c 0 "$starling_bin" serve --config "$work/starling.toml" >"$work/starling.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 100); do "$bin/starling" --config "$work/starling.toml" server status >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 1 100); do "$starling_bin" --config "$work/starling.toml" server status >/dev/null 2>&1 && break; sleep 0.1; done
     if [ ! -f "$work/users-$users.csv" ]; then
       "$bin/starling-loadgen" accounts --users "$users" --out "$work/users-$users.csv"
     fi
-    "$bin/starling" --config "$work/starling.toml" account importUsers --filename "$work/users-$users.csv" >/dev/null
+    "$starling_bin" --config "$work/starling.toml" account importUsers --filename "$work/users-$users.csv" >/dev/null
     run_loadgen starling 127.0.0.1:5222 "$pid" "${STARLING_AUTH:-scram}" "${STARLING_RATE:-}"
+    server_args=""
+    # Let the archive writer finish, then stop and count its rows (both sides of each
+    # message with a body): nothing acknowledged may be missing.
+    sleep 2
     kill -TERM "$pid"; wait "$pid" || true
+    if [ -f "$work/data/starling.db" ] && command -v sqlite3 >/dev/null; then
+      sqlite3 "$work/data/starling.db" "SELECT COUNT(*) FROM mam_message" > "$out/starling/archived-rows.txt" 2>/dev/null || true
+    fi
     ;;
   ejabberd)
     "$peers/stop_prosody.sh" >/dev/null 2>&1 || true

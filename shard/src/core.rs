@@ -22,7 +22,7 @@ use starling_wire::c2s::Entropy;
 use starling_wire::framer::Framer;
 use starling_wire::jid::BareJid;
 
-use crate::limits::{Limits, OUTBOX_BYTES_MAX, READ_BUFFER_BYTES, STANZAS_PER_BATCH_MAX};
+use crate::limits::{Limits, BATCH_BYTES_MAX, OUTBOX_BYTES_MAX, READ_BUFFER_BYTES, STANZAS_PER_BATCH_MAX};
 use crate::mailbox::Mailbox;
 use crate::sessions::SessionTable;
 use crate::settings::Settings;
@@ -163,6 +163,8 @@ pub struct Core {
     pub(crate) iq_routes: std::cell::OnceCell<crate::router::IqRoutes>,
     /// Some module has an `on_push` hook.
     pub(crate) push_hooks: Cell<bool>,
+    /// IQs to other accounts being answered from storage (`router.rs`).
+    pub(crate) on_behalf_in_flight: Cell<usize>,
     /// Stanzas waiting for an account with no session on this node to be looked up
     /// and loaded, in arrival order (`router.rs`).
     pub(crate) waiting_accounts: RefCell<HashMap<Box<str>, Vec<Vec<u8>>>>,
@@ -192,6 +194,7 @@ impl Core {
             modules: std::cell::OnceCell::new(),
             iq_routes: std::cell::OnceCell::new(),
             push_hooks: Cell::new(false),
+            on_behalf_in_flight: Cell::new(0),
             waiting_accounts: RefCell::new(HashMap::new()),
         })
     }
@@ -237,7 +240,9 @@ impl Core {
         debug_assert_ne!(peer, self.id);
         let outbox = &self.outboxes[peer];
         let mut queue = outbox.queue.borrow_mut();
-        let full = queue.last().is_none_or(|batch| batch.len() >= STANZAS_PER_BATCH_MAX);
+        let full = queue
+            .last()
+            .is_none_or(|batch| batch.len() >= STANZAS_PER_BATCH_MAX || batch.bytes.len() >= BATCH_BYTES_MAX);
         if full {
             queue.push(Batch::default());
         }

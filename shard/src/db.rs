@@ -301,7 +301,10 @@ fn run_worker<S: ?Sized>(
                 }
             },
         };
-        if job(Ok(current.as_mut())) {
+        // A panic in one job (a driver's bug, a tampered row) fails that job only; the
+        // thread and its connection (reopened) go on serving the others.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(current.as_mut()))));
+        if outcome.unwrap_or(true) {
             // Reconnect on the next job: the connection may be dead.
             store = None;
         }

@@ -54,6 +54,15 @@ pub const CORE_CHANNEL_BATCHES: usize = 1024;
 /// per pair of cores, plus one stanza per sender.
 pub const OUTBOX_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// Bytes in one core-to-core batch before a new one starts: the batch's end offsets
+/// are `u32` (one batch stays far below 4 GiB whatever the stanza limit).
+pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// IQs to other accounts answered from storage at once per core; past it the
+/// requester gets `resource-constraint` (the answers run beside its session, which
+/// reads on). Cost: one task and one answer each.
+pub const ON_BEHALF_IN_FLIGHT_MAX: usize = 256;
+
 /// Stanzas per core-to-core batch.
 pub const STANZAS_PER_BATCH_MAX: usize = 512;
 
@@ -64,6 +73,7 @@ pub const DB_QUEUE_MAX: usize = 65_536;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 const _: () = assert!(READ_BUFFER_BYTES >= 16 * 1024 + 2048, "room for one full TLS record");
+const _: () = assert!(BATCH_BYTES_MAX + 16 * 1024 * 1024 < u32::MAX as usize, "batch ends fit u32");
 
 /// Recipients of directed presence one session remembers (RFC 6121 section 4.6),
 /// told when it goes unavailable. Cost: one boxed JID each.

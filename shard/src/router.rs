@@ -29,6 +29,7 @@ use starling_wire::stanza::{IqType, Stanza, StanzaKind};
 
 use crate::core::Core;
 use crate::delivery::{Address, Candidate, Decision, Kind};
+use crate::limits::ON_BEHALF_IN_FLIGHT_MAX;
 use crate::module::{Delivery, Flow, Iq, IqScope, Module, Place, Push, Reply, Resource, SessionFlags};
 
 /// Sends a stamped stanza to the account `to_bare` (normalised), wherever it is homed.
@@ -224,8 +225,15 @@ pub(crate) fn push(core: &Core, resource: &Resource, bytes: &[u8], parsed: Optio
             push_local(core, id, &resource.full, bytes, parsed);
         }
         Place::Remote { node } => {
-            if let Some(cluster) = &core.cluster {
-                cluster.route(core, node, &resource.full, bytes);
+            let sent = core.cluster.as_ref().is_some_and(|cluster| cluster.route(core, node, &resource.full, bytes));
+            if !sent {
+                // The link is down or the stanza is too large for a frame: its author
+                // is told, it does not vanish.
+                if let Ok(stanza) = Stanza::parse(bytes) {
+                    if stanza.kind != StanzaKind::Presence {
+                        reply_error(core, &stanza, StanzaErrorCondition::ServiceUnavailable);
+                    }
+                }
             }
         }
     }
@@ -373,15 +381,23 @@ pub(crate) fn dispatch_iq(
 fn answer_on_behalf(core: &Core, stanza: &Stanza<'_>, account: &str) {
     let Some(requester) = stanza.from.and_then(|f| f.value()).map(|f| f.into_owned()) else { return };
     let requester_bare = requester.split('/').next().unwrap_or(&requester).to_owned();
+    // Answers that wait for storage run beside their requester's session, which reads
+    // on: bounded per core, so a client cannot pile them up.
+    if core.on_behalf_in_flight.get() >= ON_BEHALF_IN_FLIGHT_MAX {
+        return reply_error(core, stanza, StanzaErrorCondition::ResourceConstraint);
+    }
     match dispatch_iq(core, stanza, IqScope::OtherAccount, account, None) {
         Reply::Now(bytes) if bytes.is_empty() => {}
         Reply::Now(bytes) => route(core, &requester_bare, &bytes),
         Reply::Later(work) => {
             let task_core = core.rc();
+            core.on_behalf_in_flight.set(core.on_behalf_in_flight.get() + 1);
             crate::contain::spawn(core.rc(), "a request answered for an account", async move {
-                let bytes = work.await;
-                if !bytes.is_empty() {
-                    route(&task_core, &requester_bare, &bytes);
+                let bytes = crate::contain::wait(&task_core, "a request answered for an account", work).await;
+                task_core.on_behalf_in_flight.set(task_core.on_behalf_in_flight.get().saturating_sub(1));
+                match bytes {
+                    Ok(bytes) if !bytes.is_empty() => route(&task_core, &requester_bare, &bytes),
+                    _ => {}
                 }
             });
         }

@@ -213,9 +213,7 @@ impl<'a> Stanza<'a> {
         write_attribute(out, "to", to);
         out.extend_from_slice(b" type='error'");
         if let Some(id) = self.id {
-            out.extend_from_slice(b" id='");
-            out.extend_from_slice(id.raw_value);
-            out.push(b'\'');
+            write_raw_attribute(out, "id", id.raw_value);
         }
         out.push(b'>');
         error.write(out);
@@ -228,9 +226,7 @@ impl<'a> Stanza<'a> {
     pub fn write_iq_result(&self, from: &str, to: &str, payload: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"<iq type='result'");
         if let Some(id) = self.id {
-            out.extend_from_slice(b" id='");
-            out.extend_from_slice(id.raw_value);
-            out.push(b'\'');
+            write_raw_attribute(out, "id", id.raw_value);
         }
         if !from.is_empty() {
             write_attribute(out, "from", from);
@@ -247,6 +243,23 @@ impl<'a> Stanza<'a> {
 }
 
 /// Appends ` name='escaped value'`.
+/// Appends ` name='raw'` for an attribute value copied from a received start tag (its
+/// entities stay as they were). A value that was in double quotes may hold `'`, which
+/// would end our single-quoted one: it is written as `&apos;`.
+fn write_raw_attribute(out: &mut Vec<u8>, name: &str, raw: &[u8]) {
+    out.push(b' ');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"='");
+    for &byte in raw {
+        if byte == b'\'' {
+            out.extend_from_slice(b"&apos;");
+        } else {
+            out.push(byte);
+        }
+    }
+    out.push(b'\'');
+}
+
 pub fn write_attribute(out: &mut Vec<u8>, name: &str, value: &str) {
     out.push(b' ');
     out.extend_from_slice(name.as_bytes());
@@ -259,6 +272,37 @@ pub fn write_attribute(out: &mut Vec<u8>, name: &str, value: &str) {
 mod tests {
     use super::*;
     use crate::error::StanzaErrorCondition;
+
+    /// Regression (issue 9 review, found reading the code for peer-input hazards): an
+    /// `id` in double quotes holding `'` was copied raw into a single-quoted attribute
+    /// of the error reply, so `id="x' to='victim' from='boss"` made the bounce a new
+    /// stanza to the victim "from boss". The reply keeps the id as one attribute.
+    #[test]
+    fn an_id_cannot_inject_attributes_into_replies() {
+        let forged = br#"<message id="x' type='chat' to='victim@host' from='boss@host" to='ghost@host'><body>hi</body></message>"#;
+        let stanza = Stanza::parse(forged).unwrap();
+        let mut reply = Vec::new();
+        stanza.write_error_reply(
+            "ghost@host",
+            "mallory@host/r",
+            &crate::error::StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
+            &mut reply,
+        );
+        let parsed = Stanza::parse(&reply).unwrap();
+        assert_eq!(parsed.to.and_then(|t| t.value()).as_deref(), Some("mallory@host/r"));
+        assert_eq!(parsed.from.and_then(|f| f.value()).as_deref(), Some("ghost@host"));
+        assert!(parsed.is_error());
+        assert_eq!(
+            parsed.id.and_then(|i| i.value()).as_deref(),
+            Some("x' type='chat' to='victim@host' from='boss@host")
+        );
+        let document = roxmltree::Document::parse(std::str::from_utf8(&reply).unwrap()).unwrap();
+        assert_eq!(document.root_element().attributes().filter(|a| a.name() == "to").count(), 1);
+        let iq = Stanza::parse(br#"<iq type="get" id="a'b"><ping xmlns='urn:xmpp:ping'/></iq>"#).unwrap();
+        let mut result = Vec::new();
+        iq.write_iq_result("", "me@host/r", b"", &mut result);
+        assert_eq!(Stanza::parse(&result).unwrap().id.and_then(|i| i.value()).as_deref(), Some("a'b"));
+    }
 
     fn text(bytes: Vec<u8>) -> String {
         String::from_utf8(bytes).unwrap()

@@ -39,6 +39,10 @@ pub const PEP_ITEM_BYTES_MAX: usize = 32 * 1024;
 /// Items one PEP node keeps at most (`pubsub#max_items`, `max` means this).
 pub const PEP_ITEMS_PER_NODE_MAX: usize = 1000;
 
+/// Items one request by another user returns at most (its answer is bounded: 20 items
+/// of at most `PEP_ITEM_BYTES_MAX`).
+pub const PEP_ITEMS_FOR_CONTACTS_MAX: usize = 20;
+
 /// Entity-capability queries a core has in flight (XEP-0115); past it new `ver`s wait
 /// for the client's next presence. Cost: one id and `ver` each.
 pub const CAPS_QUERIES_MAX: usize = 4096;
@@ -320,6 +324,8 @@ impl Pep {
             return Reply::Now(request.error(StanzaErrorCondition::BadRequest));
         };
         let is_owner = iq.requester_bare() == owner.as_str();
+        // Another user reads a bounded page (the owner reads everything).
+        let max = if is_owner { max } else { max.min(PEP_ITEMS_FOR_CONTACTS_MAX) };
         Reply::Later(Box::pin(items(self.ctx.clone(), owner, node, max, request, is_owner)))
     }
 }

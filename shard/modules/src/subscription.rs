@@ -173,7 +173,7 @@ fn apply(
     if !transition.changed {
         return Some(transition);
     }
-    roster.version += 1;
+    roster.version = roster.version.saturating_add(1);
     let version = roster.version;
     drop(cached);
     crate::roster::changed(core, user, &item, meaningless, version);

@@ -63,6 +63,10 @@ impl Outgoing {
     }
 }
 
+/// The largest item one frame carries: the frame limit less room for the frame's own
+/// fields (a larger stanza is refused at the sender, with an error to its author).
+const FRAME_ITEM_BYTES_MAX: usize = starling_replicate::limits::FRAME_BYTES_MAX as usize - 1024;
+
 /// What another node hands this node: a stanza to deliver to an account whose
 /// sessions are here, or a module's event about an account. Travels to the account's
 /// home core and is handled there (`dispatch`).
@@ -113,6 +117,10 @@ impl Link {
             return false;
         }
         let bytes = item.bytes();
+        if bytes > FRAME_ITEM_BYTES_MAX {
+            // It could never be sent (the frame limit); the caller answers with an error.
+            return false;
+        }
         if self.queued_bytes.get() + bytes > LINK_QUEUE_BYTES_MAX * 4 {
             // Senders wait from LINK_QUEUE_BYTES_MAX on; four times that means the
             // peer has stopped reading altogether: drop the link; the next one starts
@@ -568,7 +576,8 @@ fn on_event(core: &Rc<Core>, id: u64, owner: &mut Option<(OwnerId, u64, String)>
             let bare = recipient.split('/').next().unwrap_or(recipient);
             let home = core.home_of(bare);
             if home == core.id {
-                crate::router::deliver_local(core, recipient, stanza);
+                let what = || crate::contain::describe(stanza);
+                let _ = crate::contain::call(core, &what, || crate::router::deliver_local(core, recipient, stanza));
             } else {
                 core.send_route_to_core(home, recipient, stanza);
             }
@@ -586,7 +595,8 @@ fn on_event(core: &Rc<Core>, id: u64, owner: &mut Option<(OwnerId, u64, String)>
 fn to_account_home(core: &Core, inbound: Inbound) {
     let home = core.home_of(inbound.account());
     if home == core.id {
-        dispatch(core, inbound);
+        let what = || "a stanza or event from another node".to_owned();
+        let _ = crate::contain::call(core, &what, || dispatch(core, inbound));
     } else {
         core.forward_to_core(home, inbound);
     }

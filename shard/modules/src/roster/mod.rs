@@ -174,7 +174,7 @@ fn apply_set(
             if roster.item(&jid).is_none() && roster.items.len() >= ROSTER_ITEMS_MAX {
                 return Err(StanzaErrorCondition::ResourceConstraint);
             }
-            roster.version += 1;
+            roster.version = roster.version.saturating_add(1);
             let version = roster.version;
             let item = roster.entry(&jid);
             item.name = name;
@@ -189,7 +189,7 @@ fn apply_set(
             let index = roster.items.iter().position(|i| i.jid == jid && i.visible);
             let Some(index) = index else { return Err(StanzaErrorCondition::ItemNotFound) };
             let item = roster.items.remove(index);
-            roster.version += 1;
+            roster.version = roster.version.saturating_add(1);
             let version = roster.version;
             drop(cached);
             // RFC 6121 section 2.5.2: removing a contact cancels both subscriptions.
