@@ -141,8 +141,8 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
     let mut paused: Vec<Rc<dyn Congestion>> = Vec::new();
     loop {
         if !state.out.is_empty() {
-            io.queue(&state.out);
-            state.out.clear();
+            // Taken, not cleared: an idle session keeps no reply buffer (`budget.rs`).
+            io.queue(&std::mem::take(&mut state.out));
         }
         let limit = core.limits().queued_bytes_per_connection_max;
         let handled = match io.wait(core, mailbox, None, limit, &mut paused).await {
@@ -195,8 +195,8 @@ async fn finish(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State
     let mut handled = Next::Wait(work);
     while let Next::Wait(work) = handled {
         if !state.out.is_empty() {
-            io.queue(&state.out);
-            state.out.clear();
+            // Taken, not cleared: an idle session keeps no reply buffer (`budget.rs`).
+            io.queue(&std::mem::take(&mut state.out));
         }
         let Ok(reply) = crate::contain::wait(core, "a request waiting for storage", work).await else {
             return Err(internal_error());
