@@ -62,6 +62,12 @@ impl Core {
         crate::router::resources(self, bare)
     }
 
+    /// Whether some available resource of `bare`, here or on another node, has the
+    /// module flag `flag` set (no allocation: a check before building copies).
+    pub fn any_available_with_flag(&self, bare: &str, flag: u8) -> bool {
+        crate::router::any_available_with_flag(self, bare, flag)
+    }
+
     /// Sends a stamped stanza (it has `from`) to its `to`, a local account's bare or
     /// full JID, through delivery (RFC 6121 section 8.5 and every module's hooks).
     pub fn route(&self, stanza: &[u8]) {

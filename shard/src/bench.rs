@@ -12,9 +12,10 @@ use starling_wire::framer::{Frame, Framer};
 use starling_wire::limits::FramerLimits;
 
 use crate::core::{home_core, Core};
-use crate::db::{AuthStore, DbPool, DbThreads, StoreError, StoreFactory};
+use crate::db::{Accounts, AuthStore, DbPool, DbThreads, StoreError, StoreFactory};
 use crate::limits::Limits;
 use crate::mailbox::Mailbox;
+use crate::module::ModuleFactory;
 use crate::session::State;
 use crate::sessions::{Session, SessionId};
 use crate::settings::{Listener, ListenerTls, Settings};
@@ -38,9 +39,21 @@ fn thread_cpu() -> Duration {
 }
 
 impl RouteBench {
+    /// The runtime alone: the routing path without any feature module.
     pub fn new(recipients: usize) -> RouteBench {
         let factory: Arc<StoreFactory<dyn AuthStore>> = Arc::new(|| Err(StoreError::Unavailable("benchmark".into())));
         let (db, threads): (DbPool<dyn AuthStore>, DbThreads) = DbPool::start(1, 4, factory);
+        RouteBench::with_modules(recipients, Arc::new(|_| Vec::new()), Arc::new(db), threads)
+    }
+
+    /// The same path through the hooks of the modules `modules` builds (storage from
+    /// `accounts`, served by `threads`, which the bench joins when dropped).
+    pub fn with_modules(
+        recipients: usize,
+        modules: Arc<ModuleFactory>,
+        accounts: Arc<dyn Accounts>,
+        threads: DbThreads,
+    ) -> RouteBench {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let settings = Settings {
             hosts: vec!["localhost".into()],
@@ -52,11 +65,10 @@ impl RouteBench {
             tls_direct: None,
             tls_server_end_point: None,
             cluster: None,
-            // The runtime alone: the routing path without any feature module.
-            modules: Arc::new(|_| Vec::new()),
+            modules,
         };
         // Invariant: two executors start on this machine (memlock allows them).
-        let node = Node::start(settings, vec![Vec::new(), Vec::new()], Arc::new(db)).expect("benchmark node");
+        let node = Node::start(settings, vec![Vec::new(), Vec::new()], accounts).expect("benchmark node");
         let names: Vec<String> = (0..)
             .map(|i| format!("user{i}@localhost"))
             .filter(|bare| home_core(bare, 2) == 1)

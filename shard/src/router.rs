@@ -166,6 +166,14 @@ pub(crate) fn resources(core: &Core, bare: &str) -> Vec<Resource> {
     all
 }
 
+pub(crate) fn any_available_with_flag(core: &Core, bare: &str, flag: u8) -> bool {
+    let here = core.sessions.borrow().sessions(bare).iter().any(|s| s.available && s.flags.has(flag));
+    here || core.cluster.as_ref().is_some_and(|cluster| {
+        let replica = cluster.replica.borrow();
+        replica.store.sessions(bare).iter().any(|s| s.entry.available && SessionFlags(s.entry.flags).has(flag))
+    })
+}
+
 /// Decides, runs the modules' `on_deliver` hooks and carries out the result.
 fn deliver_now(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>, exists: bool) {
     let Some(kind) = kind_of(stanza) else { return };

@@ -51,9 +51,14 @@ impl Module for Carbons {
 
     /// XEP-0280 section 6: a message the user sends is copied to its other resources.
     fn on_send(&self, core: &Core, sender: &mut Sender<'_>, stanza: &Stanza<'_>, to: Option<&JidRef<'_>>) -> Flow {
-        if stanza.kind == StanzaKind::Message && to.is_some() && eligible(stanza) {
-            let sender = sender.jid.as_str();
-            let bare = sender.split('/').next().unwrap_or(sender);
+        if stanza.kind != StanzaKind::Message || to.is_none() {
+            return Flow::Continue;
+        }
+        let sender = sender.jid.as_str();
+        let bare = sender.split('/').next().unwrap_or(sender);
+        // Most accounts have no resource with carbons on: ask that first, without
+        // building the resource list or scanning the payload.
+        if core.any_available_with_flag(bare, flags::CARBONS) && eligible(stanza) {
             for resource in core.resources(bare) {
                 if &*resource.full != sender && wants(&resource) {
                     core.push_to(&resource, &copy(bare, &resource.full, "sent", stanza.bytes));
@@ -67,7 +72,10 @@ impl Module for Carbons {
     /// copied to the others that enabled carbons.
     fn on_deliver(&self, _core: &Core, delivery: &mut Delivery<'_>) -> Flow {
         let delivered = matches!(delivery.decision, Decision::Deliver(_)) && !delivery.targets.is_empty();
-        if delivery.stanza.kind != StanzaKind::Message || !delivered || !eligible(delivery.stanza) {
+        if delivery.stanza.kind != StanzaKind::Message || !delivered || !delivery.resources.iter().any(wants) {
+            return Flow::Continue;
+        }
+        if !eligible(delivery.stanza) {
             return Flow::Continue;
         }
         let bare = delivery.to.bare_str();

@@ -275,9 +275,8 @@ pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     find(haystack, needle).is_some()
 }
 
+/// The first offset of `needle` in `haystack` (memchr's SIMD substring search: the
+/// naive window compare was 5% of a core's time in the throughput profile).
 pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return Some(0);
-    }
-    haystack.windows(needle.len()).position(|window| window == needle)
+    memchr::memmem::find(haystack, needle)
 }

@@ -225,7 +225,7 @@ impl Mam {
 
 fn worth_archiving(stanza: &Stanza<'_>) -> bool {
     let payload = stanza.payload();
-    let has = |needle: &[u8]| payload.windows(needle.len()).any(|w| w == needle);
+    let has = |needle: &[u8]| crate::contains(payload, needle);
     matches!(stanza.message_type(), MessageType::Chat | MessageType::Normal)
         && has(b"<body")
         && !has(b"<no-store xmlns='urn:xmpp:hints'")
