@@ -10,7 +10,7 @@ use starling_wire::jid::BareJid;
 use starling_wire::stanza::Stanza;
 
 use crate::core::Core;
-use crate::module::{Resource, SessionFlags};
+use crate::module::{Resource, Sender, SessionFlags};
 use crate::sessions::{Session, SessionId};
 
 impl Core {
@@ -60,6 +60,21 @@ impl Core {
     /// resource).
     pub fn resources(&self, bare: &str) -> Vec<Resource> {
         crate::router::resources(self, bare)
+    }
+
+    /// The XEP-0386 inline features the enabled modules offer (namespaces, in module
+    /// order), for the Bind 2 stream feature's `<inline/>` list.
+    pub fn inline_features(&self) -> Vec<&'static str> {
+        self.module_list().iter().flat_map(|m| m.inline_features().iter().copied()).collect()
+    }
+
+    /// Hands one element of a Bind 2 request (XEP-0386) for the session `sender` to
+    /// the module offering its namespace; what it returns goes into `<bound/>`. `None`
+    /// when no enabled module offers that namespace (the element is ignored).
+    pub fn inline_enable(&self, sender: &mut Sender<'_>, element: &[u8]) -> Option<Vec<u8>> {
+        let namespace = starling_wire::xml::attribute(element, b"xmlns").and_then(|a| a.value())?;
+        let module = self.module_list().iter().find(|m| m.inline_features().contains(&&*namespace))?.clone();
+        Some(module.on_inline_enable(self, sender, element))
     }
 
     /// Whether some available resource of `bare`, here or on another node, has the

@@ -66,6 +66,42 @@ impl CoreHarness {
         CoreHarness { executor, core, mailboxes }
     }
 
+    /// Hands `element` to the modules as an inline enable of a Bind 2 request from
+    /// `fuzz@localhost/a` (XEP-0386); what goes into `<bound/>`, or `None` if no
+    /// enabled module offers its namespace.
+    pub fn inline_enable(&self, element: &[u8]) -> Option<Vec<u8>> {
+        let core = self.core.clone();
+        let element = element.to_vec();
+        self.executor.run(async move {
+            // Invariant: constant, valid JID.
+            let jid = "fuzz@localhost/a".parse().expect("a valid JID");
+            let mut out = Vec::new();
+            let mut sender = crate::module::Sender { jid: &jid, session: SessionId(1), out: &mut out };
+            core.inline_enable(&mut sender, &element)
+        })
+    }
+
+    /// The resources of `bare` as the modules see them.
+    pub fn resources(&self, bare: &str) -> Vec<crate::module::Resource> {
+        let core = self.core.clone();
+        let bare = bare.to_owned();
+        self.executor.run(async move { core.resources(&bare) })
+    }
+
+    /// Pushes a stanza to `fuzz@localhost/a` through the `on_push` hooks, as a
+    /// delivery would; [`CoreHarness::feed`] returns what reached its mailbox.
+    pub fn push_to_sender(&self, bytes: &[u8]) {
+        let core = self.core.clone();
+        let bytes = bytes.to_vec();
+        self.executor.run(async move {
+            if let Some(resource) =
+                core.resources("fuzz@localhost").into_iter().find(|r| &*r.full == "fuzz@localhost/a")
+            {
+                core.push_to(&resource, &bytes);
+            }
+        })
+    }
+
     /// Handles `input` as bytes from `fuzz@localhost/a`'s client (after a stream
     /// header), waits for what it started, and returns the bytes the client and the
     /// peer would have received. Stream errors end the input, as they end a stream.

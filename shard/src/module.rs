@@ -14,6 +14,7 @@
 //!            on_push on the target's own core and node (filter, hold) --> mailbox
 //!  bind / end of a session --> on_session_open / on_session_close
 //!  other top-level elements (nonzas) --> on_nonza
+//!  a Bind 2 request's inline enables (XEP-0386, with SASL2 later) --> on_inline_enable
 //!  a module's event for an account, from another node --> on_event
 //! ```
 //! The order of the modules replaces hook priorities. A stanza that reaches this node
@@ -311,6 +312,23 @@ pub trait Module {
     fn on_nonza(&self, core: &Core, sender: &mut Sender<'_>, element: &[u8]) -> bool {
         let _ = (core, sender, element);
         false
+    }
+
+    /// XEP-0386 (Bind 2) inline features: the namespaces this module can enable
+    /// inside a bind request, listed under `<inline/>` in the Bind 2 stream feature
+    /// (ask the core with `Core::inline_features`).
+    fn inline_features(&self) -> &[&'static str] {
+        &[]
+    }
+
+    /// An element of a Bind 2 request in one of [`Module::inline_features`]'
+    /// namespaces (e.g. XEP-0280's `<enable/>`, XEP-0352's `<inactive/>`), for the
+    /// session just bound: enable it as the standalone request would. Returns what
+    /// goes into `<bound/>` for it (often nothing). The runtime routes each element
+    /// to the module whose namespace it is (`Core::inline_enable`).
+    fn on_inline_enable(&self, core: &Core, sender: &mut Sender<'_>, element: &[u8]) -> Vec<u8> {
+        let _ = (core, sender, element);
+        Vec::new()
     }
 
     /// A session was bound. The session reads nothing from its client until the

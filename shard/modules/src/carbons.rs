@@ -49,6 +49,19 @@ impl Module for Carbons {
         iq.result(b"")
     }
 
+    fn inline_features(&self) -> &[&'static str] {
+        &[NS_CARBONS]
+    }
+
+    /// XEP-0280 section 4 inside a Bind 2 request (XEP-0386): `<enable/>` as the IQ
+    /// would (`<disable/>` is not an inline request).
+    fn on_inline_enable(&self, core: &Core, sender: &mut Sender<'_>, element: &[u8]) -> Vec<u8> {
+        if element.starts_with(b"<enable") {
+            core.set_session_flag(sender.jid.as_str(), flags::CARBONS, true);
+        }
+        Vec::new()
+    }
+
     /// XEP-0280 section 6: a message the user sends is copied to its other resources.
     fn on_send(&self, core: &Core, sender: &mut Sender<'_>, stanza: &Stanza<'_>, to: Option<&JidRef<'_>>) -> Flow {
         if stanza.kind != StanzaKind::Message || to.is_none() {

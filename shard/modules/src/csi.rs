@@ -53,6 +53,17 @@ impl Module for Csi {
         format!("<csi xmlns='{NS_CSI}'/>")
     }
 
+    fn inline_features(&self) -> &[&'static str] {
+        &[NS_CSI]
+    }
+
+    /// XEP-0352's `<inactive/>` (or `<active/>`) inside a Bind 2 request (XEP-0386):
+    /// the session starts inactive, as if the nonza came right after binding.
+    fn on_inline_enable(&self, core: &Core, sender: &mut Sender<'_>, element: &[u8]) -> Vec<u8> {
+        self.on_nonza(core, sender, element);
+        Vec::new()
+    }
+
     fn on_nonza(&self, core: &Core, sender: &mut Sender<'_>, element: &[u8]) -> bool {
         let inactive = if element.starts_with(b"<inactive") {
             true
