@@ -21,6 +21,9 @@ for spec in $targets; do
     cp -n "$crate/fuzz/seeds/$target"/* "$corpus"/ 2>/dev/null || true
   fi
   echo "--- fuzz $crate:$target for ${seconds}s"
+  # Built first, on its own: a target that does not build fails here, loudly (the run
+  # below filters its output, which once hid a build error behind "exit 0").
+  (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz build "$target" --sanitizer none)
   (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" --sanitizer none "fuzz/corpus/$target" -- \
      -max_total_time="$seconds" -rss_limit_mb=4096 -print_final_stats=1 2>&1 \
      | grep -E "^Done|panicked|ERROR|stat::number_of_executed_units|stat::peak_rss_mb" || true)

@@ -56,16 +56,10 @@ impl RouteBench {
     ) -> RouteBench {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let settings = Settings {
-            hosts: vec!["localhost".into()],
             cpus: vec![0, 1 % cpus],
             listeners: vec![Listener { c2s: Arc::new(C2sSettings::for_tests()), tls: ListenerTls::StartTls }],
-            framer: FramerLimits::DEFAULT,
             limits: Limits { queued_bytes_per_connection_max: usize::MAX / 2, ..Limits::for_tests() },
-            tls_starttls: None,
-            tls_direct: None,
-            tls_server_end_point: None,
-            cluster: None,
-            modules,
+            ..Settings::one_core(modules)
         };
         // Invariant: two executors start on this machine (memlock allows them).
         let node = Node::start(settings, vec![Vec::new(), Vec::new()], accounts).expect("benchmark node");

@@ -26,7 +26,6 @@ mod tests {
     use crate::core::{Core, Shared};
     use crate::db::{AuthStore, DbPool, StoreError, StoreFactory};
     use crate::io::Io;
-    use crate::limits::Limits;
     use crate::mailbox::Mailbox;
     use crate::sessions::{Session, SessionId};
     use crate::settings::Settings;
@@ -44,18 +43,7 @@ mod tests {
     fn idle_session_budget() {
         let factory: Arc<StoreFactory<dyn AuthStore>> = Arc::new(|| Err(StoreError::Unavailable("none".into())));
         let (db, threads) = DbPool::start(1, 4, factory);
-        let settings = Settings {
-            hosts: vec!["localhost".into()],
-            cpus: vec![0],
-            listeners: Vec::new(),
-            framer: FramerLimits::DEFAULT,
-            limits: Limits::for_tests(),
-            tls_starttls: None,
-            tls_direct: None,
-            tls_server_end_point: None,
-            cluster: None,
-            modules: Arc::new(|_| Vec::new()),
-        };
+        let settings = Settings::one_core(Arc::new(|_| Vec::new()));
         let shared = Arc::new(Shared { settings, accounts: Arc::new(db) });
         let executor =
             glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(64 * 1024).make().unwrap();

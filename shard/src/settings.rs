@@ -47,3 +47,23 @@ pub struct Settings {
     /// Builds each core's feature modules (`module.rs`), in hook order.
     pub modules: Arc<crate::module::ModuleFactory>,
 }
+
+impl Settings {
+    /// One core on CPU 0 serving `localhost`, no listener, no TLS, no cluster, test
+    /// limits, and `modules`: what in-memory harnesses, benchmarks and fuzz targets
+    /// run (change fields after).
+    pub fn one_core(modules: Arc<crate::module::ModuleFactory>) -> Settings {
+        Settings {
+            hosts: vec!["localhost".into()],
+            cpus: vec![0],
+            listeners: Vec::new(),
+            framer: FramerLimits::DEFAULT,
+            limits: Limits::for_tests(),
+            tls_starttls: None,
+            tls_direct: None,
+            tls_server_end_point: None,
+            cluster: None,
+            modules,
+        }
+    }
+}

@@ -41,18 +41,7 @@ fn harness() -> CoreHarness {
     if let Some(mam) = &mut modules.mam {
         mam.flush_interval = std::time::Duration::from_millis(1);
     }
-    let settings = starling_shard::settings::Settings {
-        hosts: vec!["localhost".into()],
-        cpus: vec![0],
-        listeners: Vec::new(),
-        framer: FramerLimits::DEFAULT,
-        limits: starling_shard::limits::Limits::for_tests(),
-        tls_starttls: None,
-        tls_direct: None,
-        tls_server_end_point: None,
-        cluster: None,
-        modules: starling_modules::build(modules, db.clone()),
-    };
+    let settings = starling_shard::settings::Settings::one_core(starling_modules::build(modules, db.clone()));
     CoreHarness::new(settings, Arc::new(db))
 }
 

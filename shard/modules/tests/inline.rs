@@ -6,24 +6,12 @@ use std::sync::Arc;
 use starling_modules::store::Store;
 use starling_shard::db::{DbPool, DbThreads, StoreError, StoreFactory};
 use starling_shard::fuzzing::CoreHarness;
-use starling_wire::limits::FramerLimits;
 
 fn harness(config: starling_modules::Config) -> (CoreHarness, DbThreads) {
     // These tests touch no storage: the store is unreachable on purpose.
     let factory: Arc<StoreFactory<dyn Store>> = Arc::new(|| Err(StoreError::Unavailable("not used".into())));
     let (db, threads) = DbPool::start(1, 64, factory);
-    let settings = starling_shard::settings::Settings {
-        hosts: vec!["localhost".into()],
-        cpus: vec![0],
-        listeners: Vec::new(),
-        framer: FramerLimits::DEFAULT,
-        limits: starling_shard::limits::Limits::for_tests(),
-        tls_starttls: None,
-        tls_direct: None,
-        tls_server_end_point: None,
-        cluster: None,
-        modules: starling_modules::build(config, db.clone()),
-    };
+    let settings = starling_shard::settings::Settings::one_core(starling_modules::build(config, db.clone()));
     (CoreHarness::new(settings, Arc::new(db)), threads)
 }
 
