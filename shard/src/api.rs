@@ -103,10 +103,9 @@ impl Core {
     pub fn push_raw(&self, id: SessionId, full: &str, bytes: &[u8]) -> bool {
         let mailbox = self.sessions.borrow().session(full).filter(|s| s.id == id).map(|s| s.mailbox.clone());
         match mailbox {
-            Some(mailbox) => {
-                self.push(&mailbox, bytes);
-                true
-            }
+            // Not rerouted if the session ends first: what a module pushes raw (stored
+            // offline messages, held stanzas) is still its to keep or drop.
+            Some(mailbox) => self.push(&mailbox, bytes, false),
             None => false,
         }
     }

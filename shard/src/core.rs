@@ -315,10 +315,16 @@ impl Core {
         std::mem::take(&mut *self.congestion.borrow_mut())
     }
 
-    /// Pushes `bytes` to a connection's mailbox on this core; notes congestion.
-    pub(crate) fn push(&self, mailbox: &Rc<Mailbox>, bytes: &[u8]) {
-        if mailbox.push(bytes, self.limits().queued_bytes_per_connection_max) {
-            self.note_congestion(mailbox.clone());
+    /// Pushes `bytes` (one whole stanza) to a connection's mailbox on this core;
+    /// notes congestion. `reroute`: see `Mailbox::push`. False if the session ended.
+    pub(crate) fn push(&self, mailbox: &Rc<Mailbox>, bytes: &[u8], reroute: bool) -> bool {
+        match mailbox.push(bytes, self.limits().queued_bytes_per_connection_max, reroute) {
+            crate::mailbox::Pushed::Queued => true,
+            crate::mailbox::Pushed::Congested => {
+                self.note_congestion(mailbox.clone());
+                true
+            }
+            crate::mailbox::Pushed::Closed => false,
         }
     }
 

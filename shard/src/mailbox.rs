@@ -5,8 +5,12 @@
 //! everything queued in one go (natural batching: many stanzas, one send). A mailbox
 //! never refuses: past its limit it is congested, and whoever pushed waits until the
 //! connection drains it (`flow.rs`).
+//!
+//! It knows where each queued stanza ends, so when the session ends the stanzas its
+//! connection never took go back to routing (`Mailbox::close`) instead of vanishing.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::task::Waker;
 
 use starling_wire::error::StreamErrorCondition;
@@ -29,6 +33,11 @@ pub(crate) struct Mailbox {
     /// Bytes the socket has taken (as far as is known), and who waits for a mark;
     /// boxed and made on first use: most sessions never have a waiter.
     written: RefCell<Option<Box<Written>>>,
+    /// Where each queued stanza ends (a `pushed` offset) and whether it may go back
+    /// to routing if the session ends first; empty (no allocation) when idle.
+    ends: RefCell<VecDeque<(u64, bool)>>,
+    /// The session ended: nothing more is queued.
+    closed: Cell<bool>,
 }
 
 /// Who waits for output to reach the socket.
@@ -39,21 +48,28 @@ struct Written {
 }
 
 impl Mailbox {
-    /// Queues `bytes`. Nothing is refused: past `limit` queued bytes the mailbox is
-    /// congested and the pusher should wait for it (returns true then; see `flow.rs`).
-    pub fn push(&self, bytes: &[u8], limit: usize) -> bool {
-        if self.kick.get().is_some() {
-            // Closing: the stream will not be written again.
-            return false;
+    /// Queues `bytes`, one whole stanza; `reroute`: it goes back to routing if the
+    /// session ends before its connection takes it (see [`Mailbox::close`]). Nothing
+    /// is refused until the session ended: past `limit` queued bytes the mailbox is
+    /// congested and the pusher should wait for it (see `flow.rs`).
+    pub fn push(&self, bytes: &[u8], limit: usize, reroute: bool) -> Pushed {
+        if self.closed.get() {
+            return Pushed::Closed;
         }
         let mut queue = self.queue.borrow_mut();
         queue.extend(bytes);
         self.pushed.set(self.pushed.get() + bytes.len() as u64);
-        let congested = queue.len() > limit;
+        self.ends.borrow_mut().push_back((self.pushed.get(), reroute));
+        // A kicked session writes no more, and its senders must not wait for it.
+        let congested = queue.len() > limit && self.kick.get().is_none();
         drop(queue);
         self.congested.set(congested);
         self.wake();
-        congested
+        if congested {
+            Pushed::Congested
+        } else {
+            Pushed::Queued
+        }
     }
 
     /// Asks the connection to close with `condition` (the first reason wins). Senders
@@ -68,15 +84,36 @@ impl Mailbox {
     }
 
     /// The connection is gone: nothing more is queued, and senders waiting for this
-    /// mailbox go on.
-    pub fn close(&self) {
+    /// mailbox go on. Returns the stanzas pushed with `reroute` that the connection
+    /// never took, in order, for routing again (what it took went to the socket's
+    /// buffers: lost with the connection unless stream management says otherwise).
+    pub fn close(&self) -> Vec<Vec<u8>> {
         self.kick(StreamErrorCondition::Reset);
-        *self.queue.borrow_mut() = OutQueue::default();
+        self.closed.set(true);
+        let queue = std::mem::take(&mut *self.queue.borrow_mut());
+        let ends = std::mem::take(&mut *self.ends.borrow_mut());
         if let Some(written) = self.written.borrow_mut().as_mut() {
             for (_, waker) in written.waiters.drain(..) {
                 waker.wake();
             }
         }
+        let drained = self.drained.get();
+        let bytes = queue.as_slice();
+        // Drains take whole stanzas: the queue starts where a stanza starts.
+        let mut start = drained;
+        let mut undelivered = Vec::new();
+        for (end, reroute) in ends {
+            if reroute {
+                let range = (usize::try_from(start - drained).ok(), usize::try_from(end - drained).ok());
+                if let (Some(from), Some(to)) = range {
+                    if let Some(stanza) = bytes.get(from..to) {
+                        undelivered.push(stanza.to_vec());
+                    }
+                }
+            }
+            start = end;
+        }
+        undelivered
     }
 
     pub fn kicked(&self) -> Option<StreamErrorCondition> {
@@ -87,16 +124,34 @@ impl Mailbox {
         !self.queue.borrow().is_empty()
     }
 
-    /// Moves up to `max` queued bytes into `out` (the connection's write path); once
-    /// no more than `limit` wait, senders waiting for this mailbox go on.
+    /// Moves whole stanzas into `out` (the connection's write path): about `max`
+    /// bytes, up to the end of the stanza that `max` falls in, so no stanza is ever cut
+    /// between the write path and the mailbox (a stream error written after half a
+    /// stanza was malformed XML). Once no more than `limit` wait, senders waiting for
+    /// this mailbox go on.
     pub fn drain_into(&self, out: &mut Vec<u8>, max: usize, limit: usize) {
         let mut queue = self.queue.borrow_mut();
-        let n = queue.len().min(max);
+        let drained = self.drained.get();
+        let target = drained + queue.len().min(max) as u64;
+        let whole = self.ends.borrow().iter().map(|&(end, _)| end).find(|&end| end >= target);
+        let n = whole.map_or(queue.len(), |end| usize::try_from(end - drained).unwrap_or(usize::MAX).min(queue.len()));
         out.extend_from_slice(queue.front(n));
         queue.consume(n);
         self.drained.set(self.drained.get() + n as u64);
         let congested = queue.len() > limit;
         drop(queue);
+        let mut ends = self.ends.borrow_mut();
+        while let Some(&(end, _)) = ends.front() {
+            if end > self.drained.get() {
+                break;
+            }
+            ends.pop_front();
+        }
+        if ends.is_empty() {
+            // An idle session keeps no index (see `budget.rs`).
+            *ends = VecDeque::new();
+        }
+        drop(ends);
         if self.congested.get() && !congested {
             self.congested.set(false);
             self.wake_senders();
@@ -162,6 +217,16 @@ impl Mailbox {
     }
 }
 
+/// What [`Mailbox::push`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    Queued,
+    /// Queued, and more than the limit waits: the pusher should wait (`flow.rs`).
+    Congested,
+    /// Not queued: the session ended.
+    Closed,
+}
+
 impl Congestion for Mailbox {
     fn is_congested(&self) -> bool {
         self.congested.get()
@@ -190,8 +255,11 @@ mod flow_tests {
     #[test]
     fn congestion_follows_the_queue() {
         let mailbox = Mailbox::default();
-        assert!(!mailbox.push(&[b'a'; 60], 100));
-        assert!(mailbox.push(&[b'b'; 60], 100));
+        for _ in 0..10 {
+            assert_eq!(mailbox.push(&[b'a'; 10], 100, true), Pushed::Queued);
+        }
+        assert_eq!(mailbox.push(&[b'b'; 10], 100, true), Pushed::Congested);
+        assert_eq!(mailbox.push(&[b'b'; 10], 100, true), Pushed::Congested);
         assert!(mailbox.is_congested());
         let mut out = Vec::new();
         mailbox.drain_into(&mut out, 10, 100);
@@ -200,8 +268,49 @@ mod flow_tests {
         assert!(!mailbox.is_congested());
         mailbox.drain_into(&mut out, usize::MAX, 100);
         assert_eq!(out.len(), 120, "nothing was dropped");
-        mailbox.push(&[b'c'; 200], 100);
+        mailbox.push(&[b'c'; 200], 100, true);
         mailbox.kick(StreamErrorCondition::PolicyViolation);
         assert!(!mailbox.is_congested());
+    }
+
+    /// Regression (a breaker's run: a recipient that stopped reading was kicked and
+    /// 88 of 100 queued 60 KB messages vanished): closing hands back every stanza the
+    /// connection never took, pushed for rerouting, in order; not the ones pushed
+    /// without rerouting; draining never cuts a stanza; a kicked session
+    /// still queues until it is closed, and a closed one queues nothing.
+    #[test]
+    fn closing_hands_back_what_was_never_written() {
+        let mailbox = Mailbox::default();
+        mailbox.push(b"<message id='1'/>", 1 << 20, true);
+        mailbox.push(b"<message id='2'/>", 1 << 20, true);
+        mailbox.push(b"<message id='raw'/>", 1 << 20, false);
+        let mut out = Vec::new();
+        mailbox.drain_into(&mut out, 20, 1 << 20); // 1, and 2 whole: never cut
+        assert_eq!(out, b"<message id='1'/><message id='2'/>".to_vec());
+        mailbox.kick(StreamErrorCondition::ConnectionTimeout);
+        assert_eq!(mailbox.push(b"<message id='3'/>", 1 << 20, true), Pushed::Queued);
+        let undelivered = mailbox.close();
+        assert_eq!(undelivered, vec![b"<message id='3'/>".to_vec()]);
+        assert_eq!(mailbox.push(b"<message id='4'/>", 1 << 20, true), Pushed::Closed);
+
+        let mailbox = Mailbox::default();
+        for i in 0..5 {
+            mailbox.push(format!("<message id='{i}'/>").as_bytes(), 1 << 20, true);
+        }
+        mailbox.drain_into(&mut Vec::new(), 17, 1 << 20); // exactly the first
+        let undelivered = mailbox.close();
+        assert_eq!(undelivered.len(), 4);
+        assert_eq!(undelivered[0], b"<message id='1'/>".to_vec());
+        assert_eq!(undelivered[3], b"<message id='4'/>".to_vec());
+    }
+
+    /// Draining everything leaves no index behind (idle memory).
+    #[test]
+    fn a_drained_mailbox_keeps_no_index() {
+        let mailbox = Mailbox::default();
+        mailbox.push(b"<message/>", 1 << 20, true);
+        mailbox.drain_into(&mut Vec::new(), usize::MAX, 1 << 20);
+        assert_eq!(mailbox.ends.borrow().capacity(), 0);
+        assert!(mailbox.close().is_empty());
     }
 }

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use starling_wire::error::{StanzaError, StanzaErrorCondition};
-use starling_wire::jid::JidRef;
+use starling_wire::jid::{FullJid, JidRef};
 use starling_wire::stanza::{IqType, Stanza, StanzaKind};
 
 use crate::core::Core;
@@ -225,6 +225,46 @@ fn carry_out(core: &Core, delivery: Delivery<'_>) {
     }
 }
 
+/// Routes again what a session's mailbox still held when it ended (never written to
+/// its socket; `Mailbox::close`), after the session was unbound, so nothing accepted
+/// vanishes with a connection, as MongooseIM and ejabberd re-route a closing
+/// session's queue: a message is delivered anew to its full JID, now gone, so RFC
+/// 6121 section 8.5.3.2.1 applies (the account's other resources, offline storage,
+/// or an error to its sender); an IQ request gets `service-unavailable` (RFC 6120
+/// section 8.2.3: every request is answered); presence is state and is not repeated;
+/// what the server made for this account (from its bare JID: carbons copies,
+/// archive results) is not routed again.
+pub(crate) fn reroute_undelivered(core: &Core, full: &FullJid, undelivered: Vec<Vec<u8>>) {
+    if undelivered.is_empty() {
+        return;
+    }
+    let bare = full.bare_str();
+    let mut rerouted = 0;
+    for bytes in &undelivered {
+        let Ok(stanza) = Stanza::parse(bytes) else { continue };
+        match stanza.kind {
+            StanzaKind::Presence => {}
+            StanzaKind::Iq => {
+                if matches!(stanza.iq_type(), Some(IqType::Get | IqType::Set)) {
+                    reply_error(core, &stanza, StanzaErrorCondition::ServiceUnavailable);
+                }
+            }
+            StanzaKind::Message => {
+                if stanza.from.and_then(|f| f.value()).is_some_and(|from| from == bare) {
+                    continue;
+                }
+                rerouted += 1;
+                route(core, bare, bytes);
+            }
+        }
+    }
+    log::info!(
+        "c2s: {full} ended with {} stanzas its client never got: {rerouted} messages routed again",
+        undelivered.len()
+    );
+    core.count("stanzas_rerouted", rerouted);
+}
+
 /// Pushes `bytes` to one resource: on this core through the `on_push` hooks, or to
 /// the node that holds it.
 pub(crate) fn push(core: &Core, resource: &Resource, bytes: &[u8], parsed: Option<&Stanza<'_>>) {
@@ -276,8 +316,7 @@ pub(crate) fn push_local(
             }
         }
     }
-    core.push(&mailbox, bytes);
-    true
+    core.push(&mailbox, bytes, true)
 }
 
 /// Delivers a stanza another node routed to the local session `recipient`; if the

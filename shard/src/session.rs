@@ -95,9 +95,10 @@ impl Task {
             Box::pin(work).await;
         }
         let end = serve(&self.core, &mut self.io, &mut self.framer, &mut self.state, &self.mailbox).await;
-        self.mailbox.close();
+        let undelivered = self.mailbox.close();
         session_ended(&self.core, &self.state);
         self.ended = true;
+        crate::router::reroute_undelivered(&self.core, &self.state.jid, undelivered);
         match end {
             End::Gone => return,
             End::ClientClosed => self.io.queue(b"</stream:stream>"),
@@ -114,11 +115,12 @@ impl Task {
 
 impl Drop for Task {
     fn drop(&mut self) {
-        self.mailbox.close();
+        let undelivered = self.mailbox.close();
         if !self.ended {
             let (core, state) = (&self.core, &self.state);
             let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 session_ended(core, state);
+                crate::router::reroute_undelivered(core, &state.jid, undelivered);
             }));
             if ended.is_err() {
                 // Whatever else failed, the session must not stay bound.
