@@ -23,11 +23,26 @@ pub struct Postgres {
 
 fn error(error: postgres::Error) -> StoreError {
     if error.is_closed() || error.as_db_error().is_none() {
-        StoreError::Unavailable(error.to_string())
+        StoreError::Unavailable(describe(&error))
     } else {
-        StoreError::Query(error.to_string())
+        StoreError::Query(describe(&error))
     }
 }
+
+/// The error with the server's message and SQLSTATE code (postgres' own text for a
+/// server error is only "db error").
+fn describe(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{error}: {} (SQLSTATE {})", db.message(), db.code().code()),
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        },
+    }
+}
+
+/// The advisory lock key the schema is applied under ("starling" in ASCII).
+const SCHEMA_LOCK: i64 = 0x7374_6172_6c69_6e67;
 
 /// A user row's first nine columns: server, username, iterations, then the SHA-1 and
 /// SHA-256 credentials (salt, stored key, server key).
@@ -59,8 +74,14 @@ impl Postgres {
         // blocking thread: unacknowledged data times out, idle links are probed.
         config.tcp_user_timeout(std::time::Duration::from_secs(10));
         config.keepalives_idle(std::time::Duration::from_secs(30));
-        let mut client = config.connect(NoTls).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        client.batch_execute(SCHEMA).map_err(error)?;
+        let mut client = config.connect(NoTls).map_err(|e| StoreError::Unavailable(describe(&e)))?;
+        // Nodes started together on a new database create the tables together:
+        // `IF NOT EXISTS` alone races in the catalog (a duplicate-key error), so the
+        // schema is applied under one database-wide lock, one connection at a time.
+        let mut schema = client.transaction().map_err(error)?;
+        schema.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(error)?;
+        schema.batch_execute(SCHEMA).map_err(error)?;
+        schema.commit().map_err(error)?;
         Ok(Postgres { client })
     }
 
@@ -703,6 +724,33 @@ pub(crate) mod tests {
                 let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
             }
         }
+    }
+
+    /// Regression (a breaker's 3-node start on a new database): nodes that create the
+    /// schema at the same moment all start; two of three failed with "db error" (a
+    /// duplicate key in the catalog) before the schema took a lock.
+    #[test]
+    fn concurrent_first_starts_all_succeed() {
+        let database = TestDatabase::new("race");
+        let starts: Vec<_> = (0..6)
+            .map(|_| {
+                let url = database.url.clone();
+                std::thread::spawn(move || Postgres::connect(&url).map(|_| ()))
+            })
+            .collect();
+        for start in starts {
+            start.join().unwrap().expect("every concurrent first start succeeds");
+        }
+    }
+
+    /// A server error names its cause, not only "db error".
+    #[test]
+    fn a_server_error_names_its_cause() {
+        let database = TestDatabase::new("describe");
+        let mut store = Postgres::connect(&database.url).unwrap();
+        let failure = store.client().batch_execute("SELECT * FROM no_such_table").unwrap_err();
+        let text = describe(&failure);
+        assert!(text.contains("no_such_table") && text.contains("42P01"), "{text}");
     }
 
     /// The IM data survives a new connection (the shared backend test).
