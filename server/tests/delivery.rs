@@ -132,6 +132,30 @@ fn unblocking_sends_current_presence() {
     assert!(back.contains("from='bob@localhost/b'") && !back.contains("unavailable"), "{back}");
 }
 
+/// Regression (found by a breaker): alice blocked bob, a stranger with no
+/// subscription; bob received alice's unavailable presence, which told him she was
+/// online and from which resource. XEP-0191 section 3.3: only a contact allowed to
+/// see her presence is told; one she sent directed presence to is.
+#[test]
+fn blocking_a_stranger_reveals_nothing() {
+    let node = TestNode::start();
+    let mut alice = Client::login(node.c2s, "alice", "secret", "a");
+    let mut bob = Client::login(node.c2s, "bob", "secret", "b");
+    let mut carol = Client::login(node.c2s, "carol", "secret", "c");
+    alice.presence();
+    bob.presence();
+    carol.presence();
+    alice.send("<presence to='carol@localhost'/>");
+    carol.expect("from='alice@localhost/a'");
+    alice.send(
+        "<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/>\
+         <item jid='carol@localhost'/></block></iq>",
+    );
+    alice.expect("id='b1'");
+    assert!(carol.expect("from='alice@localhost/a'").contains("type='unavailable'"));
+    nothing(&mut bob, "alice@localhost");
+}
+
 /// Regression (issue 11): bob blocked alice and went offline; alice could then read
 /// his vCard and last activity. Blocking does not depend on bob being online.
 #[test]

@@ -189,7 +189,7 @@ impl Blocking {
             };
             for jid in &changed {
                 if blocking {
-                    crate::presence::send_unavailable_to(&core, user.as_str(), jid);
+                    crate::presence::send_unavailable_if_allowed(&core, &ctx, user.as_str(), jid);
                 } else if crate::roster::subscription(&ctx, user.as_str(), jid).is_some_and(|s| s.from()) {
                     // XEP-0191 section 3.4: the unblocked contact learns the current presence.
                     crate::presence::send_current_to(&core, &ctx, user.as_str(), jid);

@@ -199,15 +199,40 @@ pub(crate) fn send_current_to(core: &Core, ctx: &Ctx, user: &str, contact: &str)
 }
 
 /// Sends unavailable presence from every available resource of `user` to `contact`:
-/// after a subscription is cancelled, or when the contact is blocked.
+/// after a subscription is cancelled (RFC 6121 section 3.2.2).
 pub(crate) fn send_unavailable_to(core: &Core, user: &str, contact: &str) {
-    let resources: Vec<String> =
-        core.sessions_of(user).iter().filter(|s| s.available()).map(|s| s.jid().as_str().to_owned()).collect();
+    send_unavailable_from(core, user, contact, |_| true);
+}
+
+/// Like [`send_unavailable_to`], but only from sessions whose presence `contact` may
+/// see: a subscription from it (RFC 6121 section 3) or directed presence (section
+/// 4.6). XEP-0191 section 3.3: blocking someone else must not tell them the user is
+/// online, and from which resource.
+pub(crate) fn send_unavailable_if_allowed(core: &Core, ctx: &Ctx, user: &str, contact: &str) {
+    let subscribed = crate::roster::subscription(ctx, user, contact).is_some_and(|s| s.from());
+    send_unavailable_from(core, user, contact, |session| subscribed || sent_directed(ctx, session, contact));
+}
+
+fn send_unavailable_from(core: &Core, user: &str, contact: &str, allowed: impl Fn(SessionId) -> bool) {
+    let resources: Vec<String> = core
+        .sessions_of(user)
+        .iter()
+        .filter(|s| s.available() && allowed(s.id()))
+        .map(|s| s.jid().as_str().to_owned())
+        .collect();
     for full in resources {
         let mut bytes = Vec::new();
         unavailable(&full, contact, &mut bytes);
         core.route(&bytes);
     }
+}
+
+/// Whether the session sent directed available presence to `contact` (its bare JID
+/// or one of its full JIDs).
+fn sent_directed(ctx: &Ctx, session: SessionId, contact: &str) -> bool {
+    let presence = ctx.presence.borrow();
+    let Some(kept) = presence.get(&session) else { return false };
+    kept.directed.iter().any(|to| &**to == contact || to.split('/').next() == Some(contact))
 }
 
 /// Tells the contacts subscribed to the account the session's new presence
