@@ -132,6 +132,22 @@ fn unblocking_sends_current_presence() {
     assert!(back.contains("from='bob@localhost/b'") && !back.contains("unavailable"), "{back}");
 }
 
+/// Regression (found by a breaker): an IQ without `type` (or with an unknown one)
+/// got no answer at all; RFC 6120 section 8.2.3 makes the type required, so it is a
+/// `bad-request`, to the server, the own account or another user alike.
+#[test]
+fn an_iq_without_a_type_is_a_bad_request() {
+    let node = TestNode::start();
+    let mut alice = Client::login(node.c2s, "alice", "secret", "a");
+    for (id, to) in [("t1", " to='localhost'"), ("t2", ""), ("t3", " to='bob@localhost/x'")] {
+        alice.send(&format!("<iq id='{id}'{to}><ping xmlns='urn:xmpp:ping'/></iq>"));
+        let answer = alice.expect(&format!("id='{id}'"));
+        assert!(answer.contains("type='error'") && answer.contains("bad-request"), "{answer}");
+    }
+    alice.send("<iq type='fetch' id='t4' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert!(alice.expect("id='t4'").contains("bad-request"));
+}
+
 /// Regression (found by a breaker): alice blocked bob, a stranger with no
 /// subscription; bob received alice's unavailable presence, which told him she was
 /// online and from which resource. XEP-0191 section 3.3: only a contact allowed to

@@ -317,6 +317,12 @@ fn nonza(core: &Core, state: &mut State, bytes: &[u8]) -> Result<(), StreamError
 /// client's own account to the module that answers it; anything else through the
 /// modules' `on_send` hooks, then to its recipient.
 fn dispatch(core: &Core, state: &mut State, stanza: &Stanza<'_>, to: Option<&JidRef<'_>>) -> Option<Pending> {
+    // RFC 6120 section 8.2.3: an IQ must say what it is (get, set, result or error);
+    // one that does not is refused here, wherever it was going.
+    if stanza.kind == StanzaKind::Iq && stanza.iq_type().is_none() {
+        reply_here(state, stanza, StanzaErrorCondition::BadRequest);
+        return None;
+    }
     let own_bare = state.jid.bare_str();
     // RFC 6120 section 10.3: no `to` means the sender's own account (for presence:
     // a broadcast, handled by the modules).
