@@ -396,10 +396,19 @@ pub fn normalise_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
             Cow::Borrowed(domain)
         }
     } else {
-        use precis_profiles::precis_core::profile::Rules;
-        let lower = domain.to_lowercase();
-        let nfc = UsernameCaseMapped::new().normalization_rule(lower).map_err(|_| JidError::InvalidDomain)?;
-        Cow::Owned(nfc.into_owned())
+        // RFC 7622 section 3.2 wants IDNA2008 labels: letters and digits of any
+        // script, no controls, spaces, symbols or punctuation. Each label passes
+        // PRECIS IdentifierClass (UsernameCaseMapped: case-folded, NFC), which
+        // draws the same line without an IDNA table of its own.
+        let mut labels = Vec::new();
+        for label in domain.split('.') {
+            let enforced = UsernameCaseMapped::enforce(label).map_err(|_| JidError::InvalidDomain)?;
+            if !stable(&enforced, UsernameCaseMapped::enforce) {
+                return Err(JidError::InvalidDomain);
+            }
+            labels.push(enforced.into_owned());
+        }
+        Cow::Owned(labels.join("."))
     };
     check_length(&normal)?;
     Ok(normal)
@@ -482,6 +491,12 @@ mod tests {
             ("a@b..c", JidError::InvalidDomain),
             // Regression (found by the idempotence property): only one trailing dot goes.
             ("a@a..", JidError::InvalidDomain),
+            // Regression (found by a breaker): a control character in a domain was
+            // taken as a remote domain; symbols and bidi controls are no label either.
+            ("a@\u{85}", JidError::InvalidDomain),
+            ("a@example\u{85}.com", JidError::InvalidDomain),
+            ("a@\u{202e}evil.com", JidError::InvalidDomain),
+            ("a@\u{2603}.com", JidError::InvalidDomain),
         ];
         for (text, error) in cases {
             assert_eq!(Jid::parse(text), Err(error), "{text:?}");
@@ -490,6 +505,13 @@ mod tests {
         assert_eq!(Jid::parse(&long), Err(JidError::TooLong));
         assert_eq!("a@b".parse::<FullJid>(), Err(JidError::ResourceRequired));
         assert_eq!("a@b/c".parse::<BareJid>(), Err(JidError::ResourceNotAllowed));
+    }
+
+    /// Internationalised domains (letters of any script) parse, case-folded.
+    #[test]
+    fn unicode_domains_parse() {
+        assert_eq!(Jid::parse("a@B\u{fc}cher.example").unwrap().domain(), "b\u{fc}cher.example");
+        assert_eq!(Jid::parse("a@\u{4f8b}\u{3048}.jp").unwrap().domain(), "\u{4f8b}\u{3048}.jp");
     }
 
     /// The resource starts at the first '/', so '@' in a resource is fine.
@@ -525,7 +547,8 @@ mod tests {
     /// no longer parsed. Parts that do not survive a second enforcement are refused.
     #[test]
     fn non_idempotent_precis_parts_are_refused() {
-        assert_eq!(Jid::parse("\u{10d69}/@0/\u{387}").unwrap_err(), JidError::InvalidResource);
+        assert_eq!(Jid::parse("\u{10d69}/@0/\u{387}").unwrap_err(), JidError::InvalidDomain); // unassigned: no label
+        assert_eq!(Jid::parse("b/@0/\u{387}").unwrap_err(), JidError::InvalidResource);
         assert!(Jid::parse("a@b/caf\u{e9}").is_ok());
     }
 
