@@ -91,15 +91,28 @@ impl<'a> Stanza<'a> {
             _ => return Err(StanzaParseError::NotAStanza),
         };
         let (mut to, mut from, mut id, mut type_raw, mut foreign) = (None, None, None, None, false);
-        let tag = xml::start_tag_with(bytes, |attribute| match attribute.name {
-            b"to" => to = Some(attribute),
-            b"from" => from = Some(attribute),
-            b"id" => id = Some(attribute),
-            b"type" => type_raw = Some(attribute.raw_value),
-            b"xmlns" => foreign |= attribute.raw_value != b"jabber:client",
-            _ => {}
+        // A repeated routing attribute is refused here too, not only by the framer:
+        // stamping replaces one `from`, and a second one left behind would be the
+        // one read after a re-parse (found by the stanza fuzz target).
+        let mut repeated = false;
+        let tag = xml::start_tag_with(bytes, |attribute| {
+            let slot_taken = match attribute.name {
+                b"to" => to.replace(attribute).is_some(),
+                b"from" => from.replace(attribute).is_some(),
+                b"id" => id.replace(attribute).is_some(),
+                b"type" => type_raw.replace(attribute.raw_value).is_some(),
+                b"xmlns" => {
+                    foreign |= attribute.raw_value != b"jabber:client";
+                    false
+                }
+                _ => false,
+            };
+            repeated |= slot_taken;
         })
         .ok_or(StanzaParseError::Malformed)?;
+        if repeated {
+            return Err(StanzaParseError::Malformed);
+        }
         if tag.name != kind.name().as_bytes() || foreign {
             return Err(StanzaParseError::NotAStanza);
         }
@@ -347,6 +360,22 @@ mod tests {
         let mut out = Vec::new();
         Stanza::parse(b"<presence/>").unwrap().write_addressed("a@x/r", "b@x", &mut out);
         assert_eq!(text(out), "<presence from='a@x/r' to='b@x'/>");
+    }
+
+    /// Regression (found by the stanza fuzz target in CI): with two `from`
+    /// attributes, stamping replaced the last and the first was read back after a
+    /// re-parse. A repeated routing attribute is no stanza.
+    #[test]
+    fn repeated_routing_attributes_are_malformed() {
+        for text in [
+            "<message from='a@b' from='c@d'/>",
+            "<message to='a@b' to='c@d'/>",
+            "<iq id='1' type='get' id='2'/>",
+            "<presence type='probe' type='subscribe'/>",
+        ] {
+            assert_eq!(Stanza::parse(text.as_bytes()).unwrap_err(), StanzaParseError::Malformed, "{text}");
+        }
+        assert!(Stanza::parse(b"<message from='a@b' xml:lang='en' to='c@d'/>").is_ok());
     }
 
     /// Golden: an error reply keeps the id and swaps the addresses.
