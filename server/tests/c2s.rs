@@ -239,6 +239,41 @@ fn forged_from_is_invalid_from() {
     assert!(got.contains("genuine"), "the forged message must not arrive: {got}");
 }
 
+/// A repeated `from` (a second one hoping to survive stamping) is not-well-formed, and
+/// nothing of it is delivered.
+#[test]
+fn repeated_from_is_not_well_formed() {
+    let node = TestNode::start();
+    let mut bob = Client::login(node.c2s, "bob", "secret", "watch");
+    bob.presence();
+    let mut carol = Client::login(node.c2s, "carol", "secret", "bad");
+    carol.send(
+        "<message from='carol@localhost/bad' from='alice@localhost/phone' to='bob@localhost/watch'>\
+         <body>forged</body></message>",
+    );
+    assert_eq!(carol.expect_stream_error(), StreamErrorCondition::NotWellFormed);
+    let mut alice = Client::login(node.c2s, "alice", "secret", "ok");
+    alice.send("<message to='bob@localhost/watch'><body>genuine</body></message>");
+    let got = bob.expect("<body>");
+    assert!(got.contains("genuine"), "the forged message must not arrive: {got}");
+}
+
+/// A `to` that is no JID (RFC 7622: a control character, a symbol or a bidi override
+/// in the domain) gets jid-malformed and the stream stays; a breaker once got
+/// remote-server-not-found for `a@\u{85}`.
+#[test]
+fn a_to_that_is_no_jid_is_jid_malformed() {
+    let node = TestNode::start();
+    let mut alice = Client::login(node.c2s, "alice", "secret", "r");
+    for (n, to) in ["a@\u{85}", "a@\u{202e}evil.com", "a@\u{2603}.com", "a@b..c"].iter().enumerate() {
+        alice.send(&format!("<message to='{to}' id='j{n}'><body>?</body></message>"));
+        let reply = alice.expect(&format!("id='j{n}'"));
+        assert!(reply.contains("<jid-malformed"), "{to:?}: {reply}");
+    }
+    alice.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert!(alice.expect("id='p'").contains("type='result'"));
+}
+
 /// Wrong passwords fail with not-authorized; the third failure closes the stream.
 #[test]
 fn three_wrong_passwords_close_the_stream() {
