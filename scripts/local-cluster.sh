@@ -12,8 +12,9 @@
 # DIR/node<i>; the shared database is DIR/cluster.db; every node serves node 1's
 # generated certificate (clients trust DIR/node1/ca.pem). CORES=n sets each node's
 # executors (default: one per CPU); C2S_TLS the first listener's tls.mode (default
-# starttls_required; `none` for plain-TCP load tests); STARLING_BIN the binary
-# (default: release build).
+# starttls_required; `none` for plain-TCP load tests); PORT_OFFSET is added to every
+# port (default 0; e.g. 40000 to run beside a node on the default ports); STARLING_BIN
+# the binary (default: release build).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${STARLING_BIN:-$root/target/release/starling}"
@@ -21,7 +22,7 @@ command="${1:-}"; dir="${2:-}"
 [ -n "$command" ] && [ -n "$dir" ] || { echo "usage: $0 start DIR [N] | add DIR | stop DIR"; exit 2; }
 
 start_node() {  # start_node I: writes DIR/node<I>/starling.toml and starts the node
-  local i="$1" node="$dir/node$1" tls=""
+  local i="$1" node="$dir/node$1" tls="" off="${PORT_OFFSET:-0}"
   mkdir -p "$node"
   if [ "$i" -gt 1 ]; then tls="certfile = \"$dir/node1/cert.pem\"
   keyfile = \"$dir/node1/key.pem\""; fi
@@ -32,15 +33,15 @@ start_node() {  # start_node I: writes DIR/node<I>/starling.toml and starts the 
   loglevel = "info"
   cores = ${CORES:-0}
 [[listen.c2s]]
-  port = $((5222 + 1000 * (i - 1)))
+  port = $((off + 5222 + 1000 * (i - 1)))
   ip_address = "127.0.0.1"
   tls.mode = "${C2S_TLS:-starttls_required}"
 [[listen.c2s]]
-  port = $((5223 + 1000 * (i - 1)))
+  port = $((off + 5223 + 1000 * (i - 1)))
   ip_address = "127.0.0.1"
   tls.mode = "tls"
 [listen.admin]
-  port = $((5551 + i - 1))
+  port = $((off + 5551 + i - 1))
 [auth]
   $tls
 [outgoing_pools.rdbms.default.connection]
@@ -49,7 +50,7 @@ start_node() {  # start_node I: writes DIR/node<I>/starling.toml and starts the 
 [internal_databases.cets]
   cluster_name = "local"
   secret = "$(cat "$dir/secret")"
-  listen = "127.0.0.1:$((5270 + i - 1))"
+  listen = "127.0.0.1:$((off + 5270 + i - 1))"
 TOML
   "$bin" serve --config "$node/starling.toml" >>"$node/server.log" 2>&1 &
   echo $! > "$node/pid"
@@ -57,7 +58,7 @@ TOML
     for _ in $(seq 1 100); do [ -f "$node/cert.pem" ] && break; sleep 0.1; done
     [ -f "$node/cert.pem" ] || { echo "node1 did not start:"; tail -3 "$node/server.log"; exit 1; }
   fi
-  echo "node$i@localhost: pid $(cat "$node/pid"), c2s $((5222 + 1000 * (i - 1))), admin $((5551 + i - 1)), log $node/server.log"
+  echo "node$i@localhost: pid $(cat "$node/pid"), c2s $((off + 5222 + 1000 * (i - 1))), admin $((off + 5551 + i - 1)), log $node/server.log"
 }
 
 case "$command" in
