@@ -5,7 +5,8 @@
 # Targets: wire:framer wire:stanza wire:sasl wire:c2s replicate:frames server:core.
 # The core target (server/fuzz) drives arbitrary stanzas, after authentication and
 # bind, through one in-memory core with every module and a real SQLite file; its
-# seeds are in server/fuzz/seeds/core.
+# seeds are in server/fuzz/seeds/core. An input that runs past FUZZ_TIMEOUT seconds
+# (default 30) or an out-of-memory fails the run like a crash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-60}"
@@ -25,10 +26,14 @@ for spec in $targets; do
   # below filters its output, which once hid a build error behind "exit 0").
   (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz build "$target" --sanitizer none)
   (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" --sanitizer none "fuzz/corpus/$target" -- \
-     -max_total_time="$seconds" -rss_limit_mb=4096 -print_final_stats=1 2>&1 \
-     | grep -E "^Done|panicked|ERROR|stat::number_of_executed_units|stat::peak_rss_mb" || true)
-  if ls "$crate"/fuzz/artifacts/"$target"/crash-* >/dev/null 2>&1; then
-    echo "fuzz target $target found a crash: $crate/fuzz/artifacts/$target"
+     -max_total_time="$seconds" -rss_limit_mb=4096 -timeout="${FUZZ_TIMEOUT:-30}" -print_final_stats=1 2>&1 \
+     | grep -E "^Done|panicked|ERROR|ALARM|stat::number_of_executed_units|stat::peak_rss_mb" || true)
+  # A hang (one input running past FUZZ_TIMEOUT seconds) or an out-of-memory is a
+  # finding too, not only a panic.
+  found=$(find "$crate/fuzz/artifacts/$target" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'timeout-*' \
+    -o -name 'oom-*' -o -name 'leak-*' \) 2>/dev/null || true)
+  if [ -n "$found" ]; then
+    echo "fuzz target $target found a crash, hang or OOM:"; echo "$found"
     exit 1
   fi
 done
