@@ -227,35 +227,50 @@ fn stanza_before_auth_is_not_authorized() {
 /// A forged `from` is invalid-from, and the forged stanza is not delivered.
 #[test]
 fn forged_from_is_invalid_from() {
+    refused_and_not_delivered(
+        "<message from='alice@localhost/phone' to='bob@localhost/watch'><body>forged</body></message>",
+        StreamErrorCondition::InvalidFrom,
+    );
+}
+
+/// carol sends `stanza` (meant for bob@localhost/watch) and gets `condition`; bob
+/// receives nothing of it: the next body he gets is alice's genuine one.
+fn refused_and_not_delivered(stanza: &str, condition: StreamErrorCondition) {
     let node = TestNode::start();
     let mut bob = Client::login(node.c2s, "bob", "secret", "watch");
     bob.presence();
     let mut carol = Client::login(node.c2s, "carol", "secret", "bad");
-    carol.send("<message from='alice@localhost/phone' to='bob@localhost/watch'><body>forged</body></message>");
-    assert_eq!(carol.expect_stream_error(), StreamErrorCondition::InvalidFrom);
+    carol.send(stanza);
+    assert_eq!(carol.expect_stream_error(), condition);
     let mut alice = Client::login(node.c2s, "alice", "secret", "ok");
     alice.send("<message to='bob@localhost/watch'><body>genuine</body></message>");
     let got = bob.expect("<body>");
-    assert!(got.contains("genuine"), "the forged message must not arrive: {got}");
+    assert!(got.contains("genuine"), "carol's stanza must not arrive: {got}");
 }
 
 /// A repeated `from` (a second one hoping to survive stamping) is not-well-formed, and
 /// nothing of it is delivered.
 #[test]
 fn repeated_from_is_not_well_formed() {
-    let node = TestNode::start();
-    let mut bob = Client::login(node.c2s, "bob", "secret", "watch");
-    bob.presence();
-    let mut carol = Client::login(node.c2s, "carol", "secret", "bad");
-    carol.send(
+    refused_and_not_delivered(
         "<message from='carol@localhost/bad' from='alice@localhost/phone' to='bob@localhost/watch'>\
          <body>forged</body></message>",
+        StreamErrorCondition::NotWellFormed,
     );
-    assert_eq!(carol.expect_stream_error(), StreamErrorCondition::NotWellFormed);
-    let mut alice = Client::login(node.c2s, "alice", "secret", "ok");
-    alice.send("<message to='bob@localhost/watch'><body>genuine</body></message>");
-    let got = bob.expect("<body>");
-    assert!(got.contains("genuine"), "the forged message must not arrive: {got}");
+}
+
+/// Regression (found by a breaker): a payload that breaks a namespace constraint
+/// (here `p:a` and `q:a` with `p` and `q` bound to one namespace) was forwarded and
+/// archived, and cut the recipient's slixmpp stream live, at login from offline
+/// storage and at every archive query. The sender now gets not-well-formed and the
+/// recipient nothing.
+#[test]
+fn a_namespace_duplicate_attribute_is_not_well_formed() {
+    refused_and_not_delivered(
+        "<message to='bob@localhost/watch' type='chat' id='nd'><body>nsdup</body>\
+         <x xmlns:p='u' xmlns:q='u' p:a='1' q:a='2'/></message>",
+        StreamErrorCondition::NotWellFormed,
+    );
 }
 
 /// A `to` that is no JID (RFC 7622: a control character, a symbol or a bidi override

@@ -90,21 +90,54 @@ struct OpenTag {
     prefixes_before: u32,
 }
 
+/// A value's position in the unit (values may be longer than names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ValueSpan {
+    start: u32,
+    end: u32,
+}
+
+impl ValueSpan {
+    fn of<'d>(&self, data: &'d [u8]) -> &'d [u8] {
+        data.get(self.start as usize..self.end as usize).unwrap_or_default()
+    }
+}
+
+/// A namespace prefix declaration in scope: the prefix, and the raw namespace name,
+/// filled in when its start tag ends.
+#[derive(Clone, Copy, Debug)]
+struct Binding {
+    prefix: Span,
+    uri: ValueSpan,
+}
+
+/// The namespace name the `xml` prefix is bound to (Namespaces in XML 1.0, section 3).
+const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
+/// The namespace name of `xmlns` itself, which nothing may be bound to.
+const XMLNS_NAMESPACE: &str = "http://www.w3.org/2000/xmlns/";
+
 /// Per-unit stacks; empty between units, capacity kept for the next one.
 #[derive(Debug, Default)]
 pub(super) struct Stacks {
     open: Vec<OpenTag>,
-    prefixes: Vec<Span>,
+    prefixes: Vec<Binding>,
     attributes: Vec<Span>,
     tag: Option<OpenTag>,
     /// Whether the current tag uses a prefix anywhere (most tags do not, and then the
     /// scope check is skipped).
     prefixed: bool,
+    /// Whether the current tag declares a namespace (`xmlns` or `xmlns:p`).
+    declares: bool,
+    /// How many of the current tag's attributes have a prefix other than `xmlns`; with
+    /// two or more, duplicates are also looked for after namespace resolution.
+    prefixed_attributes: u16,
 }
 
 impl Stacks {
     pub(super) fn clear(&mut self) {
         self.prefixed = false;
+        self.declares = false;
+        self.prefixed_attributes = 0;
         self.open.clear();
         self.prefixes.clear();
         self.attributes.clear();
@@ -287,6 +320,8 @@ fn start_name(framer: &mut Framer, data: &[u8], start: usize, end: usize) -> Res
     let stacks = &mut framer.stacks;
     stacks.tag = Some(OpenTag { name: Span::new(start, end), prefixes_before: stacks.prefixes.len() as u32 });
     stacks.attributes.clear();
+    stacks.declares = false;
+    stacks.prefixed_attributes = 0;
     framer.lex = Lex::InTag { spaced: false };
     Ok(())
 }
@@ -352,13 +387,20 @@ fn attribute_name(framer: &mut Framer, data: &[u8], start: usize, end: usize) ->
         return Err(FramerError::Syntax(Syntax::DuplicateAttribute));
     }
     stacks.attributes.push(Span::new(start, end));
-    stacks.prefixed |= prefix.is_some_and(|p| p != b"xmlns");
-    if prefix == Some(b"xmlns") {
-        if local == b"xmlns" {
-            return Err(FramerError::Syntax(Syntax::InvalidName));
+    match prefix {
+        None => stacks.declares |= name == b"xmlns",
+        Some(b"xmlns") => {
+            if local == b"xmlns" {
+                return Err(FramerError::Syntax(Syntax::InvalidName));
+            }
+            let local_start = end - local.len();
+            stacks.prefixes.push(Binding { prefix: Span::new(local_start, end), uri: ValueSpan::default() });
+            stacks.declares = true;
         }
-        let local_start = end - local.len();
-        stacks.prefixes.push(Span::new(local_start, end));
+        Some(_) => {
+            stacks.prefixed = true;
+            stacks.prefixed_attributes += 1;
+        }
     }
     Ok(())
 }
@@ -386,9 +428,17 @@ fn value(framer: &mut Framer, data: &[u8], at: usize, quote: u8) -> Result<Next,
 /// `>` of a start tag at `end - 1`: check prefixes, then open the element (or finish
 /// the header, or the whole unit for an empty top-level element).
 fn end_start_tag(framer: &mut Framer, data: &[u8], end: usize, empty: bool) -> Result<Next, FramerError> {
+    if framer.stacks.declares {
+        check_declarations(framer, data)?;
+        framer.stacks.declares = false;
+    }
     if framer.stacks.prefixed {
         check_prefixes(framer, data)?;
         framer.stacks.prefixed = false;
+    }
+    if framer.stacks.prefixed_attributes >= 2 {
+        check_expanded_names(framer, data)?;
+        framer.stacks.prefixed_attributes = 0;
     }
     // Invariant: `tag` is set by `start_name` before any path reaches here.
     let tag = framer.stacks.tag.take().expect("start tag without a name");
@@ -423,7 +473,7 @@ fn check_prefixes(framer: &Framer, data: &[u8]) -> Result<(), FramerError> {
     let declared = |prefix: &[u8]| {
         prefix == b"xml"
             || prefix == &framer.stream_prefix[..]
-            || stacks.prefixes.iter().any(|span| span.of(data) == prefix)
+            || stacks.prefixes.iter().any(|binding| binding.prefix.of(data) == prefix)
     };
     if let Some(tag) = stacks.tag {
         if let (Some(prefix), _) = split_qname(tag.name.of(data))? {
@@ -436,6 +486,99 @@ fn check_prefixes(framer: &Framer, data: &[u8]) -> Result<(), FramerError> {
         if let (Some(prefix), _) = split_qname(attribute.of(data))? {
             if prefix != b"xmlns" && !declared(prefix) {
                 return Err(FramerError::UndeclaredPrefix);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The raw value of the attribute whose name ends at `name_end`: after optional
+/// spaces, `=`, optional spaces and a quote, up to the matching quote. The lexer has
+/// already checked the tag, so `None` only means a bug; it is refused, not trusted.
+fn raw_value(data: &[u8], name_end: usize) -> Option<ValueSpan> {
+    let mut at = name_end;
+    let skip_spaces = |mut at: usize| {
+        while data.get(at).is_some_and(|&b| scan::is_space(b)) {
+            at += 1;
+        }
+        at
+    };
+    at = skip_spaces(at);
+    if data.get(at) != Some(&b'=') {
+        return None;
+    }
+    at = skip_spaces(at + 1);
+    let quote = *data.get(at).filter(|&&q| q == b'\'' || q == b'"')?;
+    let start = at + 1;
+    let length = data.get(start..)?.iter().position(|&b| b == quote)?;
+    Some(ValueSpan { start: start as u32, end: (start + length) as u32 })
+}
+
+/// A raw attribute value with its references resolved.
+fn decoded(raw: &[u8]) -> Result<std::borrow::Cow<'_, str>, FramerError> {
+    crate::xml::unescape(raw).ok_or(FramerError::Syntax(Syntax::InvalidReference))
+}
+
+/// The current tag's namespace declarations (Namespaces in XML 1.0, section 3 and
+/// its errata): `xml` may only be bound to its own namespace, no other prefix (and not
+/// the default namespace) to it or to the `xmlns` namespace, and a prefix may not be
+/// bound to the empty name (undeclaring is XML 1.1 only). Fills in the URIs of the
+/// tag's bindings for [`check_expanded_names`]. Parsers such as expat (slixmpp's)
+/// reject each of these, so forwarding one would cut the recipient's stream.
+fn check_declarations(framer: &mut Framer, data: &[u8]) -> Result<(), FramerError> {
+    let reserved = FramerError::Syntax(Syntax::ReservedNamespace);
+    let stacks = &mut framer.stacks;
+    let mut binding = stacks.tag.map_or(stacks.prefixes.len(), |tag| tag.prefixes_before as usize);
+    for attribute in &stacks.attributes {
+        let name = attribute.of(data);
+        let local = match name.strip_prefix(b"xmlns") {
+            Some(b"") => None,
+            Some(rest) if rest.first() == Some(&b':') => rest.get(1..),
+            _ => continue,
+        };
+        let span = raw_value(data, attribute.start as usize + attribute.len as usize).ok_or(reserved)?;
+        let uri = decoded(span.of(data))?;
+        let uri = uri.as_ref();
+        match local {
+            None if uri == XML_NAMESPACE || uri == XMLNS_NAMESPACE => return Err(reserved),
+            None => {}
+            Some(b"xml") if uri != XML_NAMESPACE => return Err(reserved),
+            Some(b"xml") => {}
+            Some(_) if uri.is_empty() || uri == XML_NAMESPACE || uri == XMLNS_NAMESPACE => return Err(reserved),
+            Some(_) => {}
+        }
+        if local.is_some() {
+            if let Some(slot) = stacks.prefixes.get_mut(binding) {
+                slot.uri = span;
+            }
+            binding += 1;
+        }
+    }
+    Ok(())
+}
+
+/// No two attributes of the current tag may have the same local name and namespace
+/// once prefixes are resolved (Namespaces in XML 1.0, section 6.3): `p:a` and `q:a`
+/// with `p` and `q` bound to one namespace are the same attribute twice.
+fn check_expanded_names(framer: &Framer, data: &[u8]) -> Result<(), FramerError> {
+    let stacks = &framer.stacks;
+    let resolve = |prefix: &[u8]| -> Result<std::borrow::Cow<'_, str>, FramerError> {
+        match stacks.prefixes.iter().rev().find(|binding| binding.prefix.of(data) == prefix) {
+            Some(binding) => decoded(binding.uri.of(data)),
+            None if prefix == b"xml" => Ok(XML_NAMESPACE.into()),
+            // The stream's own prefix (checked in scope by `check_prefixes`).
+            None => Ok("http://etherx.jabber.org/streams".into()),
+        }
+    };
+    let mut expanded = Vec::new();
+    for attribute in &stacks.attributes {
+        if let (Some(prefix), local) = split_qname(attribute.of(data))? {
+            if prefix != b"xmlns" {
+                let namespace = resolve(prefix)?;
+                if expanded.iter().any(|(l, n)| *l == local && *n == namespace) {
+                    return Err(FramerError::Syntax(Syntax::DuplicateAttribute));
+                }
+                expanded.push((local, namespace));
             }
         }
     }

@@ -92,8 +92,13 @@ pub enum Syntax {
     MismatchedEndTag,
     /// An element or attribute name that is not a valid XML (namespace) name.
     InvalidName,
-    /// The same attribute twice on one element.
+    /// The same attribute twice on one element, by name or once prefixes are
+    /// resolved (Namespaces in XML 1.0, section 6.3).
     DuplicateAttribute,
+    /// A namespace declaration Namespaces in XML 1.0 forbids: `xml` bound elsewhere,
+    /// another prefix or the default namespace bound to the `xml` or `xmlns`
+    /// namespace, or a prefix bound to the empty name.
+    ReservedNamespace,
     /// An entity or character reference that is malformed or not a character.
     InvalidReference,
     /// Non-whitespace text between top-level elements.

@@ -158,6 +158,49 @@ fn refuses_malformed_xml() {
     }
 }
 
+/// Namespace constraints (Namespaces in XML 1.0, sections 3 and 6.3) a recipient's
+/// parser enforces: a stanza breaking one was forwarded and cut the recipient's stream
+/// (expat in slixmpp), and from the archive, every later query (found by a breaker).
+#[test]
+fn refuses_what_namespaces_in_xml_forbids() {
+    let cases: &[(&str, Syntax)] = &[
+        ("<m><x xmlns:p='u' xmlns:q='u' p:a='1' q:a='2'/></m>", Syntax::DuplicateAttribute),
+        ("<m xmlns:p='u'><x xmlns:q='u' p:a='1' q:a='2'/></m>", Syntax::DuplicateAttribute),
+        ("<m><x xmlns:p='u' xmlns:q='&#117;' p:a='1' q:a='2'/></m>", Syntax::DuplicateAttribute),
+        (
+            "<m><x xmlns:p='http://www.w3.org/XML/1998/namespace' xml:lang='en' p:lang='de'/></m>",
+            Syntax::ReservedNamespace,
+        ),
+        ("<m><x xmlns:foo='http://www.w3.org/XML/1998/namespace'/></m>", Syntax::ReservedNamespace),
+        ("<m><x xmlns:xml='urn:other'/></m>", Syntax::ReservedNamespace),
+        ("<m><x xmlns:p=''/></m>", Syntax::ReservedNamespace),
+        ("<m><x xmlns:p=\"\"/></m>", Syntax::ReservedNamespace),
+        ("<m><x xmlns='http://www.w3.org/XML/1998/namespace'/></m>", Syntax::ReservedNamespace),
+        ("<m><x xmlns='http://www.w3.org/2000/xmlns/'/></m>", Syntax::ReservedNamespace),
+        ("<m><x xmlns:p='http://www.w3.org/2000/xmlns/'/></m>", Syntax::ReservedNamespace),
+        ("<m><x xmlns:p = 'http://www.w3.org/XML/1998/namespac&#101;'/></m>", Syntax::ReservedNamespace),
+    ];
+    for (body, syntax) in cases {
+        assert_eq!(error_of(body), FramerError::Syntax(*syntax), "{body}");
+        // The same bytes trickled in one at a time are refused the same way.
+        let text = format!("{HEADER}{body}");
+        let chunks: Vec<&[u8]> = text.as_bytes().chunks(1).collect();
+        assert_eq!(frames_of(FramerLimits::for_tests(), &chunks).unwrap_err(), FramerError::Syntax(*syntax), "{body}");
+    }
+    // What the constraints allow: one local name in two namespaces, `xml` bound to
+    // its own namespace, a prefix re-bound in a child, the empty default namespace.
+    for body in [
+        "<m><x xmlns:p='u' xmlns:q='v' p:a='1' q:a='2' a='3'/></m>",
+        "<m><x xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='en'/></m>",
+        "<m xmlns:p='u'><x xmlns:p='v' xmlns:q='u' p:a='1' q:a='2'/></m>",
+        "<m><x xmlns=''/></m>",
+        "<m xml:lang='en'><x xmlns:p='u' p:lang='de' xml:lang='fr'/></m>",
+    ] {
+        let got = frames(&format!("{HEADER}{body}")).unwrap_or_else(|e| panic!("{body}: {e}"));
+        assert_eq!(got[1], element(body));
+    }
+}
+
 /// Comments, processing instructions, DTDs and entity references are restricted XML
 /// (RFC 6120 section 11.1), wherever they appear.
 #[test]
