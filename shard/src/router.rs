@@ -82,9 +82,9 @@ fn hand_to_node(core: &Core, to: &JidRef<'_>, bytes: &[u8]) -> bool {
     let node = {
         let replica = cluster.replica.borrow();
         let sessions = replica.store.sessions(to.bare_str());
-        let addressed = sessions.iter().find(|s| to.is_full() && &*s.full == to.as_str());
-        let best =
-            sessions.iter().max_by_key(|s| (s.entry.available, s.entry.priority, std::cmp::Reverse(s.owner.node_num)));
+        let reachable = sessions.iter().filter(|s| cluster.reachable(s.owner.node_num));
+        let addressed = reachable.clone().find(|s| to.is_full() && &*s.full == to.as_str());
+        let best = reachable.max_by_key(|s| (s.entry.available, s.entry.priority, std::cmp::Reverse(s.owner.node_num)));
         addressed.or(best).map(|s| s.owner.node_num)
     };
     match node {
@@ -93,8 +93,11 @@ fn hand_to_node(core: &Core, to: &JidRef<'_>, bytes: &[u8]) -> bool {
     }
 }
 
+/// Whether `bare` has a session on another node that can be reached now.
 fn has_remote(core: &Core, bare: &str) -> bool {
-    core.cluster.as_ref().is_some_and(|c| !c.replica.borrow().store.sessions(bare).is_empty())
+    core.cluster
+        .as_ref()
+        .is_some_and(|c| c.replica.borrow().store.sessions(bare).iter().any(|s| c.reachable(s.owner.node_num)))
 }
 
 /// The account has no session anywhere: whether it exists and what the modules need
@@ -138,7 +141,8 @@ fn wait_for_account(core: &Core, bare: &str, bytes: &[u8]) {
     });
 }
 
-/// Every resource of `bare`: sessions here, and replicated ones on other nodes.
+/// Every resource of `bare`: sessions here, and replicated ones on other nodes that
+/// can be reached now.
 pub(crate) fn resources(core: &Core, bare: &str) -> Vec<Resource> {
     let mut all: Vec<Resource> = core
         .sessions
@@ -155,12 +159,14 @@ pub(crate) fn resources(core: &Core, bare: &str) -> Vec<Resource> {
         .collect();
     if let Some(cluster) = &core.cluster {
         let replica = cluster.replica.borrow();
-        all.extend(replica.store.sessions(bare).iter().map(|s| Resource {
-            full: s.full.clone(),
-            available: s.entry.available,
-            priority: s.entry.priority,
-            flags: SessionFlags(s.entry.flags),
-            place: Place::Remote { node: s.owner.node_num },
+        all.extend(replica.store.sessions(bare).iter().filter(|s| cluster.reachable(s.owner.node_num)).map(|s| {
+            Resource {
+                full: s.full.clone(),
+                available: s.entry.available,
+                priority: s.entry.priority,
+                flags: SessionFlags(s.entry.flags),
+                place: Place::Remote { node: s.owner.node_num },
+            }
         }));
     }
     all
@@ -170,7 +176,11 @@ pub(crate) fn any_available_with_flag(core: &Core, bare: &str, flag: u8) -> bool
     let here = core.sessions.borrow().sessions(bare).iter().any(|s| s.available && s.flags.has(flag));
     here || core.cluster.as_ref().is_some_and(|cluster| {
         let replica = cluster.replica.borrow();
-        replica.store.sessions(bare).iter().any(|s| s.entry.available && SessionFlags(s.entry.flags).has(flag))
+        replica
+            .store
+            .sessions(bare)
+            .iter()
+            .any(|s| s.entry.available && SessionFlags(s.entry.flags).has(flag) && cluster.reachable(s.owner.node_num))
     })
 }
 

@@ -209,6 +209,14 @@ impl Cluster {
         }
     }
 
+    /// Whether node `node_num` can be handed stanzas now: this core's link to it is
+    /// up. Sessions replicated from a node whose link is down (killed, partitioned)
+    /// stay in the table until it is declared gone, but delivery treats them as
+    /// absent, so a message is stored offline rather than bounced or lost.
+    pub(crate) fn reachable(&self, node_num: u16) -> bool {
+        self.links.borrow().get(&node_num).is_some_and(|link| link.established.get())
+    }
+
     /// Hands a stanza for `account` to node `node_num`, which delivers it (its
     /// sessions are there); false if that link is down. A link over its mark is noted
     /// on `core` (the sender waits).
