@@ -280,7 +280,7 @@ fn a_namespace_duplicate_attribute_is_not_well_formed() {
 fn a_to_that_is_no_jid_is_jid_malformed() {
     let node = TestNode::start();
     let mut alice = Client::login(node.c2s, "alice", "secret", "r");
-    for (n, to) in ["a@\u{85}", "a@\u{202e}evil.com", "a@\u{2603}.com", "a@b..c"].iter().enumerate() {
+    for (n, to) in ["a@\u{85}", "a@\u{202e}evil.com", "a@\u{2603}.com", "a@b..c", "bob@-localhost"].iter().enumerate() {
         alice.send(&format!("<message to='{to}' id='j{n}'><body>?</body></message>"));
         let reply = alice.expect(&format!("id='j{n}'"));
         assert!(reply.contains("<jid-malformed"), "{to:?}: {reply}");

@@ -389,6 +389,14 @@ pub fn normalise_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
     if !domain.bytes().all(valid_byte) || domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
         return Err(JidError::InvalidDomain);
     }
+    // A label neither starts nor ends with a hyphen (RFC 5891 section 4.2.3.1, RFC
+    // 1123 section 2.1), and an ASCII label is at most 63 octets (RFC 1035 section
+    // 2.3.4).
+    let bad_label =
+        |label: &str| label.starts_with('-') || label.ends_with('-') || (label.is_ascii() && label.len() > 63);
+    if !literal && domain.split('.').any(bad_label) {
+        return Err(JidError::InvalidDomain);
+    }
     let normal = if domain.is_ascii() {
         if domain.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(domain.to_ascii_lowercase())
@@ -497,6 +505,11 @@ mod tests {
             ("a@example\u{85}.com", JidError::InvalidDomain),
             ("a@\u{202e}evil.com", JidError::InvalidDomain),
             ("a@\u{2603}.com", JidError::InvalidDomain),
+            // A label may not start or end with a hyphen (a breaker got
+            // remote-server-not-found for bob@-localhost), nor pass 63 octets.
+            ("bob@-localhost", JidError::InvalidDomain),
+            ("bob@example-.com", JidError::InvalidDomain),
+            ("bob@b\u{fc}cher-.example", JidError::InvalidDomain),
         ];
         for (text, error) in cases {
             assert_eq!(Jid::parse(text), Err(error), "{text:?}");
@@ -507,9 +520,14 @@ mod tests {
         assert_eq!("a@b/c".parse::<BareJid>(), Err(JidError::ResourceNotAllowed));
     }
 
-    /// Internationalised domains (letters of any script) parse, case-folded.
+    /// Internationalised domains (letters of any script) parse, case-folded; ASCII
+    /// labels are at most 63 octets.
     #[test]
     fn unicode_domains_parse() {
+        let long = format!("a@{}.example", "x".repeat(64));
+        assert_eq!(Jid::parse(&long), Err(JidError::InvalidDomain));
+        assert!(Jid::parse(&format!("a@{}.example", "x".repeat(63))).is_ok());
+        assert!(Jid::parse("a@xn--bcher-kva.example").is_ok());
         assert_eq!(Jid::parse("a@B\u{fc}cher.example").unwrap().domain(), "b\u{fc}cher.example");
         assert_eq!(Jid::parse("a@\u{4f8b}\u{3048}.jp").unwrap().domain(), "\u{4f8b}\u{3048}.jp");
     }
