@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Starts or stops N Starling nodes on this host forming one cluster through a shared
-# SQLite file (discovery_nodes table). Node 1 uses the default ports, so the admin
-# CLI reaches it without options (`starling cets systemInfo`).
+# SQLite file (discovery_nodes table). Node 1 uses the default ports (unless
+# PORT_OFFSET is set), so the admin CLI reaches it without options (`starling cets
+# systemInfo`).
 #
 #   scripts/local-cluster.sh start DIR [N]   # default N=3
 #   scripts/local-cluster.sh add DIR         # one more node (a fresh replacement, say)
 #   scripts/local-cluster.sh stop DIR
 #
-# Node i (1-based): c2s 5222+1000(i-1) (STARTTLS) and 5223+1000(i-1) (TLS), admin
-# 127.0.0.1:5551+(i-1), replication 127.0.0.1:5270+(i-1). Data, logs and configs in
+# Node i (1-based): c2s 5222+STEP(i-1) (STARTTLS) and 5223+STEP(i-1) (TLS), admin
+# 127.0.0.1:5551+(i-1), replication 127.0.0.1:5270+(i-1); STEP is PORT_STEP (default
+# 1000; at least 2). Data, logs and configs in
 # DIR/node<i>; the shared database is DIR/cluster.db; every node serves node 1's
 # generated certificate (clients trust DIR/node1/ca.pem). CORES=n sets each node's
 # executors (default: one per CPU); C2S_TLS the first listener's tls.mode (default
@@ -22,7 +24,7 @@ command="${1:-}"; dir="${2:-}"
 [ -n "$command" ] && [ -n "$dir" ] || { echo "usage: $0 start DIR [N] | add DIR | stop DIR"; exit 2; }
 
 start_node() {  # start_node I: writes DIR/node<I>/starling.toml and starts the node
-  local i="$1" node="$dir/node$1" tls="" off="${PORT_OFFSET:-0}"
+  local i="$1" node="$dir/node$1" tls="" off="${PORT_OFFSET:-0}" step="${PORT_STEP:-1000}"
   mkdir -p "$node"
   if [ "$i" -gt 1 ]; then tls="certfile = \"$dir/node1/cert.pem\"
   keyfile = \"$dir/node1/key.pem\""; fi
@@ -33,11 +35,11 @@ start_node() {  # start_node I: writes DIR/node<I>/starling.toml and starts the 
   loglevel = "info"
   cores = ${CORES:-0}
 [[listen.c2s]]
-  port = $((off + 5222 + 1000 * (i - 1)))
+  port = $((off + 5222 + step * (i - 1)))
   ip_address = "127.0.0.1"
   tls.mode = "${C2S_TLS:-starttls_required}"
 [[listen.c2s]]
-  port = $((off + 5223 + 1000 * (i - 1)))
+  port = $((off + 5223 + step * (i - 1)))
   ip_address = "127.0.0.1"
   tls.mode = "tls"
 [listen.admin]
@@ -58,7 +60,7 @@ TOML
     for _ in $(seq 1 100); do [ -f "$node/cert.pem" ] && break; sleep 0.1; done
     [ -f "$node/cert.pem" ] || { echo "node1 did not start:"; tail -3 "$node/server.log"; exit 1; }
   fi
-  echo "node$i@localhost: pid $(cat "$node/pid"), c2s $((off + 5222 + 1000 * (i - 1))), admin $((off + 5551 + i - 1)), log $node/server.log"
+  echo "node$i@localhost: pid $(cat "$node/pid"), c2s $((off + 5222 + step * (i - 1))), admin $((off + 5551 + i - 1)), log $node/server.log"
 }
 
 case "$command" in

@@ -10,6 +10,7 @@ registration (XEP-0077). Every step
 checks what arrived, not only that no error came back.
 
 Usage: im.py HOST STARTTLS_PORT DIRECT_TLS_PORT CA_FILE
+The last step needs in-band registration on: `[modules.mod_register]` in the config.
 """
 import asyncio
 import ssl
@@ -205,7 +206,11 @@ async def main():
 
     newcomer = Newcomer("newbie@localhost/n")
     newcomer.connect(HOST, STARTTLS_PORT)
-    await asyncio.wait_for(asyncio.gather(newcomer.registered, newcomer.started), TIMEOUT)
+    try:
+        await asyncio.wait_for(asyncio.gather(newcomer.registered, newcomer.started), TIMEOUT)
+    except asyncio.TimeoutError:
+        raise SystemExit("registration: no in-band registration within the timeout; "
+                         "the node needs [modules.mod_register] (off by default)")
     print(f"registration: {newcomer.boundjid.bare} created in band, then logged in")
 
     for client in (alice, bob, carol, desk, newcomer):
