@@ -12,7 +12,7 @@
 use crate::limits::{FRAME_BYTES_MAX, NAME_BYTES_MAX};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The replicated tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -91,6 +91,10 @@ pub enum Frame<'a> {
     /// A feature module's event about `account` (a bare JID) for the same module on
     /// the receiving node: a changed roster or block list (version 2).
     Event { module: &'a str, account: &'a str, payload: &'a [u8] },
+    /// Peer -> owner: how many `Route` and `Deliver` frames the peer has taken on
+    /// this link so far (cumulative). The owner holds each stanza until it is
+    /// counted here and routes it again if the link ends first (version 3).
+    Ack { stanzas: u64 },
 }
 
 /// Why bytes are not a valid frame.
@@ -128,6 +132,7 @@ mod kind {
     pub const ROUTE: u8 = 11;
     pub const DELIVER: u8 = 12;
     pub const EVENT: u8 = 13;
+    pub const ACK: u8 = 14;
 }
 
 impl Frame<'_> {
@@ -194,6 +199,10 @@ impl Frame<'_> {
                 put_name(out, module);
                 put_blob16(out, account.as_bytes());
                 put_blob32(out, payload);
+            }
+            Frame::Ack { stanzas } => {
+                out.push(kind::ACK);
+                out.extend_from_slice(&stanzas.to_be_bytes());
             }
         }
         let length = out.len() - start - 4;
@@ -342,6 +351,7 @@ impl<'a> Reader<'a> {
             kind::ROUTE => Frame::Route { recipient: self.recipient()?, stanza: self.blob32()? },
             kind::DELIVER => Frame::Deliver { account: self.recipient()?, stanza: self.blob32()? },
             kind::EVENT => Frame::Event { module: self.name()?, account: self.recipient()?, payload: self.blob32()? },
+            kind::ACK => Frame::Ack { stanzas: self.u64()? },
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -360,7 +370,7 @@ mod tests {
 
     fn arbitrary_frame() -> impl Strategy<Value = (u8, Vec<u8>, Vec<u8>, String, u64, u16)> {
         (
-            0u8..13,
+            0u8..14,
             proptest::collection::vec(any::<u8>(), 0..64),
             proptest::collection::vec(any::<u8>(), 0..200),
             "[a-z@./]{0,40}",
@@ -393,6 +403,7 @@ mod tests {
             9 => Frame::Remove { table: Table::ClusterId, key },
             10 => Frame::Deliver { account: text, stanza: value },
             11 => Frame::Event { module: text, account: text, payload: value },
+            12 => Frame::Ack { stanzas: number },
             _ => Frame::Route { recipient: text, stanza: value },
         }
     }

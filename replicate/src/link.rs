@@ -10,9 +10,15 @@
 //!        <-- Challenge{nonce_p, HMAC(secret, peer|cluster|nonce_o|nonce_p)}  (or Refuse)
 //!   Proof{HMAC(secret, owner|cluster|nonce_p|nonce_o)} -->
 //!        <-- Welcome                                                         (or Refuse)
-//!   SnapshotBegin, Put*, SnapshotEnd, then Put/Remove/Route ... -->
+//!   SnapshotBegin, Put*, SnapshotEnd, then Put/Remove/Route/Deliver ... -->
+//!        <-- Ack{stanzas}  (after each read that took Route or Deliver frames)
 //!   <-- Heartbeat -->  (both ways, after a second of silence)
 //! ```
+//! Stanzas are acknowledged end to end: the owner's shell keeps each `Route` and
+//! `Deliver` it sent until the peer's cumulative `Ack` counts it
+//! ([`OutLink::take_acked`]), and routes the rest again if the link ends, so a peer
+//! that hangs or dies costs no stanza (one it took but could not acknowledge in
+//! time may arrive twice).
 //! Drive a link with `handle_input` (bytes read), `handle_timeout` (at
 //! `next_timeout`), and write out what `transmit` returns, acknowledging it with
 //! `transmitted`. Errors close the link; the shell logs the reason and reconnects.
@@ -180,6 +186,11 @@ pub struct OutLink {
     nonce: [u8; 32],
     pipe: Pipe,
     reader: Reader,
+    /// `Route` and `Deliver` frames queued on this link, and how many of them the
+    /// peer has acknowledged; `newly_acked` is what the shell has not taken yet.
+    stanzas_sent: u64,
+    stanzas_acked: u64,
+    newly_acked: u64,
 }
 
 /// A change in an out-link the shell must act on.
@@ -203,7 +214,17 @@ impl OutLink {
             epoch,
             nonce,
         });
-        OutLink { state: OutState::AwaitChallenge, core, epoch, nonce, pipe, reader: Reader::default() }
+        OutLink {
+            state: OutState::AwaitChallenge,
+            core,
+            epoch,
+            nonce,
+            pipe,
+            reader: Reader::default(),
+            stanzas_sent: 0,
+            stanzas_acked: 0,
+            newly_acked: 0,
+        }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -267,6 +288,14 @@ impl OutLink {
                 self.state = OutState::Established { peer: peer.clone() };
                 Ok(Some(OutEvent::Established { peer }))
             }
+            (OutState::Established { .. }, Frame::Ack { stanzas }) => {
+                if stanzas < self.stanzas_acked || stanzas > self.stanzas_sent {
+                    return Err(LinkError::Unexpected("an ack for stanzas never sent"));
+                }
+                self.newly_acked += stanzas - self.stanzas_acked;
+                self.stanzas_acked = stanzas;
+                Ok(None)
+            }
             (OutState::AwaitChallenge, _) => Err(LinkError::Unexpected("await challenge")),
             (OutState::AwaitWelcome { .. }, _) => Err(LinkError::Unexpected("await welcome")),
             (OutState::Established { .. }, _) => Err(LinkError::Unexpected("established (owner side)")),
@@ -279,8 +308,23 @@ impl OutLink {
         if self.pipe.outgoing.len() >= LINK_QUEUE_BYTES_MAX {
             return Err(Backpressure);
         }
+        if matches!(frame, Frame::Route { .. } | Frame::Deliver { .. }) {
+            self.stanzas_sent += 1;
+        }
         self.pipe.push(frame);
         Ok(())
+    }
+
+    /// How many more of the `Route` and `Deliver` frames sent on this link, in
+    /// sending order, the peer has acknowledged since the last call: the shell may
+    /// forget that many of the oldest stanzas it holds for this link.
+    pub fn take_acked(&mut self) -> u64 {
+        std::mem::take(&mut self.newly_acked)
+    }
+
+    /// `Route` and `Deliver` frames sent and not yet acknowledged.
+    pub fn unacked(&self) -> u64 {
+        self.stanzas_sent - self.stanzas_acked
     }
 
     /// Room left in the send queue, in bytes.
@@ -365,12 +409,23 @@ pub struct InLink {
     nonce: [u8; 32],
     pipe: Pipe,
     reader: Reader,
+    /// `Route` and `Deliver` frames handed to the sink, and how many of them the
+    /// owner has been told of.
+    stanzas_taken: u64,
+    stanzas_acked: u64,
 }
 
 impl InLink {
     /// Serves a new connection; `nonce` is our random challenge.
     pub fn new(nonce: [u8; 32], now: Instant) -> InLink {
-        InLink { state: InState::AwaitHello, nonce, pipe: Pipe::new(now), reader: Reader::default() }
+        InLink {
+            state: InState::AwaitHello,
+            nonce,
+            pipe: Pipe::new(now),
+            reader: Reader::default(),
+            stanzas_taken: 0,
+            stanzas_acked: 0,
+        }
     }
 
     pub fn is_established(&self) -> bool {
@@ -389,7 +444,13 @@ impl InLink {
         let mut reader = std::mem::take(&mut self.reader);
         let result = reader.frames(input, |frame| self.on_frame(settings, frame, sink));
         self.reader = reader;
-        result
+        result?;
+        if self.stanzas_taken > self.stanzas_acked {
+            // One cumulative ack per read, after the sink has taken the stanzas.
+            self.pipe.push(&Frame::Ack { stanzas: self.stanzas_taken });
+            self.stanzas_acked = self.stanzas_taken;
+        }
+        Ok(())
     }
 
     fn on_frame(
@@ -452,10 +513,12 @@ impl InLink {
             }
             (InState::Established, Frame::Route { recipient, stanza }) => {
                 sink(InEvent::Route { recipient, stanza });
+                self.stanzas_taken += 1;
                 Ok(())
             }
             (InState::Established, Frame::Deliver { account, stanza }) => {
                 sink(InEvent::Deliver { account, stanza });
+                self.stanzas_taken += 1;
                 Ok(())
             }
             (InState::Established, Frame::Event { module, account, payload }) => {

@@ -128,6 +128,12 @@ impl Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGSTOP: the node hangs with its sockets open (a frozen host, say).
+    fn freeze(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+    }
 }
 
 impl Drop for Node {
@@ -237,6 +243,29 @@ fn three_nodes_on_sqlite_form_and_route() {
     assert_eq!(names(&session["nodes"]).len(), 3);
 }
 
+/// The node's `cets_session` size (its local and replicated sessions).
+fn sessions(node: &Node) -> Option<i64> {
+    let size = node.graphql("{ cets { tableInfo { tableName size } } }")?;
+    size["data"]["cets"]["tableInfo"][0]["size"].as_i64()
+}
+
+/// Two joined nodes with alice on the first and bob (available) on the second,
+/// once the first holds bob's session.
+fn alice_here_bob_there(dir: &Path, db: &Db, names: [&str; 2]) -> (Node, Node, Client, Client) {
+    db.register(&["alice", "bob"]);
+    let n1 = Node::start(dir, names[0], db, None);
+    let n2 = Node::start(dir, names[1], db, None);
+    wait_for(Duration::from_secs(10), "two joined nodes", || formed(&[&n1, &n2], &names));
+    let alice = Client::login(n1.c2s, "alice", "secret", "a");
+    let mut bob = Client::login(n2.c2s, "bob", "secret", "b");
+    bob.presence();
+    wait_for(Duration::from_secs(5), "bob replicated to the first node", || match sessions(&n1) {
+        Some(2) => Ok(()),
+        other => Err(format!("{other:?} sessions")),
+    });
+    (n1, n2, alice, bob)
+}
+
 /// kill -9 a node: within 5 s the others drop its sessions and report it
 /// unavailable; a fresh node with a new name joins with no command, and chat works.
 /// A message sent to a user of the killed node in the moment after (its link is down,
@@ -246,23 +275,7 @@ fn three_nodes_on_sqlite_form_and_route() {
 fn killed_node_is_dropped_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::Sqlite(dir.path().join("shared.db"));
-    db.register(&["alice", "bob"]);
-    let n1 = Node::start(dir.path(), "n1@localhost", &db, None);
-    let mut n2 = Node::start(dir.path(), "n2@localhost", &db, None);
-    wait_for(Duration::from_secs(10), "two joined nodes", || formed(&[&n1, &n2], &["n1@localhost", "n2@localhost"]));
-    let mut alice = Client::login(n1.c2s, "alice", "secret", "a");
-    let mut bob = Client::login(n2.c2s, "bob", "secret", "b");
-    bob.presence();
-    wait_for(Duration::from_secs(5), "bob replicated to n1", || {
-        let size = n1.graphql("{ cets { tableInfo { tableName size } } }").ok_or("no answer")?;
-        let sessions = size["data"]["cets"]["tableInfo"][0]["size"].as_i64().unwrap_or(0);
-        // alice (local) and bob (replicated from n2).
-        if sessions == 2 {
-            Ok(())
-        } else {
-            Err(format!("{sessions} sessions"))
-        }
-    });
+    let (n1, mut n2, mut alice, _bob) = alice_here_bob_there(dir.path(), &db, ["n1@localhost", "n2@localhost"]);
     n2.kill();
     let killed = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
@@ -272,12 +285,11 @@ fn killed_node_is_dropped_and_replaced() {
     }
     wait_for(Duration::from_secs(5), "n2's sessions dropped and n2 unavailable", || {
         let info = n1.system_info().ok_or("no answer")?;
-        let size = n1.graphql("{ cets { tableInfo { tableName size } } }").ok_or("no answer")?;
-        let sessions = size["data"]["cets"]["tableInfo"][0]["size"].as_i64().unwrap_or(-1);
-        if names(&info["unavailableNodes"]) == ["n2@localhost"] && sessions == 1 {
+        let sessions = sessions(&n1);
+        if names(&info["unavailableNodes"]) == ["n2@localhost"] && sessions == Some(1) {
             Ok(())
         } else {
-            Err(format!("unavailable {:?}, sessions {sessions}", names(&info["unavailableNodes"])))
+            Err(format!("unavailable {:?}, sessions {sessions:?}", names(&info["unavailableNodes"])))
         }
     });
     eprintln!("dropped within {:?}", killed.elapsed());
@@ -294,6 +306,35 @@ fn killed_node_is_dropped_and_replaced() {
         }
     });
     chat_across(&n3, &n1);
+}
+
+/// A node that hangs rather than dies: stanzas handed to its link before it is
+/// declared silent were written to a socket nobody reads. The peer never
+/// acknowledged them, so when the link ends they are routed again and stored offline
+/// (regression: 2 of 6 such messages were lost without a word, found by a breaker).
+#[test]
+fn messages_to_a_frozen_node_are_stored_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::Sqlite(dir.path().join("shared.db"));
+    let (n1, mut n2, mut alice, _bob) = alice_here_bob_there(dir.path(), &db, ["f1@localhost", "f2@localhost"]);
+    n2.freeze();
+    for n in 0..3 {
+        alice.send(&format!("<message to='bob@localhost' type='chat' id='f{n}'><body>frozen {n}</body></message>"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    if let Some(reply) = alice.next_within(Duration::from_millis(500)) {
+        panic!("nothing should come back: {reply}");
+    }
+    wait_for(Duration::from_secs(8), "f2's sessions dropped", || match sessions(&n1) {
+        Some(1) => Ok(()),
+        other => Err(format!("{other:?} sessions")),
+    });
+    let mut bob = Client::login(n1.c2s, "bob", "secret", "b2");
+    bob.presence();
+    for n in 0..3 {
+        assert!(bob.expect(&format!("frozen {n}")).contains("urn:xmpp:delay"));
+    }
+    n2.kill();
 }
 
 /// The same cluster on PostgreSQL (a fresh database on the local server), with the

@@ -165,3 +165,55 @@ fn byte_by_byte_input() {
     }
     assert_eq!(keys, vec![0, 1, 2, 3, 4]);
 }
+
+/// The peer acknowledges the Route and Deliver frames it took, cumulatively, once per
+/// read; the owner reports each acknowledged stanza once. Other frames are not counted.
+#[test]
+fn stanzas_are_acknowledged() {
+    let now = Instant::now();
+    let (a, b) = (settings("a", 1, b"s"), settings("b", 2, b"s"));
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    owner.send(&Frame::SnapshotBegin).unwrap();
+    owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
+    owner.send(&Frame::Deliver { account: "x@y", stanza: b"<message/>" }).unwrap();
+    owner.send(&Frame::Put { table: Table::Session, key: b"k", value: b"v" }).unwrap();
+    assert_eq!(owner.unacked(), 2);
+    // Nothing reached the peer yet: nothing is acknowledged.
+    assert_eq!(owner.take_acked(), 0);
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    assert_eq!((owner.take_acked(), owner.unacked()), (2, 0));
+    assert_eq!(owner.take_acked(), 0);
+    owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<iq/>" }).unwrap();
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    assert_eq!((owner.take_acked(), owner.unacked()), (1, 0));
+}
+
+/// A stanza the peer never read stays unacknowledged (the shell routes it again when
+/// the link ends); an ack for more than was sent, or going backwards, ends the link.
+#[test]
+fn unread_stanzas_stay_unacknowledged_and_false_acks_are_errors() {
+    let now = Instant::now();
+    let (a, b) = (settings("a", 1, b"s"), settings("b", 2, b"s"));
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
+    let written = owner.transmit().len();
+    owner.transmitted(written, now);
+    // The peer hangs: the bytes are on the wire, no ack comes.
+    assert_eq!((owner.take_acked(), owner.unacked()), (0, 1));
+    let mut ack = Vec::new();
+    Frame::Ack { stanzas: 2 }.encode(&mut ack);
+    assert!(matches!(owner.handle_input(&a, &ack, now), Err(LinkError::Unexpected(_))));
+
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    let mut backwards = Vec::new();
+    Frame::Ack { stanzas: 0 }.encode(&mut backwards);
+    assert!(matches!(owner.handle_input(&a, &backwards, now), Err(LinkError::Unexpected(_))));
+}

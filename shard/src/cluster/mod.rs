@@ -306,13 +306,15 @@ fn nonce(core: &Core) -> [u8; 32] {
 /// Keeps one out-link up, reconnecting with backoff, until it is stopped.
 async fn run_link(core: Rc<Core>, link: Rc<Link>, address: SocketAddr) {
     let mut backoff = RECONNECT_MIN;
+    // Stanzas sent on the current connection and not yet acknowledged by the peer.
+    let mut unacked: VecDeque<Outgoing> = VecDeque::new();
     while !link.stop.get() && !core.stopping.get() {
         let connected =
             glommio::timer::timeout(Duration::from_secs(3), async { Ok(TcpStream::connect(address).await) }).await;
         if let Ok(Ok(stream)) = connected {
             let _ = stream.set_nodelay(true);
             let started = Instant::now();
-            match crate::contain::wait(&core, "a replication link", drive(&core, &link, stream)).await {
+            match crate::contain::wait(&core, "a replication link", drive(&core, &link, stream, &mut unacked)).await {
                 Ok(Ok(())) | Err(()) => {}
                 Ok(Err(reason)) => log::info!("cluster: link to {} closed: {reason}", link.peer.name),
             }
@@ -322,9 +324,13 @@ async fn run_link(core: Rc<Core>, link: Rc<Link>, address: SocketAddr) {
         }
         link.established.set(false);
         link.overflowed.set(false);
-        link.queue.borrow_mut().clear();
+        // What the peer never acknowledged, then what never left this node, is
+        // routed again now that the peer is unreachable (offline storage, another
+        // resource, or an error to its sender), never dropped.
+        let queued: Vec<Outgoing> = link.queue.borrow_mut().drain(..).collect();
         link.queued_bytes.set(0);
         link.valve.set(false);
+        reroute(&core, &link.peer.name, unacked.drain(..).chain(queued));
         if link.stop.get() {
             break;
         }
@@ -333,8 +339,45 @@ async fn run_link(core: Rc<Core>, link: Rc<Link>, address: SocketAddr) {
     }
 }
 
-/// One connection's life: handshake, snapshot, then changes and routes.
-async fn drive(core: &Rc<Core>, link: &Link, mut stream: TcpStream) -> Result<(), String> {
+/// Routes again, on this core, the stanzas a link to `peer` ended with: sent and
+/// unacknowledged, or still queued. Table changes and module events are not
+/// repeated (the next link starts from a snapshot). Presence is state and is not
+/// repeated; a message the server made for its recipient (from the recipient's own
+/// bare JID: carbons copies) is not routed again; everything else is delivered anew
+/// by RFC 6121 section 8.5, with the peer now unreachable.
+fn reroute(core: &Core, peer: &str, items: impl Iterator<Item = Outgoing>) {
+    let mut rerouted = 0;
+    for item in items {
+        let (recipient, stanza) = match &item {
+            Outgoing::Route { recipient, stanza } => (&**recipient, stanza),
+            Outgoing::Deliver { account, stanza } => (&**account, stanza),
+            Outgoing::Put { .. } | Outgoing::Remove { .. } | Outgoing::Event { .. } => continue,
+        };
+        let Ok(parsed) = starling_wire::stanza::Stanza::parse(stanza) else { continue };
+        let own_bare = recipient.split('/').next().unwrap_or(recipient);
+        let from_own_bare = parsed.from.and_then(|f| f.value()).is_some_and(|from| from == own_bare);
+        match parsed.kind {
+            starling_wire::stanza::StanzaKind::Presence => continue,
+            starling_wire::stanza::StanzaKind::Message if from_own_bare => continue,
+            _ => {}
+        }
+        rerouted += 1;
+        crate::router::deliver(core, stanza);
+    }
+    if rerouted > 0 {
+        log::info!("cluster: the link to {peer} ended with {rerouted} stanzas unacknowledged; routed again");
+        core.count("stanzas_rerouted", rerouted);
+    }
+}
+
+/// One connection's life: handshake, snapshot, then changes and routes. Route and
+/// Deliver items sent wait in `unacked` until the peer acknowledges them.
+async fn drive(
+    core: &Rc<Core>,
+    link: &Link,
+    mut stream: TcpStream,
+    unacked: &mut VecDeque<Outgoing>,
+) -> Result<(), String> {
     // Invariant: links exist only on cores with clustering on.
     let cluster = core.cluster.as_ref().expect("clustering on");
     let epoch = cluster.next_epoch.get() + 1;
@@ -373,11 +416,7 @@ async fn drive(core: &Rc<Core>, link: &Link, mut stream: TcpStream) -> Result<()
             let mut queue = link.queue.borrow_mut();
             while out.room() > 4096 {
                 let Some(item) = queue.pop_front() else { break };
-                link.queued_bytes.set(link.queued_bytes.get().saturating_sub(item.bytes()));
-                if link.queued_bytes.get() <= LINK_QUEUE_BYTES_MAX {
-                    link.valve.set(false);
-                }
-                let _ = match &item {
+                let sent = match &item {
                     Outgoing::Put { key, value } => {
                         out.send(&Frame::Put { table: Table::Session, key: key.as_bytes(), value })
                     }
@@ -388,6 +427,18 @@ async fn drive(core: &Rc<Core>, link: &Link, mut stream: TcpStream) -> Result<()
                         out.send(&Frame::Event { module, account, payload })
                     }
                 };
+                if sent.is_err() {
+                    // No room after all: it stays first in line.
+                    queue.push_front(item);
+                    break;
+                }
+                link.queued_bytes.set(link.queued_bytes.get().saturating_sub(item.bytes()));
+                if link.queued_bytes.get() <= LINK_QUEUE_BYTES_MAX {
+                    link.valve.set(false);
+                }
+                if matches!(item, Outgoing::Route { .. } | Outgoing::Deliver { .. }) {
+                    unacked.push_back(item);
+                }
             }
         }
         let wake = wait(core, link, &mut stream, &mut out, snapshot.is_some()).await?;
@@ -407,6 +458,9 @@ async fn drive(core: &Rc<Core>, link: &Link, mut stream: TcpStream) -> Result<()
                 }
                 Ok(None) => {}
                 Err(error) => return Err(error.to_string()),
+            }
+            for _ in 0..out.take_acked() {
+                unacked.pop_front();
             }
         }
         out.handle_timeout(now).map_err(|e| e.to_string())?;
