@@ -5,9 +5,11 @@
 //!
 //! Unlike a running node, a panic here is not contained: the fuzzer must see it.
 
+use std::future::Future;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use starling_wire::framer::{Frame, Framer};
 use starling_wire::limits::FramerLimits;
@@ -25,12 +27,59 @@ const HEADER: &[u8] =
 /// How long one input may wait for storage replies and background work.
 const SETTLE: Duration = Duration::from_secs(2);
 
+/// How often the nudge thread wakes a harness wait (see [`Nudge`]).
+const NUDGE_EVERY: Duration = Duration::from_millis(50);
+
+/// A thread that wakes the harness's current wait every [`NUDGE_EVERY`], so that the
+/// wait's timer is polled again even if the executor missed its wakeup.
+///
+/// Why: the first one-hour run of the `core` target sat for minutes at 0% CPU in a
+/// 5 ms `glommio::timer::sleep` after an input the framer refused at once: the
+/// executor was parked in `io_uring_enter` with the timer expired and nothing else
+/// pending (one input in about 40,000; a second run of 150,000 and a standalone loop
+/// of 200,000 sleeps did not repeat it). On a node such a timer would be late only
+/// until the next socket event; the harness has no sockets. A sleep that took a nudge's time is
+/// reported on stderr, so runs still show how often it happens.
+struct Nudge {
+    waker: Arc<Mutex<Option<Waker>>>,
+}
+
+impl Nudge {
+    fn start() -> Nudge {
+        let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let slot = waker.clone();
+        // Invariant: a thread can be started while the fuzz process starts.
+        std::thread::Builder::new()
+            .name("fuzz-nudge".into())
+            .spawn(move || loop {
+                std::thread::sleep(NUDGE_EVERY);
+                let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(waker) = taken {
+                    waker.wake();
+                }
+            })
+            .expect("a nudge thread");
+        Nudge { waker }
+    }
+
+    /// `future`, with its waker handed to the nudge thread on every poll.
+    async fn wait<T>(&self, future: impl Future<Output = T>) -> T {
+        let mut future = std::pin::pin!(future);
+        std::future::poll_fn(|cx| {
+            *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            future.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
 /// One core on the current thread with sessions `fuzz@localhost/a` (the sender) and
 /// `peer@localhost/b` bound.
 pub struct CoreHarness {
     executor: glommio::LocalExecutor,
     core: Rc<Core>,
     mailboxes: Vec<Rc<Mailbox>>,
+    nudge: Rc<Nudge>,
 }
 
 impl CoreHarness {
@@ -63,7 +112,7 @@ impl CoreHarness {
             }
             (core, mailboxes)
         });
-        CoreHarness { executor, core, mailboxes }
+        CoreHarness { executor, core, mailboxes, nudge: Rc::new(Nudge::start()) }
     }
 
     /// Hands `element` to the modules as an inline enable of a Bind 2 request from
@@ -109,6 +158,7 @@ impl CoreHarness {
         let core = self.core.clone();
         let mailboxes = self.mailboxes.clone();
         let input = input.to_vec();
+        let nudge = self.nudge.clone();
         self.executor.run(async move {
             // Invariant: constant, valid JID.
             let jid = "fuzz@localhost/a".parse().expect("a valid JID");
@@ -121,7 +171,7 @@ impl CoreHarness {
                 let element = element.to_vec();
                 match crate::session::handle_element(&core, &mut state, &element) {
                     Ok(Some(pending)) => {
-                        let reply = glommio::timer::timeout(SETTLE, async { Ok(pending.await) }).await;
+                        let reply = nudge.wait(glommio::timer::timeout(SETTLE, async { Ok(pending.await) })).await;
                         state.out.extend_from_slice(&reply.unwrap_or_default());
                     }
                     Ok(None) => {}
@@ -130,7 +180,12 @@ impl CoreHarness {
                 core.take_congestion();
             }
             // Background work (storage writes, the archive writer) gets its turn.
-            glommio::timer::sleep(Duration::from_millis(5)).await;
+            let asleep = Instant::now();
+            nudge.wait(glommio::timer::sleep(Duration::from_millis(5))).await;
+            if asleep.elapsed() >= NUDGE_EVERY {
+                // Woken by the nudge (or the machine is very busy).
+                eprintln!("fuzz harness: a 5 ms sleep took {:?}; the executor missed its timer?", asleep.elapsed());
+            }
             let mut out = std::mem::take(&mut state.out);
             for mailbox in &mailboxes {
                 mailbox.drain_into(&mut out, usize::MAX, usize::MAX);
