@@ -112,9 +112,9 @@ struct Binding {
 }
 
 /// The namespace name the `xml` prefix is bound to (Namespaces in XML 1.0, section 3).
-const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
+const XML_NAMESPACE: &[u8] = b"http://www.w3.org/XML/1998/namespace";
 /// The namespace name of `xmlns` itself, which nothing may be bound to.
-const XMLNS_NAMESPACE: &str = "http://www.w3.org/2000/xmlns/";
+const XMLNS_NAMESPACE: &[u8] = b"http://www.w3.org/2000/xmlns/";
 
 /// Per-unit stacks; empty between units, capacity kept for the next one.
 #[derive(Debug, Default)]
@@ -202,7 +202,7 @@ fn step(framer: &mut Framer, data: &[u8], at: usize) -> Result<Next, FramerError
             if end == data.len() {
                 return Ok(Next::Continue(end));
             }
-            attribute_name(framer, data, start as usize, end)?;
+            attribute_name(framer, data, start as usize, end, None)?;
             framer.lex = Lex::ExpectEquals;
             Ok(Next::Continue(end))
         }
@@ -368,7 +368,8 @@ fn whole_attribute(framer: &mut Framer, data: &[u8], start: usize) -> Result<Opt
     if data[stop] != quote {
         return Ok(None);
     }
-    attribute_name(framer, data, start, name_end)?;
+    let value = ValueSpan { start: value_start as u32, end: stop as u32 };
+    attribute_name(framer, data, start, name_end, Some(value))?;
     framer.lex = Lex::InTag { spaced: false };
     Ok(Some(stop + 1))
 }
@@ -376,7 +377,15 @@ fn whole_attribute(framer: &mut Framer, data: &[u8], start: usize) -> Result<Opt
 /// An attribute name is complete: check it, count it, reject duplicates, and record
 /// namespace prefix declarations.
 #[inline(always)]
-fn attribute_name(framer: &mut Framer, data: &[u8], start: usize, end: usize) -> Result<(), FramerError> {
+/// `value` is the attribute's raw value when the fast path has seen it whole; a
+/// namespace declaration is then checked at once, else when its tag ends.
+fn attribute_name(
+    framer: &mut Framer,
+    data: &[u8],
+    start: usize,
+    end: usize,
+    value: Option<ValueSpan>,
+) -> Result<(), FramerError> {
     let name = &data[start..end];
     let (prefix, local) = split_qname(name)?;
     let stacks = &mut framer.stacks;
@@ -388,21 +397,42 @@ fn attribute_name(framer: &mut Framer, data: &[u8], start: usize, end: usize) ->
     }
     stacks.attributes.push(Span::new(start, end));
     match prefix {
-        None => stacks.declares |= name == b"xmlns",
+        None if name == b"xmlns" => declaration(stacks, data, None, value),
+        None => Ok(()),
         Some(b"xmlns") => {
             if local == b"xmlns" {
                 return Err(FramerError::Syntax(Syntax::InvalidName));
             }
-            let local_start = end - local.len();
-            stacks.prefixes.push(Binding { prefix: Span::new(local_start, end), uri: ValueSpan::default() });
-            stacks.declares = true;
+            declaration(stacks, data, Some(Span::new(end - local.len(), end)), value)
         }
         Some(_) => {
             stacks.prefixed = true;
             stacks.prefixed_attributes += 1;
+            Ok(())
         }
     }
-    Ok(())
+}
+
+/// A namespace declaration (`xmlns`, or `xmlns:` + `prefix`): records a prefix
+/// binding and checks the value now if the fast path saw it, else when the tag ends.
+/// Kept out of line: the lexer's hot loop only tests for the name.
+#[inline(never)]
+fn declaration(
+    stacks: &mut Stacks,
+    data: &[u8],
+    prefix: Option<Span>,
+    value: Option<ValueSpan>,
+) -> Result<(), FramerError> {
+    if let Some(prefix) = prefix {
+        stacks.prefixes.push(Binding { prefix, uri: value.unwrap_or_default() });
+    }
+    match value {
+        Some(value) => check_declaration(prefix.map(|p| p.of(data)), value.of(data)),
+        None => {
+            stacks.declares = true;
+            Ok(())
+        }
+    }
 }
 
 #[inline(always)]
@@ -514,9 +544,17 @@ fn raw_value(data: &[u8], name_end: usize) -> Option<ValueSpan> {
     Some(ValueSpan { start: start as u32, end: (start + length) as u32 })
 }
 
-/// A raw attribute value with its references resolved.
-fn decoded(raw: &[u8]) -> Result<std::borrow::Cow<'_, str>, FramerError> {
-    crate::xml::unescape(raw).ok_or(FramerError::Syntax(Syntax::InvalidReference))
+/// A namespace name as written, with its references resolved. Bytes that do not
+/// decode are compared as they are: the lexer and the UTF-8 check refuse them anyway,
+/// with the same error however the input was split into reads.
+fn namespace_name(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !raw.contains(&b'&') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    match crate::xml::unescape(raw) {
+        Some(text) => std::borrow::Cow::Owned(text.into_owned().into_bytes()),
+        None => std::borrow::Cow::Borrowed(raw),
+    }
 }
 
 /// The current tag's namespace declarations (Namespaces in XML 1.0, section 3 and
@@ -537,16 +575,7 @@ fn check_declarations(framer: &mut Framer, data: &[u8]) -> Result<(), FramerErro
             _ => continue,
         };
         let span = raw_value(data, attribute.start as usize + attribute.len as usize).ok_or(reserved)?;
-        let uri = decoded(span.of(data))?;
-        let uri = uri.as_ref();
-        match local {
-            None if uri == XML_NAMESPACE || uri == XMLNS_NAMESPACE => return Err(reserved),
-            None => {}
-            Some(b"xml") if uri != XML_NAMESPACE => return Err(reserved),
-            Some(b"xml") => {}
-            Some(_) if uri.is_empty() || uri == XML_NAMESPACE || uri == XMLNS_NAMESPACE => return Err(reserved),
-            Some(_) => {}
-        }
+        check_declaration(local, span.of(data))?;
         if local.is_some() {
             if let Some(slot) = stacks.prefixes.get_mut(binding) {
                 slot.uri = span;
@@ -557,24 +586,45 @@ fn check_declarations(framer: &mut Framer, data: &[u8]) -> Result<(), FramerErro
     Ok(())
 }
 
+/// One namespace declaration: `local` is the declared prefix (`None` for the default
+/// namespace), `raw` the value as written. See [`check_declarations`].
+fn check_declaration(local: Option<&[u8]>, raw: &[u8]) -> Result<(), FramerError> {
+    let reserved = FramerError::Syntax(Syntax::ReservedNamespace);
+    // A reference only makes a value shorter, so a raw value shorter than both
+    // reserved names is neither (the common case: `jabber:client`, `urn:xmpp:ping`).
+    if raw.len() < XMLNS_NAMESPACE.len() && local != Some(b"xml") {
+        return if local.is_some() && raw.is_empty() { Err(reserved) } else { Ok(()) };
+    }
+    let uri = namespace_name(raw);
+    let uri = uri.as_ref();
+    match local {
+        None if uri == XML_NAMESPACE || uri == XMLNS_NAMESPACE => Err(reserved),
+        None => Ok(()),
+        Some(b"xml") if uri != XML_NAMESPACE => Err(reserved),
+        Some(b"xml") => Ok(()),
+        Some(_) if uri.is_empty() || uri == XML_NAMESPACE || uri == XMLNS_NAMESPACE => Err(reserved),
+        Some(_) => Ok(()),
+    }
+}
+
 /// No two attributes of the current tag may have the same local name and namespace
 /// once prefixes are resolved (Namespaces in XML 1.0, section 6.3): `p:a` and `q:a`
 /// with `p` and `q` bound to one namespace are the same attribute twice.
 fn check_expanded_names(framer: &Framer, data: &[u8]) -> Result<(), FramerError> {
     let stacks = &framer.stacks;
-    let resolve = |prefix: &[u8]| -> Result<std::borrow::Cow<'_, str>, FramerError> {
+    let resolve = |prefix: &[u8]| -> std::borrow::Cow<'_, [u8]> {
         match stacks.prefixes.iter().rev().find(|binding| binding.prefix.of(data) == prefix) {
-            Some(binding) => decoded(binding.uri.of(data)),
-            None if prefix == b"xml" => Ok(XML_NAMESPACE.into()),
+            Some(binding) => namespace_name(binding.uri.of(data)),
+            None if prefix == b"xml" => XML_NAMESPACE.into(),
             // The stream's own prefix (checked in scope by `check_prefixes`).
-            None => Ok("http://etherx.jabber.org/streams".into()),
+            None => b"http://etherx.jabber.org/streams".as_slice().into(),
         }
     };
     let mut expanded = Vec::new();
     for attribute in &stacks.attributes {
         if let (Some(prefix), local) = split_qname(attribute.of(data))? {
             if prefix != b"xmlns" {
-                let namespace = resolve(prefix)?;
+                let namespace = resolve(prefix);
                 if expanded.iter().any(|(l, n)| *l == local && *n == namespace) {
                     return Err(FramerError::Syntax(Syntax::DuplicateAttribute));
                 }

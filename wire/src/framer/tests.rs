@@ -408,3 +408,17 @@ fn stale_buffer_bytes_are_not_reparsed() {
     let got = frames_of(FramerLimits::DEFAULT, &[head.as_bytes(), rest.as_bytes(), b"<", b"a/>"]).unwrap();
     assert_eq!(got, vec![Owned::Header(HEADER.as_bytes().to_vec()), element("<iq/>"), element("<a/>")]);
 }
+
+/// Regression (found by `mutations_agree_across_chunkings`): a namespace name with a
+/// byte that is not UTF-8 was refused at once when its attribute arrived whole
+/// (invalid-reference) but with a later lexing error when it arrived in pieces. The
+/// check compares bytes now, so the error does not depend on how reads split.
+#[test]
+fn a_namespace_check_gives_the_same_error_however_reads_split() {
+    let mut text = HEADER.as_bytes().to_vec();
+    text.extend_from_slice(b"<m><x xmlns:p='http://jabber.org/protocol/chat\x80states' l/></m>");
+    let whole = frames_of(FramerLimits::for_tests(), &[&text]).unwrap_err();
+    let chunks: Vec<&[u8]> = text.chunks(1).collect();
+    assert_eq!(frames_of(FramerLimits::for_tests(), &chunks).unwrap_err(), whole);
+    assert_eq!(whole, FramerError::Syntax(Syntax::UnexpectedByte(b'/')));
+}
