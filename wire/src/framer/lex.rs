@@ -414,7 +414,8 @@ fn attribute_name(
 }
 
 /// A namespace declaration (`xmlns`, or `xmlns:` + `prefix`): records a prefix
-/// binding and checks the value now if the fast path saw it, else when the tag ends.
+/// binding and checks the value now if the fast path saw it; the tag's end checks
+/// the rest (see [`check_declarations`]).
 /// Kept out of line: the lexer's hot loop only tests for the name.
 #[inline(never)]
 fn declaration(
@@ -426,13 +427,12 @@ fn declaration(
     if let Some(prefix) = prefix {
         stacks.prefixes.push(Binding { prefix, uri: value.unwrap_or_default() });
     }
-    match value {
-        Some(value) => check_declaration(prefix.map(|p| p.of(data)), value.of(data)),
-        None => {
-            stacks.declares = true;
-            Ok(())
-        }
-    }
+    // A value seen whole that passes needs nothing more. Anything else (a value
+    // lexed in pieces, or one that fails) is judged when the tag ends, so that the
+    // error does not depend on how the input was split into reads.
+    let passes = value.is_some_and(|value| check_declaration(prefix.map(|p| p.of(data)), value.of(data)).is_ok());
+    stacks.declares |= !passes;
+    Ok(())
 }
 
 #[inline(always)]
@@ -590,12 +590,16 @@ fn check_declarations(framer: &mut Framer, data: &[u8]) -> Result<(), FramerErro
 /// namespace), `raw` the value as written. See [`check_declarations`].
 fn check_declaration(local: Option<&[u8]>, raw: &[u8]) -> Result<(), FramerError> {
     let reserved = FramerError::Syntax(Syntax::ReservedNamespace);
-    // A reference only makes a value shorter, so a raw value shorter than both
-    // reserved names is neither (the common case: `jabber:client`, `urn:xmpp:ping`).
-    if raw.len() < XMLNS_NAMESPACE.len() && local != Some(b"xml") {
-        return if local.is_some() && raw.is_empty() { Err(reserved) } else { Ok(()) };
-    }
-    let uri = namespace_name(raw);
+    // One pass for the common case: no reference and nothing a URI may not hold.
+    let uri = if raw.iter().all(|&b| uri_byte(b) && b != b'&') {
+        std::borrow::Cow::Borrowed(raw)
+    } else {
+        let uri = namespace_name(raw);
+        if !uri.iter().all(|&b| uri_byte(b)) {
+            return Err(FramerError::Syntax(Syntax::NamespaceName));
+        }
+        uri
+    };
     let uri = uri.as_ref();
     match local {
         None if uri == XML_NAMESPACE || uri == XMLNS_NAMESPACE => Err(reserved),
@@ -605,6 +609,18 @@ fn check_declaration(local: Option<&[u8]>, raw: &[u8]) -> Result<(), FramerError
         Some(_) if uri.is_empty() || uri == XML_NAMESPACE || uri == XMLNS_NAMESPACE => Err(reserved),
         Some(_) => Ok(()),
     }
+}
+
+/// Whether `b` may appear in a namespace name: a URI or IRI reference (RFC 3986
+/// section 2, RFC 3987 section 2.2) has no controls, spaces, `"`, `<`, `>`, `\`,
+/// `^`, backquotes, `{`, `|` or `}`. Real
+/// parsers draw lines here: expat refuses its namespace separator inside a name
+/// (`}` for Python's ElementTree, since CVE-2022-25236), and normalises whitespace
+/// in values before comparing names; a name with either passed our checks and
+/// failed theirs (found by a breaker with slixmpp). UTF-8 bytes (IRIs) are fine.
+#[inline(always)]
+fn uri_byte(b: u8) -> bool {
+    b > b' ' && b != 0x7f && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}')
 }
 
 /// No two attributes of the current tag may have the same local name and namespace

@@ -99,6 +99,9 @@ pub enum Syntax {
     /// another prefix or the default namespace bound to the `xml` or `xmlns`
     /// namespace, or a prefix bound to the empty name.
     ReservedNamespace,
+    /// A namespace name no URI reference could be: a control, a space, `"`, `<`, `>`,
+    /// `\`, `^`, a backquote, `{`, `|` or `}` (RFC 3986 section 2).
+    NamespaceName,
     /// An entity or character reference that is malformed or not a character.
     InvalidReference,
     /// Non-whitespace text between top-level elements.

@@ -179,6 +179,16 @@ fn refuses_what_namespaces_in_xml_forbids() {
         ("<m><x xmlns='http://www.w3.org/2000/xmlns/'/></m>", Syntax::ReservedNamespace),
         ("<m><x xmlns:p='http://www.w3.org/2000/xmlns/'/></m>", Syntax::ReservedNamespace),
         ("<m><x xmlns:p = 'http://www.w3.org/XML/1998/namespac&#101;'/></m>", Syntax::ReservedNamespace),
+        // Regressions (found by a breaker with slixmpp): expat refuses its namespace
+        // separator (`}` in ElementTree) inside a name, and compares names after
+        // whitespace normalisation, so `urn:a b` and `urn:a&#10;b` were one
+        // namespace to it and two to us.
+        ("<m><x xmlns='urn:a}b'/></m>", Syntax::NamespaceName),
+        ("<m><x xmlns:p='urn:&#125;' p:a='1'/></m>", Syntax::NamespaceName),
+        ("<m><x xmlns:p='urn:a b' xmlns:q='urn:a&#10;b' p:a='1' q:a='2'/></m>", Syntax::NamespaceName),
+        ("<m><x xmlns:p='urn:a\tb'/></m>", Syntax::NamespaceName),
+        ("<m><x xmlns='urn:a&#9;b'/></m>", Syntax::NamespaceName),
+        ("<m xmlns='urn:{x}'/>", Syntax::NamespaceName),
     ];
     for (body, syntax) in cases {
         assert_eq!(error_of(body), FramerError::Syntax(*syntax), "{body}");
@@ -194,6 +204,7 @@ fn refuses_what_namespaces_in_xml_forbids() {
         "<m><x xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='en'/></m>",
         "<m xmlns:p='u'><x xmlns:p='v' xmlns:q='u' p:a='1' q:a='2'/></m>",
         "<m><x xmlns=''/></m>",
+        "<m><x xmlns='urn:\u{e4}:caf\u{e9}?a=1&amp;b=%20#f'/></m>",
         "<m xml:lang='en'><x xmlns:p='u' p:lang='de' xml:lang='fr'/></m>",
     ] {
         let got = frames(&format!("{HEADER}{body}")).unwrap_or_else(|e| panic!("{body}: {e}"));
