@@ -440,6 +440,12 @@ impl InLink {
         now: Instant,
         sink: &mut dyn FnMut(InEvent<'_>),
     ) -> Result<(), LinkError> {
+        if self.is_established() && now.duration_since(self.pipe.last_heard) >= LINK_DEAD_AFTER {
+            // We heard nothing for as long as the owner waits before it gives up on
+            // us (we were frozen, or not reading): it has routed its unacknowledged
+            // stanzas again, so these bytes must not be delivered a second time.
+            return Err(LinkError::Silent);
+        }
         self.pipe.last_heard = now;
         let mut reader = std::mem::take(&mut self.reader);
         let result = reader.frames(input, |frame| self.on_frame(settings, frame, sink));

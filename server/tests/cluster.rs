@@ -134,6 +134,12 @@ impl Node {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
     }
+
+    /// SIGCONT: a frozen node carries on, with whatever waited in its sockets.
+    fn thaw(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
 }
 
 impl Drop for Node {
@@ -312,11 +318,13 @@ fn killed_node_is_dropped_and_replaced() {
 /// declared silent were written to a socket nobody reads. The peer never
 /// acknowledged them, so when the link ends they are routed again and stored offline
 /// (regression: 2 of 6 such messages were lost without a word, found by a breaker).
+/// When the frozen node wakes, it does not deliver them a second time from its socket
+/// (regression: every message of the freeze arrived twice, found by a breaker).
 #[test]
 fn messages_to_a_frozen_node_are_stored_not_lost() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::Sqlite(dir.path().join("shared.db"));
-    let (n1, mut n2, mut alice, _bob) = alice_here_bob_there(dir.path(), &db, ["f1@localhost", "f2@localhost"]);
+    let (n1, mut n2, mut alice, mut old_bob) = alice_here_bob_there(dir.path(), &db, ["f1@localhost", "f2@localhost"]);
     n2.freeze();
     for n in 0..3 {
         alice.send(&format!("<message to='bob@localhost' type='chat' id='f{n}'><body>frozen {n}</body></message>"));
@@ -333,6 +341,17 @@ fn messages_to_a_frozen_node_are_stored_not_lost() {
     bob.presence();
     for n in 0..3 {
         assert!(bob.expect(&format!("frozen {n}")).contains("urn:xmpp:delay"));
+    }
+    n2.thaw();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for _ in 0..100 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if let Some(frame) = old_bob.next_within(left) {
+            assert!(!frame.contains("frozen"), "delivered twice: {frame}");
+        }
     }
     n2.kill();
 }

@@ -217,3 +217,35 @@ fn unread_stanzas_stay_unacknowledged_and_false_acks_are_errors() {
     Frame::Ack { stanzas: 0 }.encode(&mut backwards);
     assert!(matches!(owner.handle_input(&a, &backwards, now), Err(LinkError::Unexpected(_))));
 }
+
+/// Regression (found by a breaker): a peer frozen past the owner's patience woke up,
+/// read the stanzas waiting in its socket and delivered them, after the owner had
+/// already routed them again (every message of the freeze arrived twice, an IQ was
+/// both refused and run). A peer that has heard nothing for `LINK_DEAD_AFTER` ends
+/// the link without taking what was waiting.
+#[test]
+fn a_peer_that_was_silent_too_long_takes_nothing_more() {
+    let now = Instant::now();
+    let (a, b) = (settings("a", 1, b"s"), settings("b", 2, b"s"));
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
+    let bytes = owner.transmit().to_vec();
+    owner.transmitted(bytes.len(), now);
+    let later = now + LINK_DEAD_AFTER + Duration::from_millis(1);
+    let mut taken = 0;
+    let result = peer.handle_input(&b, &bytes, later, &mut |_| taken += 1);
+    assert_eq!(result, Err(LinkError::Silent));
+    assert_eq!((taken, owner.unacked()), (0, 1));
+    // Within the limit the same bytes are taken and acknowledged.
+    let mut peer = InLink::new([2; 32], now);
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
+    let bytes = owner.transmit().to_vec();
+    owner.transmitted(bytes.len(), now);
+    let soon = now + LINK_DEAD_AFTER - Duration::from_millis(1);
+    peer.handle_input(&b, &bytes, soon, &mut |_| taken += 1).unwrap();
+    assert_eq!(taken, 1);
+}
