@@ -4,7 +4,9 @@
 //! Bytes arrive in any chunking. The framer yields, in order: the stream header (its
 //! start tag), then each top-level element as one contiguous slice, then the stream
 //! close. It checks well-formedness in the same pass: balanced tags, attribute syntax
-//! and uniqueness, declared namespace prefixes, UTF-8, the five predefined entities and
+//! and uniqueness (also after namespace resolution), declared namespace prefixes and
+//! Namespaces in XML's other constraints, ASCII names (a deliberate subset of XML's,
+//! see `scan::CLASS`), UTF-8, the five predefined entities and
 //! character references only, and no comments, processing instructions or DTDs
 //! (RFC 6120 section 11.1). Limits ([`FramerLimits`]) are enforced before more bytes
 //! are buffered.

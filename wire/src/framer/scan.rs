@@ -87,14 +87,17 @@ const NAME_START: u8 = 1;
 const NAME: u8 = 2;
 const SPACE: u8 = 4;
 
-/// Byte classes for names and whitespace. Bytes 0x80 and up count as name characters;
-/// whether they form valid UTF-8 is checked once per element, not here.
+/// Byte classes for names and whitespace. Names are ASCII: every XMPP schema's are,
+/// and of the non-ASCII names XML allows, the parsers clients use (expat, with its
+/// older XML 1.0 name tables) refuse many (`U+00B7` or `U+0300` first, `U+037E`,
+/// `U+2000`, anything above `U+FFFF`). A breaker sent such names through us to cut
+/// slixmpp recipients; refusing every non-ASCII name byte closes the whole class.
 static CLASS: [u8; 256] = {
     let mut table = [0u8; 256];
     let mut b = 0usize;
     while b < 256 {
         let c = b as u8;
-        let start = c.is_ascii_alphabetic() || c == b'_' || c == b':' || c >= 0x80;
+        let start = c.is_ascii_alphabetic() || c == b'_' || c == b':';
         let rest = start || c.is_ascii_digit() || c == b'-' || c == b'.';
         let space = c == b' ' || c == b'\t' || c == b'\n' || c == b'\r';
         table[b] = (start as u8 * NAME_START) | (rest as u8 * NAME) | (space as u8 * SPACE);

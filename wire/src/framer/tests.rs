@@ -152,6 +152,14 @@ fn refuses_malformed_xml() {
         ("<a:/>", Syntax::InvalidName),
         ("<a:b:c xmlns:a='x'/>", Syntax::InvalidName),
         ("<1a/>", Syntax::UnexpectedByte(b'1')),
+        // Regression (found by a breaker): non-ASCII names, which expat in slixmpp
+        // refuses in part, were forwarded. Names are ASCII now.
+        ("<m><x\u{2000} xmlns='urn:a'/></m>", Syntax::UnexpectedByte(0xE2)),
+        ("<m><\u{b7}x/></m>", Syntax::UnexpectedByte(0xC2)),
+        ("<m><x a\u{d7}='1'/></m>", Syntax::UnexpectedByte(0xC3)),
+        ("<m><\u{e9}/></m>", Syntax::UnexpectedByte(0xC3)),
+        ("<m><x \u{300}a='1'/></m>", Syntax::UnexpectedByte(0xCC)),
+        ("<m><x\u{10000}/></m>", Syntax::UnexpectedByte(0xF0)),
     ];
     for (body, syntax) in cases {
         assert_eq!(error_of(body), FramerError::Syntax(*syntax), "{body}");
