@@ -16,11 +16,7 @@ fn route(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.sample_size(20);
     group.bench_function("message, core 0 to core 1 (CPU of both cores)", |b| {
-        b.iter_custom(|iterations| {
-            let count = iterations as usize;
-            let bytes = bench.client_bytes(count);
-            bench.run(bytes, count)
-        })
+        b.iter_custom(|iterations| bench.measure(iterations))
     });
     group.finish();
 }

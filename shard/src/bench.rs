@@ -100,6 +100,13 @@ impl RouteBench {
         bytes
     }
 
+    /// One criterion measurement (`iter_custom`): `iterations` messages sent and
+    /// delivered, and the CPU both cores spent on them.
+    pub fn measure(&self, iterations: u64) -> Duration {
+        let count = iterations as usize;
+        self.run(self.client_bytes(count), count)
+    }
+
     /// Routes the stanzas in `bytes` (from [`RouteBench::client_bytes`]) and waits until
     /// core 1 delivered them all. Returns the CPU time cores 0 and 1 spent.
     pub fn run(&self, bytes: Vec<u8>, count: usize) -> Duration {

@@ -166,15 +166,30 @@ fn byte_by_byte_input() {
     assert_eq!(keys, vec![0, 1, 2, 3, 4]);
 }
 
+/// An established link: owner `a` (core 0, epoch 1) to peer `b`.
+fn linked(now: Instant) -> (OutLink, InLink, LinkSettings, LinkSettings) {
+    let (a, b) = (settings("a", 1, b"s"), settings("b", 2, b"s"));
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    let mut peer = InLink::new([2; 32], now);
+    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    (owner, peer, a, b)
+}
+
+/// Sends one Route frame and returns the bytes written for it (the peer has not
+/// read them yet).
+fn written_route(owner: &mut OutLink, now: Instant) -> Vec<u8> {
+    owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
+    let bytes = owner.transmit().to_vec();
+    owner.transmitted(bytes.len(), now);
+    bytes
+}
+
 /// The peer acknowledges the Route and Deliver frames it took, cumulatively, once per
 /// read; the owner reports each acknowledged stanza once. Other frames are not counted.
 #[test]
 fn stanzas_are_acknowledged() {
     let now = Instant::now();
-    let (a, b) = (settings("a", 1, b"s"), settings("b", 2, b"s"));
-    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
-    let mut peer = InLink::new([2; 32], now);
-    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    let (mut owner, mut peer, a, b) = linked(now);
     owner.send(&Frame::SnapshotBegin).unwrap();
     owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
     owner.send(&Frame::Deliver { account: "x@y", stanza: b"<message/>" }).unwrap();
@@ -195,27 +210,22 @@ fn stanzas_are_acknowledged() {
 #[test]
 fn unread_stanzas_stay_unacknowledged_and_false_acks_are_errors() {
     let now = Instant::now();
-    let (a, b) = (settings("a", 1, b"s"), settings("b", 2, b"s"));
-    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
-    let mut peer = InLink::new([2; 32], now);
-    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
-    owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
-    let written = owner.transmit().len();
-    owner.transmitted(written, now);
+    let ack = |stanzas| {
+        let mut bytes = Vec::new();
+        Frame::Ack { stanzas }.encode(&mut bytes);
+        bytes
+    };
+    let (mut owner, _hung, a, _) = linked(now);
+    written_route(&mut owner, now);
     // The peer hangs: the bytes are on the wire, no ack comes.
     assert_eq!((owner.take_acked(), owner.unacked()), (0, 1));
-    let mut ack = Vec::new();
-    Frame::Ack { stanzas: 2 }.encode(&mut ack);
-    assert!(matches!(owner.handle_input(&a, &ack, now), Err(LinkError::Unexpected(_))));
+    assert!(matches!(owner.handle_input(&a, &ack(2), now), Err(LinkError::Unexpected(_))));
 
-    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
-    let mut peer = InLink::new([2; 32], now);
-    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
+    let (mut owner, mut peer, a, b) = linked(now);
     owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
     pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
-    let mut backwards = Vec::new();
-    Frame::Ack { stanzas: 0 }.encode(&mut backwards);
-    assert!(matches!(owner.handle_input(&a, &backwards, now), Err(LinkError::Unexpected(_))));
+    assert_eq!(owner.take_acked(), 1);
+    assert!(matches!(owner.handle_input(&a, &ack(0), now), Err(LinkError::Unexpected(_))));
 }
 
 /// Regression (found by a breaker): a peer frozen past the owner's patience woke up,
@@ -226,25 +236,16 @@ fn unread_stanzas_stay_unacknowledged_and_false_acks_are_errors() {
 #[test]
 fn a_peer_that_was_silent_too_long_takes_nothing_more() {
     let now = Instant::now();
-    let (a, b) = (settings("a", 1, b"s"), settings("b", 2, b"s"));
-    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
-    let mut peer = InLink::new([2; 32], now);
-    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
-    owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
-    let bytes = owner.transmit().to_vec();
-    owner.transmitted(bytes.len(), now);
+    let (mut owner, mut peer, _, b) = linked(now);
+    let bytes = written_route(&mut owner, now);
     let later = now + LINK_DEAD_AFTER + Duration::from_millis(1);
     let mut taken = 0;
     let result = peer.handle_input(&b, &bytes, later, &mut |_| taken += 1);
     assert_eq!(result, Err(LinkError::Silent));
     assert_eq!((taken, owner.unacked()), (0, 1));
-    // Within the limit the same bytes are taken and acknowledged.
-    let mut peer = InLink::new([2; 32], now);
-    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
-    pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
-    owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
-    let bytes = owner.transmit().to_vec();
-    owner.transmitted(bytes.len(), now);
+    // Within the limit the same bytes are taken.
+    let (mut owner, mut peer, _, b) = linked(now);
+    let bytes = written_route(&mut owner, now);
     let soon = now + LINK_DEAD_AFTER - Duration::from_millis(1);
     peer.handle_input(&b, &bytes, soon, &mut |_| taken += 1).unwrap();
     assert_eq!(taken, 1);
