@@ -7,12 +7,14 @@
 //! All integers are big-endian. Decoding is check-then-parse: an incomplete frame is
 //! `Ok(None)`; a frame over the limit, of an unknown type, with a field running past
 //! its end or with bytes left over is an error (the link is closed, never a panic).
-//! The protocol version travels in the handshake (`Hello`, `Challenge`).
+//! The protocol version travels in the handshake (`Hello`, `Challenge`). Once a link
+//! is established every frame is followed by a 16-byte integrity tag, added and
+//! checked by `link.rs` (version 4).
 
 use crate::limits::{FRAME_BYTES_MAX, NAME_BYTES_MAX};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The replicated tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -7,6 +7,15 @@ use std::time::Duration;
 /// the limit only stops a broken or hostile peer from making us buffer without end.
 pub const FRAME_BYTES_MAX: u32 = 1024 * 1024;
 
+/// Largest frame read before the handshake is done. The largest handshake frame
+/// (`Hello` with two names of [`NAME_BYTES_MAX`]) is 565 bytes; an unauthenticated
+/// connection can make us hold no more than this.
+pub const HANDSHAKE_FRAME_BYTES_MAX: u32 = 1024;
+
+/// Bytes of the integrity tag after every frame once a link is established
+/// (HMAC-SHA256 truncated to 128 bits, as TLS and IPsec truncate theirs).
+pub const TAG_BYTES: usize = 16;
+
 /// Longest node or cluster name.
 pub const NAME_BYTES_MAX: usize = 255;
 
@@ -25,14 +34,22 @@ pub const LINK_DEAD_AFTER: Duration = Duration::from_millis(3000);
 /// reconnect does not flap every session of that owner.
 pub const OWNER_GRACE: Duration = Duration::from_millis(1000);
 
-/// The handshake must finish within this time.
+/// The handshake must finish within this time (a peer that connects and says
+/// nothing is closed after it).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Replication connections of one core still in their handshake; past it new ones
+/// are closed at once. A cluster of N nodes with C cores each opens N x C links in
+/// all, each handshake lasting one round trip, so 64 is far above what peers need
+/// and bounds what strangers can hold (64 x 1 KiB, no CPU while idle).
+pub const HANDSHAKES_PER_CORE_MAX: usize = 64;
 
 /// Delay before reconnecting a link that failed (doubles to the maximum).
 pub const RECONNECT_MIN: Duration = Duration::from_millis(200);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 const _: () = assert!(FRAME_BYTES_MAX as usize <= LINK_QUEUE_BYTES_MAX);
+const _: () = assert!(HANDSHAKE_FRAME_BYTES_MAX >= 4 + 1 + 2 + 2 * (2 + NAME_BYTES_MAX as u32) + 2 + 2 + 8 + 32);
 const _: () = assert!(HEARTBEAT_INTERVAL.as_millis() * 2 < LINK_DEAD_AFTER.as_millis());
 // "Within 5 s the others drop its sessions": silence detection plus grace.
 const _: () = assert!(LINK_DEAD_AFTER.as_millis() + OWNER_GRACE.as_millis() <= 5000);

@@ -14,6 +14,16 @@
 //!        <-- Ack{stanzas}  (after each read that took Route or Deliver frames)
 //!   <-- Heartbeat -->  (both ways, after a second of silence)
 //! ```
+//! Every frame after `Welcome` (both ways) is followed by a 16-byte tag,
+//! HMAC-SHA256(key, sequence | frame) truncated, with a key per direction derived
+//! from the secret and both nonces, and a sequence number counting that direction's
+//! sealed frames: a third party on the path can neither inject, alter, replay nor
+//! reorder frames without the link closing (`LinkError::BadTag`). Frames are not
+//! encrypted (like Erlang distribution without TLS): run clusters on a private network.
+//!
+//! Before the handshake a link reads nothing but handshake frames of at most
+//! [`HANDSHAKE_FRAME_BYTES_MAX`] and gives up after [`HANDSHAKE_TIMEOUT`]; it holds no
+//! timer that is already due (an idle unauthenticated connection costs no CPU).
 //! Stanzas are acknowledged end to end: the owner's shell keeps each `Route` and
 //! `Deliver` it sent until the peer's cumulative `Ack` counts it
 //! ([`OutLink::take_acked`]), and routes the rest again if the link ends, so a peer
@@ -26,7 +36,10 @@
 use std::time::Instant;
 
 use crate::frame::{Frame, FrameError, Refusal, PROTOCOL_VERSION};
-use crate::limits::{HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, LINK_DEAD_AFTER, LINK_QUEUE_BYTES_MAX};
+use crate::limits::{
+    FRAME_BYTES_MAX, HANDSHAKE_FRAME_BYTES_MAX, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, LINK_DEAD_AFTER,
+    LINK_QUEUE_BYTES_MAX, TAG_BYTES,
+};
 
 /// What both ends need to know about themselves.
 #[derive(Clone, Debug)]
@@ -57,6 +70,8 @@ pub enum LinkError {
     HandshakeTimeout,
     #[error("the link's send queue is full (the peer does not read)")]
     Overloaded,
+    #[error("a frame's integrity tag is wrong (altered, injected or replayed)")]
+    BadTag,
 }
 
 /// The send queue is full; try again after `transmitted` made room.
@@ -80,6 +95,48 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// One direction's integrity key and the count of frames sealed (or opened) with it.
+struct Seal {
+    key: ring::hmac::Key,
+    sequence: u64,
+}
+
+impl std::fmt::Debug for Seal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seal").field("sequence", &self.sequence).finish_non_exhaustive()
+    }
+}
+
+impl Seal {
+    /// The key for frames the `direction` side sends, after a handshake with these nonces.
+    fn new(settings: &LinkSettings, direction: &[u8], owner_nonce: &[u8; 32], peer_nonce: &[u8; 32]) -> Seal {
+        let mut role = b"seal ".to_vec();
+        role.extend_from_slice(direction);
+        let derived = proof(&settings.secret, &role, &settings.cluster, owner_nonce, peer_nonce);
+        Seal { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derived), sequence: 0 }
+    }
+
+    fn tag(&mut self, frame: &[u8]) -> [u8; TAG_BYTES] {
+        let mut context = ring::hmac::Context::with_key(&self.key);
+        context.update(&self.sequence.to_be_bytes());
+        context.update(frame);
+        self.sequence += 1;
+        let mut out = [0u8; TAG_BYTES];
+        out.copy_from_slice(&context.sign().as_ref()[..TAG_BYTES]);
+        out
+    }
+
+    /// Checks the tag that follows `frame`; constant time.
+    fn open(&mut self, frame: &[u8], tag: &[u8]) -> Result<(), LinkError> {
+        let expected = self.tag(frame);
+        let differs = expected.iter().zip(tag).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        if differs != 0 || tag.len() != TAG_BYTES {
+            return Err(LinkError::BadTag);
+        }
+        Ok(())
+    }
+}
+
 /// What both kinds of link share: the bytes to write, a partial frame read, and the
 /// clocks behind heartbeats and liveness.
 #[derive(Debug)]
@@ -88,15 +145,22 @@ struct Pipe {
     started: Instant,
     last_heard: Instant,
     last_sent: Instant,
+    /// Seals frames we send, once the handshake is done.
+    seal: Option<Seal>,
 }
 
 impl Pipe {
     fn new(now: Instant) -> Pipe {
-        Pipe { outgoing: Vec::new(), started: now, last_heard: now, last_sent: now }
+        Pipe { outgoing: Vec::new(), started: now, last_heard: now, last_sent: now, seal: None }
     }
 
     fn push(&mut self, frame: &Frame<'_>) {
+        let start = self.outgoing.len();
         frame.encode(&mut self.outgoing);
+        if let Some(seal) = &mut self.seal {
+            let tag = seal.tag(&self.outgoing[start..]);
+            self.outgoing.extend_from_slice(&tag);
+        }
     }
 
     fn transmitted(&mut self, n: usize, now: Instant) {
@@ -119,15 +183,34 @@ impl Pipe {
         Ok(())
     }
 
-    fn next_timeout(&self) -> Instant {
-        (self.last_sent + HEARTBEAT_INTERVAL).min(self.last_heard + LINK_DEAD_AFTER)
+    /// The next time `handle_timeout` has something to do: never a time already
+    /// passed that it would not act on (that would spin the core).
+    fn next_timeout(&self, established: bool) -> Instant {
+        let dead = self.last_heard + LINK_DEAD_AFTER;
+        if !established {
+            return dead.min(self.started + HANDSHAKE_TIMEOUT);
+        }
+        if self.outgoing.is_empty() {
+            return dead.min(self.last_sent + HEARTBEAT_INTERVAL);
+        }
+        // A heartbeat waits behind unsent bytes; only silence matters meanwhile.
+        dead
     }
 }
 
-/// A partial frame held between reads.
+/// A partial frame held between reads, and the check of sealed frames.
 #[derive(Debug, Default)]
 struct Reader {
     held: Vec<u8>,
+    /// Checks the peer's frames once its side of the handshake is done.
+    open: Option<Seal>,
+}
+
+/// What handling one frame asks of the reader.
+enum Then {
+    Continue,
+    /// The frames after this one are sealed with this key.
+    Open(Seal),
 }
 
 impl Reader {
@@ -135,34 +218,57 @@ impl Reader {
     fn frames(
         &mut self,
         input: &[u8],
-        mut each: impl FnMut(Frame<'_>) -> Result<(), LinkError>,
+        mut each: impl FnMut(Frame<'_>) -> Result<Then, LinkError>,
     ) -> Result<(), LinkError> {
         if self.held.is_empty() {
             // The common case: whole frames straight from the read buffer, no copy.
-            let (used, result) = decode_all(input, &mut each);
+            let (used, result) = decode_all(input, &mut self.open, &mut each);
             self.held.extend_from_slice(&input[used..]);
             return result;
         }
         self.held.extend_from_slice(input);
-        let (used, result) = decode_all(&self.held, &mut each);
+        let (used, result) = decode_all(&self.held, &mut self.open, &mut each);
         self.held.drain(..used);
         result
     }
 }
 
-/// Decodes whole frames from the front of `bytes`; returns the bytes used.
+/// Decodes whole frames from the front of `bytes`, checking their tags once `open`
+/// is set; returns the bytes used.
 fn decode_all(
     bytes: &[u8],
-    each: &mut impl FnMut(Frame<'_>) -> Result<(), LinkError>,
+    open: &mut Option<Seal>,
+    each: &mut impl FnMut(Frame<'_>) -> Result<Then, LinkError>,
 ) -> (usize, Result<(), LinkError>) {
     let mut at = 0;
     loop {
-        match Frame::decode(&bytes[at..]) {
+        let rest = bytes.get(at..).unwrap_or_default();
+        // Before the handshake only small frames are read: an unauthenticated peer
+        // must not make us buffer a megabyte.
+        let limit = if open.is_some() { FRAME_BYTES_MAX } else { HANDSHAKE_FRAME_BYTES_MAX };
+        if let Some(header) = rest.get(..4) {
+            let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+            if length > limit {
+                return (at, Err(FrameError::TooLarge(length).into()));
+            }
+        }
+        match Frame::decode(rest) {
             Ok(Some((frame, used))) => {
-                if let Err(error) = each(frame) {
-                    return (at, Err(error));
+                let mut total = used;
+                if let Some(seal) = open.as_mut() {
+                    let Some(tag) = rest.get(used..used + TAG_BYTES) else { return (at, Ok(())) };
+                    let Some(framed) = rest.get(..used) else { return (at, Ok(())) };
+                    if let Err(error) = seal.open(framed, tag) {
+                        return (at, Err(error));
+                    }
+                    total += TAG_BYTES;
                 }
-                at += used;
+                match each(frame) {
+                    Err(error) => return (at, Err(error)),
+                    Ok(Then::Continue) => {}
+                    Ok(Then::Open(seal)) => *open = Some(seal),
+                }
+                at += total;
             }
             Ok(None) => return (at, Ok(())),
             Err(error) => return (at, Err(error.into())),
@@ -173,7 +279,7 @@ fn decode_all(
 #[derive(Debug)]
 enum OutState {
     AwaitChallenge,
-    AwaitWelcome { peer: String },
+    AwaitWelcome { peer: String, peer_nonce: [u8; 32] },
     Established { peer: String },
 }
 
@@ -237,7 +343,7 @@ impl OutLink {
 
     pub fn peer(&self) -> Option<&str> {
         match &self.state {
-            OutState::Established { peer } | OutState::AwaitWelcome { peer } => Some(peer),
+            OutState::Established { peer } | OutState::AwaitWelcome { peer, .. } => Some(peer),
             OutState::AwaitChallenge => None,
         }
     }
@@ -257,19 +363,20 @@ impl OutLink {
         let mut event = None;
         let mut reader = std::mem::take(&mut self.reader);
         let result = reader.frames(input, |frame| {
-            if let Some(e) = self.on_frame(settings, frame)? {
+            let (e, then) = self.on_frame(settings, frame)?;
+            if let Some(e) = e {
                 event = Some(e);
             }
-            Ok(())
+            Ok(then)
         });
         self.reader = reader;
         result.map(|()| event)
     }
 
-    fn on_frame(&mut self, settings: &LinkSettings, frame: Frame<'_>) -> Result<Option<OutEvent>, LinkError> {
+    fn on_frame(&mut self, settings: &LinkSettings, frame: Frame<'_>) -> Result<(Option<OutEvent>, Then), LinkError> {
         match (&self.state, frame) {
             (_, Frame::Refuse { reason }) => Err(LinkError::Refused(reason)),
-            (_, Frame::Heartbeat) => Ok(None),
+            (_, Frame::Heartbeat) => Ok((None, Then::Continue)),
             (OutState::AwaitChallenge, Frame::Challenge { version, node, nonce, proof: theirs }) => {
                 if version != PROTOCOL_VERSION {
                     return Err(LinkError::Refused(Refusal::Version));
@@ -280,13 +387,15 @@ impl OutLink {
                 }
                 let ours = proof(&settings.secret, b"owner", &settings.cluster, &nonce, &self.nonce);
                 self.pipe.push(&Frame::Proof { proof: ours });
-                self.state = OutState::AwaitWelcome { peer: node.to_owned() };
-                Ok(None)
+                self.state = OutState::AwaitWelcome { peer: node.to_owned(), peer_nonce: nonce };
+                Ok((None, Then::Continue))
             }
-            (OutState::AwaitWelcome { peer }, Frame::Welcome) => {
+            (OutState::AwaitWelcome { peer, peer_nonce }, Frame::Welcome) => {
                 let peer = peer.clone();
+                self.pipe.seal = Some(Seal::new(settings, b"owner", &self.nonce, peer_nonce));
+                let open = Seal::new(settings, b"peer", &self.nonce, peer_nonce);
                 self.state = OutState::Established { peer: peer.clone() };
-                Ok(Some(OutEvent::Established { peer }))
+                Ok((Some(OutEvent::Established { peer }), Then::Open(open)))
             }
             (OutState::Established { .. }, Frame::Ack { stanzas }) => {
                 if stanzas < self.stanzas_acked || stanzas > self.stanzas_sent {
@@ -294,7 +403,7 @@ impl OutLink {
                 }
                 self.newly_acked += stanzas - self.stanzas_acked;
                 self.stanzas_acked = stanzas;
-                Ok(None)
+                Ok((None, Then::Continue))
             }
             (OutState::AwaitChallenge, _) => Err(LinkError::Unexpected("await challenge")),
             (OutState::AwaitWelcome { .. }, _) => Err(LinkError::Unexpected("await welcome")),
@@ -353,7 +462,7 @@ impl OutLink {
     }
 
     pub fn next_timeout(&self) -> Instant {
-        self.pipe.next_timeout()
+        self.pipe.next_timeout(self.is_established())
     }
 }
 
@@ -464,9 +573,9 @@ impl InLink {
         settings: &LinkSettings,
         frame: Frame<'_>,
         sink: &mut dyn FnMut(InEvent<'_>),
-    ) -> Result<(), LinkError> {
+    ) -> Result<Then, LinkError> {
         match (&self.state, frame) {
-            (_, Frame::Heartbeat) => Ok(()),
+            (_, Frame::Heartbeat) => Ok(Then::Continue),
             (_, Frame::Refuse { reason }) => Err(LinkError::Refused(reason)),
             (InState::AwaitHello, Frame::Hello { version, cluster, node, node_num, core, epoch, nonce }) => {
                 let refusal = if version != PROTOCOL_VERSION {
@@ -488,7 +597,7 @@ impl InLink {
                     proof: ours,
                 });
                 self.state = InState::AwaitProof { node: node.to_owned(), node_num, core, epoch, owner_nonce: nonce };
-                Ok(())
+                Ok(Then::Continue)
             }
             (InState::AwaitProof { node, node_num, core, epoch, owner_nonce }, Frame::Proof { proof: theirs }) => {
                 let expected = proof(&settings.secret, b"owner", &settings.cluster, &self.nonce, owner_nonce);
@@ -497,39 +606,41 @@ impl InLink {
                     return Err(LinkError::Refusing(Refusal::Secret));
                 }
                 self.pipe.push(&Frame::Welcome);
+                self.pipe.seal = Some(Seal::new(settings, b"peer", owner_nonce, &self.nonce));
+                let open = Seal::new(settings, b"owner", owner_nonce, &self.nonce);
                 sink(InEvent::Owner { node, node_num: *node_num, core: *core, epoch: *epoch });
                 self.state = InState::Established;
-                Ok(())
+                Ok(Then::Open(open))
             }
             (InState::Established, Frame::SnapshotBegin) => {
                 sink(InEvent::SnapshotBegin);
-                Ok(())
+                Ok(Then::Continue)
             }
             (InState::Established, Frame::SnapshotEnd { entries }) => {
                 sink(InEvent::SnapshotEnd { entries });
-                Ok(())
+                Ok(Then::Continue)
             }
             (InState::Established, Frame::Put { table, key, value }) => {
                 sink(InEvent::Put { table, key, value });
-                Ok(())
+                Ok(Then::Continue)
             }
             (InState::Established, Frame::Remove { table, key }) => {
                 sink(InEvent::Remove { table, key });
-                Ok(())
+                Ok(Then::Continue)
             }
             (InState::Established, Frame::Route { recipient, stanza }) => {
                 sink(InEvent::Route { recipient, stanza });
                 self.stanzas_taken += 1;
-                Ok(())
+                Ok(Then::Continue)
             }
             (InState::Established, Frame::Deliver { account, stanza }) => {
                 sink(InEvent::Deliver { account, stanza });
                 self.stanzas_taken += 1;
-                Ok(())
+                Ok(Then::Continue)
             }
             (InState::Established, Frame::Event { module, account, payload }) => {
                 sink(InEvent::Event { module, account, payload });
-                Ok(())
+                Ok(Then::Continue)
             }
             (InState::AwaitHello, _) => Err(LinkError::Unexpected("await hello")),
             (InState::AwaitProof { .. }, _) => Err(LinkError::Unexpected("await proof")),
@@ -554,7 +665,7 @@ impl InLink {
     }
 
     pub fn next_timeout(&self) -> Instant {
-        self.pipe.next_timeout()
+        self.pipe.next_timeout(self.is_established())
     }
 }
 

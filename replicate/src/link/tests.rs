@@ -2,6 +2,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::frame::Table;
+use crate::limits::TAG_BYTES;
 
 fn settings(node: &str, num: u16, secret: &[u8]) -> LinkSettings {
     LinkSettings { cluster: "c".into(), node: node.into(), node_num: num, secret: secret.to_vec() }
@@ -210,22 +211,26 @@ fn stanzas_are_acknowledged() {
 #[test]
 fn unread_stanzas_stay_unacknowledged_and_false_acks_are_errors() {
     let now = Instant::now();
-    let ack = |stanzas| {
-        let mut bytes = Vec::new();
-        Frame::Ack { stanzas }.encode(&mut bytes);
+    // An ack as the peer would send it (sealed with its key).
+    let ack = |peer: &mut InLink, stanzas| {
+        peer.pipe.push(&Frame::Ack { stanzas });
+        let bytes = peer.transmit().to_vec();
+        peer.transmitted(bytes.len(), now);
         bytes
     };
-    let (mut owner, _hung, a, _) = linked(now);
+    let (mut owner, mut hung, a, _) = linked(now);
     written_route(&mut owner, now);
     // The peer hangs: the bytes are on the wire, no ack comes.
     assert_eq!((owner.take_acked(), owner.unacked()), (0, 1));
-    assert!(matches!(owner.handle_input(&a, &ack(2), now), Err(LinkError::Unexpected(_))));
+    let false_ack = ack(&mut hung, 2);
+    assert!(matches!(owner.handle_input(&a, &false_ack, now), Err(LinkError::Unexpected(_))));
 
     let (mut owner, mut peer, a, b) = linked(now);
     owner.send(&Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }).unwrap();
     pump(&mut owner, &a, &mut peer, &b, now).2.unwrap();
     assert_eq!(owner.take_acked(), 1);
-    assert!(matches!(owner.handle_input(&a, &ack(0), now), Err(LinkError::Unexpected(_))));
+    let backwards = ack(&mut peer, 0);
+    assert!(matches!(owner.handle_input(&a, &backwards, now), Err(LinkError::Unexpected(_))));
 }
 
 /// Regression (found by a breaker): a peer frozen past the owner's patience woke up,
@@ -249,4 +254,93 @@ fn a_peer_that_was_silent_too_long_takes_nothing_more() {
     let soon = now + LINK_DEAD_AFTER - Duration::from_millis(1);
     peer.handle_input(&b, &bytes, soon, &mut |_| taken += 1).unwrap();
     assert_eq!(taken, 1);
+}
+
+/// Regression (issue 10, found by a hostile-input probe): before the handshake the
+/// link's next deadline was a heartbeat time already passed, which it never acted
+/// on, so a connection that sent nothing spun its core for 2 s of every 3. Neither
+/// side may report a deadline in the past after handling it, whatever the state.
+#[test]
+fn no_deadline_is_already_due_after_handling_it() {
+    let start = Instant::now();
+    let mut peer = InLink::new([2; 32], start);
+    let a = settings("a", 1, b"s");
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], start);
+    for ms in [0u64, 500, 1000, 1500, 2500, 2999] {
+        let now = start + Duration::from_millis(ms);
+        peer.handle_timeout(now).unwrap();
+        assert!(peer.next_timeout() > now, "idle unauthenticated in-link due at {ms} ms");
+        owner.handle_timeout(now).unwrap();
+        assert!(owner.next_timeout() > now, "unanswered out-link due at {ms} ms");
+    }
+    assert!(peer.next_timeout() <= start + LINK_DEAD_AFTER, "a silent stranger is closed");
+    assert_eq!(peer.handle_timeout(start + LINK_DEAD_AFTER), Err(LinkError::Silent));
+
+    // Established, with bytes the peer does not read: the heartbeat waits behind them.
+    let (mut owner, _peer, _, _) = linked(start);
+    owner.send(&Frame::SnapshotBegin).unwrap();
+    for ms in [0u64, 1000, 1500, 2000] {
+        let now = start + Duration::from_millis(ms);
+        owner.handle_timeout(now).unwrap();
+        assert!(owner.next_timeout() > now, "established out-link with unsent bytes due at {ms} ms");
+    }
+}
+
+/// A stranger cannot make an unauthenticated link buffer a large frame: a length
+/// over the handshake limit ends the link as soon as the header arrives.
+#[test]
+fn a_large_frame_before_the_handshake_ends_the_link_at_once() {
+    let now = Instant::now();
+    let b = settings("b", 2, b"s");
+    let mut peer = InLink::new([2; 32], now);
+    let header = (crate::limits::HANDSHAKE_FRAME_BYTES_MAX + 1).to_be_bytes();
+    let result = peer.handle_input(&b, &header, now, &mut |_| {});
+    assert!(matches!(result, Err(LinkError::Frame(FrameError::TooLarge(_)))), "{result:?}");
+    // Once established, frames up to the full limit are read.
+    let (mut owner, mut peer, a, b) = linked(now);
+    let value = vec![7u8; 64 * 1024];
+    owner.send(&Frame::Put { table: Table::Session, key: b"k", value: &value }).unwrap();
+    let (_, ins, result) = pump(&mut owner, &a, &mut peer, &b, now);
+    result.unwrap();
+    assert_eq!(ins.len(), 1);
+}
+
+/// Frames after the handshake carry a tag: an altered, replayed, reordered or
+/// injected frame ends the link, and the peer takes nothing from it.
+#[test]
+fn frames_after_the_handshake_are_integrity_checked() {
+    let now = Instant::now();
+    let take = |peer: &mut InLink, b: &LinkSettings, bytes: &[u8]| {
+        let mut taken = 0;
+        let result = peer.handle_input(b, bytes, now, &mut |_| taken += 1);
+        (taken, result)
+    };
+    // Altered: one byte of the stanza flipped.
+    let (mut owner, mut peer, _, b) = linked(now);
+    let mut bytes = written_route(&mut owner, now);
+    let at = bytes.len() - TAG_BYTES - 3;
+    bytes[at] ^= 1;
+    assert_eq!(take(&mut peer, &b, &bytes), (0, Err(LinkError::BadTag)));
+    // Replayed: the same sealed frame twice.
+    let (mut owner, mut peer, _, b) = linked(now);
+    let bytes = written_route(&mut owner, now);
+    assert_eq!(take(&mut peer, &b, &bytes), (1, Ok(())));
+    assert_eq!(take(&mut peer, &b, &bytes), (0, Err(LinkError::BadTag)));
+    // Reordered: the second frame first.
+    let (mut owner, mut peer, _, b) = linked(now);
+    let first = written_route(&mut owner, now);
+    let second = written_route(&mut owner, now);
+    assert_eq!(take(&mut peer, &b, &second), (0, Err(LinkError::BadTag)));
+    drop(first);
+    // Injected: a frame encoded without the key, tag guessed.
+    let (_, mut peer, _, b) = linked(now);
+    let mut injected = Vec::new();
+    Frame::Route { recipient: "x@y/z", stanza: b"<message/>" }.encode(&mut injected);
+    injected.extend_from_slice(&[0u8; TAG_BYTES]);
+    assert_eq!(take(&mut peer, &b, &injected), (0, Err(LinkError::BadTag)));
+    // Links with another secret derive other keys: the handshake already fails.
+    let (a, c) = (settings("a", 1, b"s"), settings("c", 3, b"other"));
+    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
+    let mut stranger = InLink::new([2; 32], now);
+    assert!(pump(&mut owner, &a, &mut stranger, &c, now).2.is_err());
 }
