@@ -54,10 +54,14 @@ for server in $servers; do
   port = 5222
   ip_address = "127.0.0.1"
   tls.mode = "$listener_tls"
+  shaper = "none"
 [listen.admin]
   port = 5551
 [limits]
   pre_auth_timeout_seconds = 60
+  # Benchmarks lift the abuse limits (README "Shapers, throttles and limits").
+  account_stanza_shaper = "none"
+  connections_per_address_max = 0
 ${STARLING_MODULES:-}
 TOML
     taskset -c 0 "$starling_bin" serve --config "$work/starling.toml" >"$work/starling.log" 2>&1 &

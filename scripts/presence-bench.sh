@@ -80,10 +80,14 @@ for server in $servers; do
   port = 5222
   ip_address = "127.0.0.1"
   tls.mode = "none"
+  shaper = "none"
 [listen.admin]
   port = 5551
 [limits]
   pre_auth_timeout_seconds = 60
+  # Benchmarks lift the abuse limits (README "Shapers, throttles and limits").
+  account_stanza_shaper = "none"
+  connections_per_address_max = 0
 TOML
     start_starling
     "$bin/starling-loadgen" accounts --users "$accounts" --out "$work/users.csv"

@@ -36,7 +36,7 @@ fn graphql(admin: SocketAddr, query: &str) -> serde_json::Value {
     let mut stream = TcpStream::connect(admin).unwrap();
     write!(
         stream,
-        "POST /api/graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /api/graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

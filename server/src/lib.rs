@@ -53,6 +53,8 @@ pub struct Listeners {
     /// Per c2s listener: its actual address and one socket per core.
     pub c2s: Vec<(SocketAddr, Vec<OwnedFd>)>,
     pub admin: Option<std::net::TcpListener>,
+    /// `[listen.metrics]`: `/metrics` alone, without credentials.
+    pub metrics: Option<std::net::TcpListener>,
     /// With clustering: the replication address and one socket per core.
     pub replication: Option<(SocketAddr, Vec<OwnedFd>)>,
 }
@@ -104,7 +106,13 @@ pub fn bind_listeners(config: &Config) -> Result<Listeners, RunError> {
                 .map_err(|source| RunError::Bind { address: admin.address, source })?,
         ),
     };
-    Ok(Listeners { c2s, admin, replication })
+    let metrics = match config.metrics {
+        None => None,
+        Some(address) => {
+            Some(std::net::TcpListener::bind(address).map_err(|source| RunError::Bind { address, source })?)
+        }
+    };
+    Ok(Listeners { c2s, admin, metrics, replication })
 }
 
 /// SO_REUSEPORT lets a second process bind a port this process serves, and the
@@ -222,9 +230,11 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
         .map(|listener| Listener {
             c2s: Arc::new(c2s_settings(&config, listener.tls, decoy_secret.clone(), &stream_features)),
             tls: if listener.tls == TlsMode::Direct { ListenerTls::Direct } else { ListenerTls::StartTls },
+            shaper: listener.shaper,
         })
         .collect();
     let cpus = core_cpus(&config);
+    let cpus_count = cpus.len();
     let c2s_addresses: Vec<SocketAddr> = listeners.c2s.iter().map(|(address, _)| *address).collect();
     let mut per_core: Vec<Vec<OwnedFd>> = (0..cpus.len()).map(|_| Vec::new()).collect();
     for (_, sockets) in listeners.c2s {
@@ -247,7 +257,10 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
         framer: config.limits.framer,
         limits: starling_shard::limits::Limits {
             pre_auth_timeout: config.limits.pre_auth_timeout,
-            connections_per_core_max: config.limits.connections_per_core_max,
+            connections_per_core_max: connections_per_core(&config, cpus_count),
+            connections_per_address_max: config.limits.connections_per_address_max,
+            fail2ban: config.fail2ban,
+            account_stanza_shaper: config.limits.account_stanza_shaper,
             queued_bytes_per_connection_max: config.limits.queued_bytes_per_connection_max,
             send_timeout: config.limits.send_timeout,
             sessions_per_user_max: config.limits.sessions_per_user_max,
@@ -270,7 +283,11 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
     let admin = match listeners.admin {
         None => None,
         Some(listener) => {
-            Some(admin::AdminServer::start(listener, &config, storage, node.clone()).map_err(RunError::Admin)?)
+            let metrics = listeners.metrics;
+            Some(
+                admin::AdminServer::start(listener, metrics, &config, storage, node.clone())
+                    .map_err(RunError::Admin)?,
+            )
         }
     };
     let ca_file = config.general.data_dir.join("ca.pem");
@@ -362,4 +379,22 @@ fn c2s_settings(config: &Config, mode: TlsMode, decoy_secret: Vec<u8>, stream_fe
 /// The iteration count for new credentials.
 pub fn scram_iterations(config: &Config) -> NonZeroU32 {
     config.auth.scram_iterations
+}
+
+/// The configured `connections_per_core_max`, lowered so that every core's share fits
+/// the process's open-file limit (less a reserve for listeners, links, the database
+/// and files): at the limit new connections are refused at once instead of failing
+/// in `accept` (which left them waiting in the backlog and flooded the log).
+fn connections_per_core(config: &Config, cores: usize) -> usize {
+    let configured = config.limits.connections_per_core_max;
+    match starling_shard::guard::connections_per_core_for_fd_limit(cores) {
+        Some(fitting) if fitting < configured => {
+            log::info!(
+                "limits: {fitting} connections per core ({cores} cores) fit the open-file limit; \
+                 connections_per_core_max = {configured} lowered to it"
+            );
+            fitting
+        }
+        _ => configured,
+    }
 }

@@ -35,7 +35,7 @@ fn post(node: &TestNode, authorization: Option<&str>, body: &str) -> (u16, serde
     let authorization = authorization.map(|a| format!("Authorization: Basic {a}\r\n")).unwrap_or_default();
     write!(
         stream,
-        "POST /api/graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{authorization}Connection: close\r\n\r\n{body}",
+        "POST /api/graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{authorization}Connection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -199,7 +199,7 @@ fn metrics_endpoint() {
     let _alice = Client::login(node.c2s, "alice", "secret", "r");
     node.wait_sessions(1);
     let mut stream = TcpStream::connect(node.admin).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.contains("\nstarling_sessions 1\n"), "{response}");

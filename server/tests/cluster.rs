@@ -57,6 +57,8 @@ struct Node {
     child: Child,
     c2s: SocketAddr,
     admin: SocketAddr,
+    /// The replication listener.
+    cets: SocketAddr,
 }
 
 impl Node {
@@ -102,6 +104,7 @@ impl Node {
             child,
             c2s: format!("127.0.0.1:{c2s_port}").parse().unwrap(),
             admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+            cets: format!("127.0.0.1:{cets_port}").parse().unwrap(),
         }
     }
 
@@ -109,7 +112,7 @@ impl Node {
         let body = serde_json::json!({ "query": query }).to_string();
         let mut stream = TcpStream::connect_timeout(&self.admin, Duration::from_millis(500)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "POST /api/graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).ok()?;
+        write!(stream, "POST /api/graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).ok()?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).ok()?;
         let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
@@ -502,5 +505,74 @@ fn roster_block_and_carbons_across_three_nodes() {
                 assert!(!frame.contains("blocked"), "a blocked message arrived: {frame}");
             }
         }
+    }
+}
+
+/// CPU time (user + system) a process has used, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Whether the peer closes `stream` within `limit` (bytes before the close skipped).
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut buffer = [0u8; 1024];
+    while Instant::now() < deadline {
+        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Regression (issue 10, found by a hostile-input probe): one TCP connection to the
+/// replication port that sent nothing spun a core for 2 s of every 3 (its next
+/// deadline was a heartbeat time already passed), and connections stalled inside a
+/// 1 MiB frame made the node buffer it. Now 40 idle connections and 40 stalled in a
+/// handshake frame cost the node (almost) no CPU, a frame announcing more than a
+/// handshake needs is refused at once, every stranger is closed within the handshake
+/// timeout, and the node serves clients meanwhile.
+#[test]
+fn unauthenticated_replication_connections_cost_no_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::Sqlite(dir.path().join("cluster.db"));
+    let node = Node::start(dir.path(), "n1@localhost", &db, None);
+    db.register(&["alice", "bob"]);
+    wait_for(Duration::from_secs(20), "the node's admin port", || {
+        node.system_info().map(|_| ()).ok_or_else(|| "no answer".to_string())
+    });
+    let before = cpu_ticks(node.child.id());
+    let started = Instant::now();
+    let mut strangers = Vec::new();
+    for _ in 0..40 {
+        strangers.push(TcpStream::connect(node.cets).unwrap());
+    }
+    for _ in 0..40 {
+        let mut stalled = TcpStream::connect(node.cets).unwrap();
+        // A frame header announcing 500 bytes, then 100 of them.
+        stalled.write_all(&500u32.to_be_bytes()).unwrap();
+        stalled.write_all(&[1u8; 100]).unwrap();
+        strangers.push(stalled);
+    }
+    let mut large = TcpStream::connect(node.cets).unwrap();
+    large.write_all(&(1024u32 * 1024).to_be_bytes()).unwrap();
+    assert!(closed_within(&mut large, Duration::from_secs(1)), "a 1 MiB frame before the handshake is refused at once");
+    let mut alice = Client::login(node.c2s, "alice", "secret", "a");
+    let mut bob = Client::login(node.c2s, "bob", "secret", "b");
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+    let used = cpu_ticks(node.child.id()) - before;
+    // Two logins and a few hundred accepts take well under 0.5 s; the bug burnt a core.
+    assert!(used < 50, "the node used {used} ticks of CPU in 3 s with 80 unauthenticated connections");
+    alice.send("<message to='bob@localhost/b' type='chat'><body>still served</body></message>");
+    bob.expect("still served");
+    for (i, stranger) in strangers.iter_mut().enumerate() {
+        assert!(closed_within(stranger, Duration::from_secs(6)), "stranger {i} is closed by the handshake timeout");
     }
 }

@@ -129,7 +129,7 @@ impl Node {
         let body = r#"{"query": "{ cets { systemInfo { joinedNodes } } }"}"#;
         let _ = write!(
             stream,
-            "POST /api/graphql HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /api/graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         let mut response = String::new();

@@ -47,14 +47,19 @@ fn start() -> Server {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    wait_then_register_alice(&config);
+    Server { child, config, c2s: ports[0], _dir: dir }
+}
+
+/// Waits for the node to answer on its admin port, then registers alice.
+fn wait_then_register_alice(config: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !starling(&config, &["server", "status"]).status.success() {
+    while !starling(config, &["server", "status"]).status.success() {
         assert!(Instant::now() < deadline, "the server did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
     let args = ["account", "registerUser", "--username", "alice", "--domain", "localhost", "--password", "secret"];
-    assert!(starling(&config, &args).status.success());
-    Server { child, config, c2s: ports[0], _dir: dir }
+    assert!(starling(config, &args).status.success());
 }
 
 /// Waits at most `limit` for the process to exit; its exit code.
@@ -118,4 +123,49 @@ fn a_second_process_on_a_served_port_fails_at_startup() {
     let mut alice = Client::login(format!("127.0.0.1:{}", server.c2s).parse().unwrap(), "alice", "secret", "r");
     alice.send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>");
     alice.expect("id='p'");
+}
+
+/// Regression (issue 10: at the open-file limit `accept` failed, the log got 1,794
+/// warnings in 10 s and a new login waited 9.6 s): the node derives its connection
+/// limit from the file-descriptor limit, refuses what is over it at once, logs one
+/// line per core per 10 s, and logs in a client at once when room is back.
+#[test]
+fn the_connection_limit_follows_the_file_descriptor_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = common::free_ports(2);
+    let config = dir.path().join("starling.toml");
+    std::fs::write(&config, config_text(dir.path(), ports[0], ports[1])).unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // 1,100 files: 1,000 kept in reserve, 50 connections per core.
+    let script =
+        format!("ulimit -n 1100 && exec {} serve --config {}", env!("CARGO_BIN_EXE_starling"), config.display());
+    let child = Command::new("sh").arg("-c").arg(script).stderr(log).spawn().unwrap();
+    let mut server = Server { child, config: config.clone(), c2s: ports[0], _dir: dir };
+    wait_then_register_alice(&config);
+    let address: std::net::SocketAddr = format!("127.0.0.1:{}", server.c2s).parse().unwrap();
+    let mut held: Vec<std::net::TcpStream> = (0..300).map(|_| std::net::TcpStream::connect(address).unwrap()).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut closed = 0;
+    for stream in &mut held {
+        use std::io::Read;
+        stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        if matches!(stream.read(&mut byte), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert!((150..=250).contains(&closed), "{closed} of 300 closed at once (100 fit the limit)");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut alice = Client::login(address, "alice", "secret", "a");
+    alice.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>");
+    alice.expect("id='p1'");
+    assert!(started.elapsed() < Duration::from_secs(3), "login took {:?}", started.elapsed());
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines = text.lines().filter(|l| l.contains("refused a connection") || l.contains("accept failed")).count();
+    assert!((1..=4).contains(&lines), "{lines} log lines about refused connections:\n{text}");
 }

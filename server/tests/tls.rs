@@ -116,7 +116,8 @@ impl TlsClient {
 
 fn tls_node() -> TestNode {
     TestNode::start_with(|config| {
-        config.c2s = vec![C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::StartTlsRequired }];
+        config.c2s =
+            vec![C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::StartTlsRequired, shaper: None }];
     })
 }
 

@@ -57,7 +57,11 @@ impl RouteBench {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let settings = Settings {
             cpus: vec![0, 1 % cpus],
-            listeners: vec![Listener { c2s: Arc::new(C2sSettings::for_tests()), tls: ListenerTls::StartTls }],
+            listeners: vec![Listener {
+                c2s: Arc::new(C2sSettings::for_tests()),
+                tls: ListenerTls::StartTls,
+                shaper: None,
+            }],
             limits: Limits { queued_bytes_per_connection_max: usize::MAX / 2, ..Limits::for_tests() },
             ..Settings::one_core(modules)
         };
@@ -115,7 +119,7 @@ impl RouteBench {
         self.node.ask(0, move |core: &Core| {
             let mut framer = Framer::new(FramerLimits::DEFAULT);
             let jid = "sender@localhost/bench".parse().expect("valid JID");
-            let mut state = State { jid, id: SessionId(0), out: Vec::new() };
+            let mut state = State { jid, id: SessionId(0), out: Vec::new(), listener: u16::MAX, shaper_tat_us: 0 };
             for chunk in bytes.chunks(16 * 1024) {
                 let mut input = chunk;
                 while let Ok(Some(frame)) = framer.next(&mut input) {

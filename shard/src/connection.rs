@@ -32,14 +32,19 @@ struct Negotiating {
     out: Vec<u8>,
     listener: usize,
     tls_reported: bool,
+    /// The client's address, and the SASL failures of this stream already counted
+    /// against it (`guard.rs`).
+    address: Option<std::net::IpAddr>,
+    failures_counted: u8,
 }
 
 /// Serves a freshly accepted connection.
-pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize) {
+pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize, admitted: crate::guard::Admitted) {
     let _ = stream.set_nodelay(true);
     let settings = &core.shared.settings;
     let direct = settings.listeners[listener].tls == ListenerTls::Direct;
-    let moving = match (direct, &settings.tls_direct) {
+    let address = stream.peer_addr().ok().map(|a| a.ip());
+    let mut moving = match (direct, &settings.tls_direct) {
         (false, _) => Moving::default(),
         (true, Some(config)) => match rustls::ServerConnection::new(config.clone()) {
             Ok(tls) => Moving::tls(tls),
@@ -50,6 +55,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize) {
         },
         (true, None) => return,
     };
+    moving.admitted = Some(admitted);
     let mut conn = Negotiating {
         io: Io::new(stream, moving),
         framer: Framer::new(settings.framer),
@@ -57,12 +63,16 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize) {
         out: Vec::new(),
         listener,
         tls_reported: false,
+        address,
+        failures_counted: 0,
     };
     let id = core.next_id();
     let mailbox = Rc::new(Mailbox::default());
     let live = core.register_live_guarded(id, mailbox.clone());
     let deadline = Instant::now() + core.limits().pre_auth_timeout;
     let negotiated = negotiate(&core, &mut conn, &mailbox, deadline).await;
+    // The attempt that ended the stream counts too.
+    let _ = conn.count_failures(&core);
     drop(live);
     let Some((user, resource)) = negotiated else {
         core.stats.login_failures.set(core.stats.login_failures.get() + 1);
@@ -154,7 +164,8 @@ async fn establish(core: Rc<Core>, connection: Negotiated, user: BareJid, resour
     // The session task unregisters it when it ends (`session::Task`).
     core.register_live(id, mailbox.clone());
     log::debug!("c2s: {jid} bound on core {}", core.id);
-    let session = crate::session::run(core.clone(), io, framer, jid, SessionId(id), mailbox);
+    let listener = u16::try_from(listener).unwrap_or(u16::MAX);
+    let session = crate::session::run(core.clone(), io, framer, jid, SessionId(id), mailbox, listener);
     crate::contain::spawn(core.clone(), "a session", session);
 }
 
@@ -238,11 +249,13 @@ async fn negotiate(
             Wake::Resumed => None,
             Wake::Closed => return None,
         };
+        conn.count_failures(core)?;
         while let Some(action) = next {
             next = match action {
                 Action::Bind { user, resource } => return Some((user, resource)),
                 other => conn.perform(core, other).await.ok()?,
             };
+            conn.count_failures(core)?;
         }
     }
 }
@@ -250,6 +263,26 @@ async fn negotiate(
 impl Negotiating {
     fn settings(&self, core: &Core) -> std::sync::Arc<starling_wire::c2s::C2sSettings> {
         core.shared.settings.listeners[self.listener].c2s.clone()
+    }
+
+    /// Counts new SASL failures against the client's address (mod_fail2ban); `None`
+    /// (the stream closed with `policy-violation`) when that banned the address.
+    fn count_failures(&mut self, core: &Core) -> Option<()> {
+        let failures = self.c2s.sasl_failures();
+        let Some(address) = self.address else { return Some(()) };
+        let mut banned = false;
+        while self.failures_counted < failures {
+            self.failures_counted += 1;
+            banned |= core.shared.guard.auth_failed(address, Instant::now());
+        }
+        if banned && !self.c2s.is_closed() {
+            core.count("c2s_auth_bans", 1);
+            log::warn!("c2s: {address} banned after too many failed authentications");
+            let text = "too many failed authentications from this address; try again later";
+            self.fail(core, StreamError::with_text(StreamErrorCondition::PolicyViolation, text));
+            return None;
+        }
+        (!banned).then_some(())
     }
 
     /// Closes the stream with `error` (the bytes go to `out`).

@@ -129,8 +129,18 @@ impl Entropy for SystemEntropy {
 /// The node-wide things every core shares read-only.
 pub(crate) struct Shared {
     pub settings: Settings,
+    /// Connection counts and authentication failures per source address.
+    pub guard: Arc<crate::guard::AddressGuard>,
     /// Credentials and account creation (the rest of storage is the modules').
     pub accounts: Arc<dyn crate::db::Accounts>,
+}
+
+impl Shared {
+    pub fn new(settings: Settings, accounts: Arc<dyn crate::db::Accounts>) -> Shared {
+        let limits = &settings.limits;
+        let guard = Arc::new(crate::guard::AddressGuard::new(limits.connections_per_address_max, limits.fail2ban));
+        Shared { settings, guard, accounts }
+    }
 }
 
 pub struct Core {
@@ -168,6 +178,11 @@ pub struct Core {
     /// Stanzas waiting for an account with no session on this node to be looked up
     /// and loaded, in arrival order (`router.rs`).
     pub(crate) waiting_accounts: RefCell<HashMap<Box<str>, Vec<Vec<u8>>>>,
+    /// The stanza shaper's state of each account homed here that sent since it
+    /// bound (removed with its last session).
+    pub(crate) account_shapers: RefCell<HashMap<Box<str>, std::time::Instant>>,
+    /// Refused or failed accepts: one log line per interval.
+    pub(crate) accept_log: crate::guard::LogEvery,
 }
 
 impl Core {
@@ -196,6 +211,8 @@ impl Core {
             push_hooks: Cell::new(false),
             on_behalf_in_flight: Cell::new(0),
             waiting_accounts: RefCell::new(HashMap::new()),
+            account_shapers: RefCell::new(HashMap::new()),
+            accept_log: crate::guard::LogEvery::new(std::time::Duration::from_secs(10)),
         })
     }
 

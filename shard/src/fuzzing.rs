@@ -90,7 +90,7 @@ impl CoreHarness {
             .make()
             // Invariant: a harness is made once per fuzz process, where executors start.
             .expect("an executor for the fuzz harness");
-        let shared = Arc::new(Shared { settings, accounts });
+        let shared = Arc::new(Shared::new(settings, accounts));
         let (core, mailboxes) = executor.run(async move {
             let core = Core::new(0, 1, shared);
             let factory = core.shared.settings.modules.clone();
@@ -162,7 +162,7 @@ impl CoreHarness {
         self.executor.run(async move {
             // Invariant: constant, valid JID.
             let jid = "fuzz@localhost/a".parse().expect("a valid JID");
-            let mut state = State { jid, id: SessionId(1), out: Vec::new() };
+            let mut state = State { jid, id: SessionId(1), out: Vec::new(), listener: u16::MAX, shaper_tat_us: 0 };
             let mut framer = Framer::new(FramerLimits::DEFAULT);
             let mut header: &[u8] = HEADER;
             let _ = framer.next(&mut header);

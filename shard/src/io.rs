@@ -127,12 +127,18 @@ struct Blocked {
 pub(crate) struct Moving {
     tls: Option<Box<Tls>>,
     wire: OutQueue,
+    /// The connection's place in its source address's count (`guard.rs`).
+    pub admitted: Option<crate::guard::Admitted>,
 }
 
 impl Moving {
     /// A direct-TLS connection (XEP-0368), TLS from the first byte.
     pub fn tls(connection: rustls::ServerConnection) -> Moving {
-        Moving { tls: Some(Box::new(Tls { connection, plain: OutQueue::default() })), wire: OutQueue::default() }
+        Moving {
+            tls: Some(Box::new(Tls { connection, plain: OutQueue::default() })),
+            wire: OutQueue::default(),
+            admitted: None,
+        }
     }
 }
 
@@ -143,16 +149,18 @@ pub(crate) struct Io {
     wire: OutQueue,
     /// Set while output waits for the socket.
     blocked: Option<Box<Blocked>>,
+    /// Counted against its source address until dropped with the connection.
+    admitted: Option<crate::guard::Admitted>,
 }
 
 impl Io {
     pub fn new(stream: TcpStream, moving: Moving) -> Io {
-        Io { stream, tls: moving.tls, wire: moving.wire, blocked: None }
+        Io { stream, tls: moving.tls, wire: moving.wire, blocked: None, admitted: moving.admitted }
     }
 
     /// The TLS state and queued output, for a connection that moves to another core.
     pub fn take_moving(&mut self) -> Moving {
-        Moving { tls: self.tls.take(), wire: std::mem::take(&mut self.wire) }
+        Moving { tls: self.tls.take(), wire: std::mem::take(&mut self.wire), admitted: self.admitted.take() }
     }
 
     /// The TLS connection, when TLS is on.

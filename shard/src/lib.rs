@@ -34,6 +34,7 @@ pub mod delivery;
 pub mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 mod io;
 pub mod limits;
 mod mailbox;

@@ -9,8 +9,17 @@ pub struct Limits {
     /// From TCP accept to a bound resource. Default 10 s; a connection that sends
     /// nothing is closed after it.
     pub pre_auth_timeout: Duration,
-    /// Connections per core; above it new connections are closed at once.
+    /// Connections per core; above it new connections are closed at once. The
+    /// server caps it so that every core's share fits the process's open-file limit
+    /// (`guard::connections_per_core_for_fd_limit`).
     pub connections_per_core_max: usize,
+    /// Open connections from one source address (all cores); 0: no limit.
+    pub connections_per_address_max: u32,
+    /// Failed authentications that ban a source address (ejabberd's mod_fail2ban).
+    pub fail2ban: Option<crate::guard::Fail2Ban>,
+    /// Stanzas per second one account may send (all its sessions on this node
+    /// together); a session over it is not read until the account is within it.
+    pub account_stanza_shaper: Option<crate::guard::Shaper>,
     /// Bytes queued for one client above which whoever sends to it waits (stops
     /// being read) until it drains. Nothing is dropped and nobody is disconnected for it.
     pub queued_bytes_per_connection_max: usize,
@@ -29,6 +38,9 @@ impl Limits {
         Limits {
             pre_auth_timeout: Duration::from_secs(2),
             connections_per_core_max: 10_000,
+            connections_per_address_max: 0,
+            fail2ban: None,
+            account_stanza_shaper: None,
             queued_bytes_per_connection_max: 64 * 1024,
             send_timeout: Duration::from_secs(3),
             sessions_per_user_max: 8,

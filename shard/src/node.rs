@@ -103,7 +103,7 @@ impl Node {
             return Err(StartError::Sockets { cores, sockets: sockets.len() });
         }
         let cpus = settings.cpus.clone();
-        let shared = Arc::new(Shared { settings, accounts });
+        let shared = Arc::new(Shared::new(settings, accounts));
         let mesh = MeshBuilder::<CoreMessage, _>::full(cores, CORE_CHANNEL_BATCHES);
         let mut controls = Vec::with_capacity(cores);
         let mut watchdogs = Vec::with_capacity(cores);
@@ -400,21 +400,77 @@ async fn drain(core: &Core) {
     }
 }
 
+/// Tells a refused client why (`policy-violation`) and closes; 2 s at most.
+async fn refuse(core: Rc<Core>, mut stream: glommio::net::TcpStream, why: crate::guard::Refusal) {
+    let text = match why {
+        crate::guard::Refusal::Banned => "too many failed authentications from this address; try again later",
+        crate::guard::Refusal::TooManyConnections => "too many connections from this address",
+    };
+    let domain = core.shared.settings.hosts.first().map(String::as_str).unwrap_or("localhost");
+    let bytes = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+         from='{domain}' id='refused' version='1.0'><stream:error><policy-violation \
+         xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{text}</text>\
+         </stream:error></stream:stream>"
+    );
+    let write = crate::io::write_all_plain(&mut stream, bytes.as_bytes());
+    let _ = futures_lite::future::or(async { write.await.ok() }, async {
+        glommio::timer::sleep(Duration::from_secs(2)).await;
+        None
+    })
+    .await;
+}
+
+/// Accepts c2s connections. Over a limit (this core's connections, the source
+/// address's connections, a banned address) a connection is closed at once and
+/// counted (`c2s_connections_refused`); the log gets one line per 10 s at most.
 async fn accept(core: Rc<Core>, listener: TcpListener, index: usize) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(error) => {
-                log::warn!("c2s: accept failed: {error}");
+                // Out of file descriptors (or memory): the connection stays in the
+                // backlog until one is free. Retried without flooding the log.
+                if let Some(left_out) = core.accept_log.tick(Instant::now()) {
+                    log::warn!("c2s: accept failed: {error} ({left_out} similar events since the last line)");
+                }
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
         core.stats.connections_accepted.set(core.stats.connections_accepted.get() + 1);
-        if core.stats.connections.get() >= core.limits().connections_per_core_max {
-            // Over the limit: close at once (dropping the stream closes it).
-            continue;
-        }
-        crate::contain::spawn(core.clone(), "a connection", crate::connection::serve(core.clone(), stream, index));
+        let admitted = if core.stats.connections.get() >= core.limits().connections_per_core_max {
+            Err(None)
+        } else {
+            match stream.peer_addr() {
+                Ok(address) => {
+                    core.shared.guard.admit(address.ip(), Instant::now()).map_err(|why| Some((why, address)))
+                }
+                Err(_) => Err(None),
+            }
+        };
+        let admitted = match admitted {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                core.count("c2s_connections_refused", 1);
+                if let Some(left_out) = core.accept_log.tick(Instant::now()) {
+                    let why = match why {
+                        None => "this core is at its connection limit".to_string(),
+                        Some((why, address)) => format!("{why:?} from {}", address.ip()),
+                    };
+                    log::warn!("c2s: refused a connection: {why} ({left_out} similar events since the last line)");
+                }
+                if let (Some((why, _)), crate::settings::ListenerTls::StartTls) =
+                    (why, core.shared.settings.listeners[index].tls)
+                {
+                    // RFC 6120 section 4.9.1.2: our stream header, then the error.
+                    glommio::spawn_local(refuse(core.clone(), stream, why)).detach();
+                }
+                // Otherwise closed at once (dropping the stream closes it).
+                continue;
+            }
+        };
+        let serve = crate::connection::serve(core.clone(), stream, index, admitted);
+        crate::contain::spawn(core.clone(), "a connection", serve);
     }
 }

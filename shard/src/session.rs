@@ -5,6 +5,7 @@
 //! touches nothing else.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use starling_wire::error::{StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition};
 use starling_wire::framer::{Frame, Framer};
@@ -13,6 +14,7 @@ use starling_wire::stanza::{IqType, Stanza, StanzaKind, StanzaParseError};
 
 use crate::core::Core;
 use crate::flow::Congestion;
+use crate::guard::Shaper;
 use crate::io::{Io, Wake, WIRE_BYTES_HIGH};
 use crate::limits::READS_PER_WAKEUP_MAX;
 use crate::mailbox::Mailbox;
@@ -23,6 +25,9 @@ use crate::sessions::SessionId;
 /// tells the contacts, ...).
 fn session_ended(core: &Core, state: &State) {
     let session = core.sessions.borrow_mut().unbind(&state.jid, state.id);
+    if core.sessions.borrow().sessions(state.jid.bare_str()).is_empty() {
+        core.account_shapers.borrow_mut().remove(state.jid.bare_str());
+    }
     // Replaced by a newer session with the same full JID: that one speaks now.
     let Some(session) = session else { return };
     if let Some(cluster) = &core.cluster {
@@ -49,6 +54,31 @@ pub(crate) struct State {
     pub id: SessionId,
     /// Replies for this client produced while handling its stanzas.
     pub out: Vec<u8>,
+    /// The listener the client came in on (its traffic shaper is in the settings).
+    pub listener: u16,
+    /// The shaper's bucket (`guard.rs`), in µs since the core started: 8 bytes, not
+    /// an `Instant`'s 16, in every idle session (`budget.rs`).
+    pub shaper_tat_us: u64,
+}
+
+/// µs since the core started (the session's compact clock).
+fn micros(core: &Core, at: Instant) -> u64 {
+    at.saturating_duration_since(core.started).as_micros() as u64
+}
+
+fn instant(core: &Core, us: u64) -> Instant {
+    core.started + std::time::Duration::from_micros(us)
+}
+
+/// Charges `n` bytes read to the listener's shaper; `Some` (µs) when the session must
+/// read nothing more before then.
+fn charge_bytes(core: &Core, state: &mut State, n: usize) -> Option<u64> {
+    let shaper: Shaper = core.shared.settings.listeners.get(usize::from(state.listener))?.shaper?;
+    let now = Instant::now();
+    let mut tat = instant(core, state.shaper_tat_us);
+    let until = shaper.charge(&mut tat, n as u64, now);
+    state.shaper_tat_us = micros(core, tat);
+    until.map(|until| micros(core, until))
 }
 
 /// Serves a bound session until it ends. Written as a plain function returning an
@@ -62,8 +92,9 @@ pub(crate) fn run(
     jid: FullJid,
     id: SessionId,
     mailbox: Rc<Mailbox>,
+    listener: u16,
 ) -> impl std::future::Future<Output = ()> {
-    let state = State { jid, id, out: Vec::new() };
+    let state = State { jid, id, out: Vec::new(), listener, shaper_tat_us: 0 };
     let mut task = Task { core, io, framer, state, mailbox, ended: false };
     async move { task.run().await }
 }
@@ -141,16 +172,30 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
     let mut reads: u8 = 0;
     // Queues this session filled past their mark: it reads nothing until they drain.
     let mut paused: Vec<Rc<dyn Congestion>> = Vec::new();
+    // Set while a shaper holds this session: nothing is read before then (µs since
+    // the core started; 0: not held).
+    let mut shaped: u64 = 0;
     loop {
         if !state.out.is_empty() {
             // Taken, not cleared: an idle session keeps no reply buffer (`budget.rs`).
             io.queue(&std::mem::take(&mut state.out));
         }
-        let limit = core.limits().queued_bytes_per_connection_max;
-        let handled = match io.wait(core, mailbox, None, limit, &mut paused).await {
+        let mut limit = core.limits().queued_bytes_per_connection_max;
+        let now = Instant::now();
+        let mut shaper_timer = match (shaped > 0).then(|| instant(core, shaped)).filter(|until| *until > now) {
+            Some(until) => {
+                // Reading nothing (a limit of 0) until the shaper allows it; mail and
+                // output go on meanwhile.
+                limit = 0;
+                Some(glommio::timer::Timer::new(until - now))
+            }
+            None => None,
+        };
+        let handled = match io.wait(core, mailbox, shaper_timer.as_mut(), limit, &mut paused).await {
             Wake::Read(n) => {
                 reads = reads.saturating_add(1);
                 core.take_congestion();
+                shaped = charge_bytes(core, state, n).unwrap_or(0);
                 pump_read(core, io, framer, state, n)
             }
             // Input stashed when this session had to wait is handled now.
@@ -169,16 +214,20 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
             Wake::Stalled => {
                 return End::Error(StreamError::with_text(StreamErrorCondition::ConnectionTimeout, "not reading"))
             }
-            Wake::Timeout => continue,
+            // A shaper's pause ended: input stashed when it began is handled now.
+            Wake::Timeout => {
+                shaped = 0;
+                pump(core, framer, state, &[])
+            }
         };
         match handled {
             Ok(Next::Read | Next::Congested) => {}
+            Ok(Next::Shaped(until)) => shaped = shaped.max(micros(core, until)),
             // Boxed: the idle session's task must not carry room for this (`budget.rs`).
-            Ok(Next::Wait(work)) => {
-                if let Err(end) = Box::pin(finish(core, io, framer, state, work)).await {
-                    return end;
-                }
-            }
+            Ok(Next::Wait(work)) => match Box::pin(finish(core, io, framer, state, work)).await {
+                Err(end) => return end,
+                Ok(until) => shaped = shaped.max(until.map_or(0, |until| micros(core, until))),
+            },
             Err(end) => return end,
         }
         paused.extend(core.take_congestion());
@@ -193,7 +242,13 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
 /// answered before the next one is read, so this client's stanzas are handled in
 /// order; then the rest of the input goes on until more is needed or a queue this
 /// session filled is over its mark.
-async fn finish(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State, work: Pending) -> Result<(), End> {
+async fn finish(
+    core: &Core,
+    io: &mut Io,
+    framer: &mut Framer,
+    state: &mut State,
+    work: Pending,
+) -> Result<Option<Instant>, End> {
     let mut handled = Next::Wait(work);
     while let Next::Wait(work) = handled {
         if !state.out.is_empty() {
@@ -206,7 +261,10 @@ async fn finish(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State
         state.out.extend_from_slice(&reply);
         handled = pump(core, framer, state, &[])?;
     }
-    Ok(())
+    Ok(match handled {
+        Next::Shaped(until) => Some(until),
+        _ => None,
+    })
 }
 
 /// What handling input came to.
@@ -217,6 +275,9 @@ pub(crate) enum Next {
     Wait(Pending),
     /// A queue this session filled is over its mark (the rest is stashed).
     Congested,
+    /// The account sent more stanzas than its shaper allows: nothing more is read
+    /// or handled before this time (the rest is stashed).
+    Shaped(Instant),
 }
 
 type Handled = Result<Next, End>;
@@ -255,6 +316,10 @@ fn pump(core: &Core, framer: &mut Framer, state: &mut State, input: &[u8]) -> Ha
                     framer.stash(input);
                     return Ok(Next::Congested);
                 }
+                if let Some(until) = charge_account(core, state) {
+                    framer.stash(input);
+                    return Ok(Next::Shaped(until));
+                }
             }
             Ok(Some(Frame::StreamClose)) => return Err(End::ClientClosed),
             Ok(Some(Frame::StreamHeader(_))) => {
@@ -264,6 +329,28 @@ fn pump(core: &Core, framer: &mut Framer, state: &mut State, input: &[u8]) -> Ha
             Err(error) => return Err(End::Error(error.into())),
         }
     }
+}
+
+/// Charges one stanza to the account's stanza shaper (`[limits]
+/// account_stanza_shaper`); `Some` when the account must pause until then.
+fn charge_account(core: &Core, state: &State) -> Option<Instant> {
+    let shaper = core.limits().account_stanza_shaper?;
+    let now = Instant::now();
+    let mut shapers = core.account_shapers.borrow_mut();
+    let bare = state.jid.bare_str();
+    let until = match shapers.get_mut(bare) {
+        Some(tat) => shaper.charge(tat, 1, now),
+        None => {
+            let mut tat = now;
+            let until = shaper.charge(&mut tat, 1, now);
+            shapers.insert(bare.into(), tat);
+            until
+        }
+    };
+    if until.is_some() {
+        core.count("c2s_stanzas_shaped", 1);
+    }
+    until
 }
 
 /// A bug of ours ended this stream (RFC 6120 section 4.9.3.8).

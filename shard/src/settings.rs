@@ -23,6 +23,9 @@ pub enum ListenerTls {
 pub struct Listener {
     pub c2s: Arc<C2sSettings>,
     pub tls: ListenerTls,
+    /// Bytes per second each bound session of this listener may send (MongooseIM's
+    /// listener `shaper`); `None`: unshaped.
+    pub shaper: Option<crate::guard::Shaper>,
 }
 
 /// Listening sockets: `[core][listener]`.

@@ -1,42 +1,48 @@
-//! The admin port: GraphQL over HTTP (tiny_http) at `/api/graphql`, a GraphiQL page on
-//! GET from a browser, and Prometheus metrics at `/metrics`. One thread of its own;
-//! it reaches the cores through `Node`'s query channels and storage directly.
+//! The admin port: GraphQL over HTTP at `/api/graphql`, a GraphiQL page on GET from a
+//! browser, and Prometheus metrics at `/metrics`, served by a fixed pool of threads
+//! (`http.rs`); it reaches the cores through `Node`'s query channels and storage
+//! directly.
+//!
+//! Cross-site and DNS-rebinding requests are refused (a web page in a browser on the
+//! operator's machine must not drive the API): GET never runs a mutation; POST needs
+//! `Content-Type: application/json` (a page cannot send that cross-site without a
+//! CORS preflight, which we never answer); a `Host` must be an IP address or
+//! `localhost` (a rebound name is not); an `Origin`, when sent, must be this port's
+//! own. `/metrics` needs the credentials when they are set; `[listen.metrics]`
+//! serves it alone, without them, for Prometheus.
 //!
 //! GraphQL library: async-graphql, the most widely used and maintained GraphQL server
 //! crate; its executor needs no async runtime (we drive it with `block_on` here), and
 //! its introspection is what the CLI builds its commands from.
 
+pub mod http;
 pub mod import;
 pub mod schema;
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use base64::Engine as _;
 use starling_shard::Node;
 
 use crate::config::Config;
 use crate::store::Storage;
+use http::{Request, Response};
 use schema::{Admin, AdminSchema};
 
-/// Largest request body accepted.
-const BODY_BYTES_MAX: usize = 1024 * 1024;
-
 pub struct AdminServer {
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
+    servers: Vec<http::Server>,
 }
 
 impl AdminServer {
+    /// Serves the admin API on `listener`, and metrics alone on `metrics` if given.
     pub fn start(
         listener: TcpListener,
+        metrics: Option<TcpListener>,
         config: &Config,
         storage: Box<dyn Storage>,
         node: Arc<Node>,
     ) -> Result<AdminServer, String> {
-        let server = Arc::new(tiny_http::Server::from_listener(listener, None).map_err(|e| e.to_string())?);
         let admin = Admin {
             storage: std::sync::Mutex::new(storage),
             node: Some(node.clone()),
@@ -46,105 +52,137 @@ impl AdminServer {
         };
         let schema = schema::build(Some(admin));
         let credentials = config.admin.as_ref().and_then(|a| a.credentials.clone());
-        let serving = server.clone();
-        let thread = std::thread::Builder::new()
-            .name("starling-admin".into())
-            .spawn(move || serve(&serving, &schema, credentials.as_ref(), &node))
-            .map_err(|e| e.to_string())?;
-        Ok(AdminServer { server, thread: Some(thread) })
+        let api_node = node.clone();
+        let api: Arc<dyn Fn(&Request) -> Response + Send + Sync> =
+            Arc::new(move |request| answer(request, &schema, credentials.as_ref(), &api_node));
+        let mut servers = vec![http::Server::start(listener, "starling-admin", api).map_err(|e| e.to_string())?];
+        if let Some(metrics) = metrics {
+            let only_metrics: Arc<dyn Fn(&Request) -> Response + Send + Sync> =
+                Arc::new(move |request| match (request.method.as_str(), request.path.as_str()) {
+                    ("GET", "/metrics") => metrics_response(&node),
+                    _ => not_found(),
+                });
+            servers.push(http::Server::start(metrics, "starling-metrics", only_metrics).map_err(|e| e.to_string())?);
+        }
+        Ok(AdminServer { servers })
     }
 
-    pub fn stop(mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+    pub fn stop(self) {
+        for server in self.servers {
+            server.stop();
         }
     }
 }
 
-fn serve(server: &tiny_http::Server, schema: &AdminSchema, credentials: Option<&(String, String)>, node: &Node) {
-    for mut request in server.incoming_requests() {
-        let body =
-            if *request.method() == tiny_http::Method::Post { read_body(&mut request) } else { Some(Vec::new()) };
-        let response = match body {
-            Some(body) => answer(request_parts(&request), &body, schema, credentials, node, &request),
-            None => json(413, &serde_json::json!({"errors": [{"message": "Request body too large"}]})),
-        };
-        let _ = request.respond(response);
-    }
-}
-
-struct Parts {
-    method: tiny_http::Method,
-    path: String,
-    query: Option<String>,
-}
-
-fn request_parts(request: &tiny_http::Request) -> Parts {
-    let url = request.url();
-    let (path, query) = match url.split_once('?') {
-        Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
-        None => (url.to_owned(), None),
-    };
-    Parts { method: request.method().clone(), path, query }
-}
-
-type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
-
 fn json(status: u16, body: &serde_json::Value) -> Response {
-    let header = tiny_http::Header::from_bytes("Content-Type", "application/json").expect("static header");
-    tiny_http::Response::from_data(body.to_string().into_bytes()).with_status_code(status).with_header(header)
+    Response::new(status, "application/json", body.to_string().into_bytes())
 }
 
-fn answer(
-    parts: Parts,
-    body: &[u8],
-    schema: &AdminSchema,
-    credentials: Option<&(String, String)>,
-    node: &Node,
-    request: &tiny_http::Request,
-) -> Response {
-    if parts.path == "/metrics" && parts.method == tiny_http::Method::Get {
-        let header = tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4").expect("static header");
-        return tiny_http::Response::from_data(metrics(node).into_bytes()).with_header(header);
+fn error(status: u16, code: &str, message: &str) -> Response {
+    json(status, &serde_json::json!({"errors": [{"message": message, "extensions": {"code": code}}]}))
+}
+
+fn not_found() -> Response {
+    error(404, "not_found", "Not found")
+}
+
+fn metrics_response(node: &Node) -> Response {
+    Response::new(200, "text/plain; version=0.0.4", metrics(node).into_bytes())
+}
+
+/// Whether a `Host` (or an origin's host) names this machine by address: an IP
+/// literal or `localhost`, with or without a port. A DNS-rebinding page's requests
+/// carry its own domain name here.
+fn local_host(host: &str) -> bool {
+    let bare = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        rest.split_once(']').map(|(ip, _)| ip).unwrap_or(rest)
+    } else {
+        host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
+    };
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Refuses what a browser would send on behalf of a foreign page.
+fn cross_site(request: &Request) -> Option<Response> {
+    let host = request.header("host");
+    if let Some(host) = host {
+        if !local_host(host) {
+            return Some(error(403, "forbidden_host", "The admin port answers only to an IP address or localhost"));
+        }
     }
-    if parts.path != "/api/graphql" {
-        return json(
-            404,
-            &serde_json::json!({"errors": [{"message": "Not found", "extensions": {"code": "not_found"}}]}),
-        );
+    if let Some(origin) = request.header("origin") {
+        let own = host.is_some_and(|host| {
+            origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host)
+        });
+        if !own {
+            return Some(error(403, "forbidden_origin", "Cross-origin requests are not accepted"));
+        }
+    }
+    None
+}
+
+fn answer(request: &Request, schema: &AdminSchema, credentials: Option<&(String, String)>, node: &Node) -> Response {
+    if let Some(refusal) = cross_site(request) {
+        return refusal;
+    }
+    if request.path == "/metrics" && request.method == "GET" {
+        if let Some(rejection) = check_credentials(request, credentials) {
+            return rejection;
+        }
+        return metrics_response(node);
+    }
+    if request.path != "/api/graphql" {
+        return not_found();
     }
     if let Some(rejection) = check_credentials(request, credentials) {
         return rejection;
     }
-    let wants_html =
-        request.headers().iter().any(|h| h.field.equiv("Accept") && h.value.as_str().contains("text/html"));
-    match parts.method {
-        tiny_http::Method::Get if wants_html || parts.query.is_none() => {
+    let wants_html = request.header("accept").is_some_and(|accept| accept.contains("text/html"));
+    match request.method.as_str() {
+        "GET" if wants_html || request.query.is_none() => {
             let page = async_graphql::http::graphiql_source("/api/graphql", None);
-            let header =
-                tiny_http::Header::from_bytes("Content-Type", "text/html; charset=utf-8").expect("static header");
-            tiny_http::Response::from_data(page.into_bytes()).with_header(header)
+            Response::new(200, "text/html; charset=utf-8", page.into_bytes())
         }
-        tiny_http::Method::Get => {
-            let query = parts.query.unwrap_or_default();
+        "GET" => {
+            let query = request.query.as_deref().unwrap_or_default();
             let document =
                 query.split('&').find_map(|pair| pair.strip_prefix("query=")).map(percent_decode).unwrap_or_default();
+            if !only_queries(&document) {
+                return error(405, "method_not_allowed", "Mutations must be sent with POST");
+            }
             execute(schema, async_graphql::Request::new(document))
         }
-        tiny_http::Method::Post => {
-            let (status, answer) = execute_post(schema, body);
+        "POST" => {
+            let json_body = request.header("content-type").is_some_and(|t| {
+                t.split(';').next().is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+            });
+            if !json_body {
+                return error(415, "unsupported_media_type", "POST needs Content-Type: application/json");
+            }
+            let (status, answer) = execute_post(schema, &request.body);
             json(status, &answer)
         }
-        _ => json(405, &serde_json::json!({"errors": [{"message": "Method not allowed"}]})),
+        _ => error(405, "method_not_allowed", "Method not allowed"),
+    }
+}
+
+/// Whether a GraphQL document has only query operations (a document that does not
+/// parse is left to the executor, which reports it).
+fn only_queries(document: &str) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let Ok(parsed) = async_graphql::parser::parse_query(document) else { return true };
+    let is_query = |ty: OperationType| ty == OperationType::Query;
+    match &parsed.operations {
+        DocumentOperations::Single(operation) => is_query(operation.node.ty),
+        DocumentOperations::Multiple(operations) => operations.values().all(|o| is_query(o.node.ty)),
     }
 }
 
 /// HTTP Basic credentials, when configured (MongooseIM's 401 bodies otherwise).
-fn check_credentials(request: &tiny_http::Request, credentials: Option<&(String, String)>) -> Option<Response> {
+fn check_credentials(request: &Request, credentials: Option<&(String, String)>) -> Option<Response> {
     let (user, password) = credentials?;
-    let header = request.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str().to_owned());
-    let Some(header) = header else {
+    let Some(header) = request.header("authorization") else {
         return Some(json(
             401,
             &serde_json::json!({"errors": [{"extensions": {"code": "no_permissions"}, "message": "Cannot execute query ROOT without permissions"}]}),
@@ -273,11 +311,4 @@ fn metrics(node: &Node) -> String {
         out.push_str(&format!("starling_core_up{{core=\"{}\"}} {}\n", core.core, u8::from(core.answered_in.is_some())));
     }
     out
-}
-
-/// Reads the whole body of `request` (bounded).
-pub(crate) fn read_body(request: &mut tiny_http::Request) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    request.as_reader().take(BODY_BYTES_MAX as u64 + 1).read_to_end(&mut body).ok()?;
-    (body.len() <= BODY_BYTES_MAX).then_some(body)
 }

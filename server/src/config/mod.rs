@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use starling_shard::guard::Shaper;
 use starling_wire::jid;
 use starling_wire::limits::FramerLimits;
 use starling_wire::sasl::Mechanism;
@@ -37,6 +38,9 @@ pub struct Config {
     pub general: General,
     pub c2s: Vec<C2sListener>,
     pub admin: Option<AdminListener>,
+    /// `[listen.metrics]`: a port serving only `/metrics`, without credentials (for
+    /// Prometheus when the admin port has credentials). None by default.
+    pub metrics: Option<SocketAddr>,
     pub auth: Auth,
     pub database: Database,
     pub limits: Limits,
@@ -44,6 +48,8 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// XEP-0077 in-band registration (`[modules.mod_register]`), when enabled.
     pub registration: Option<Registration>,
+    /// The authentication throttle (`[modules.mod_fail2ban]`), when enabled.
+    pub fail2ban: Option<starling_shard::guard::Fail2Ban>,
     /// The feature modules that run (`[modules]`) and their options.
     pub modules: starling_modules::Config,
 }
@@ -101,6 +107,9 @@ pub enum TlsMode {
 pub struct C2sListener {
     pub address: SocketAddr,
     pub tls: TlsMode,
+    /// Bytes per second each bound session may send (`shaper`, naming a
+    /// `[shaper.*]`); `None` for `"none"`.
+    pub shaper: Option<Shaper>,
 }
 
 #[derive(Clone, Debug)]
@@ -135,6 +144,10 @@ pub struct Limits {
     pub queued_bytes_per_connection_max: usize,
     pub send_timeout: Duration,
     pub sessions_per_user_max: usize,
+    /// Open connections per source address (0: no limit).
+    pub connections_per_address_max: u32,
+    /// Stanzas per second per account (`account_stanza_shaper`); `None`: unshaped.
+    pub account_stanza_shaper: Option<Shaper>,
 }
 
 impl Config {
@@ -163,7 +176,8 @@ impl Config {
         let mut config = Config::defaults();
         config.general.data_dir = data_dir.to_owned();
         config.general.cores = NonZeroUsize::new(2);
-        config.c2s = vec![C2sListener { address: "127.0.0.1:0".parse().expect("address"), tls: TlsMode::None }];
+        config.c2s =
+            vec![C2sListener { address: "127.0.0.1:0".parse().expect("address"), tls: TlsMode::None, shaper: None }];
         config.admin = Some(AdminListener { address: "127.0.0.1:0".parse().expect("address"), credentials: None });
         config.auth.scram_iterations = NonZeroU32::new(64).expect("nonzero");
         config.database =
@@ -172,6 +186,8 @@ impl Config {
         config.limits.pre_auth_timeout = Duration::from_secs(2);
         config.limits.queued_bytes_per_connection_max = 64 * 1024;
         config.limits.send_timeout = Duration::from_secs(3);
+        // Tests that flood on purpose turn the shapers on themselves.
+        config.limits.account_stanza_shaper = None;
         config.cluster = None;
         config
     }
@@ -198,6 +214,58 @@ mod raw {
         internal_databases: InternalDatabases,
         #[serde(default)]
         modules: Option<super::modules::Modules>,
+        /// Named shapers (MongooseIM's `[shaper.NAME] max_rate`, ejabberd's
+        /// `burst_size`); `normal`, `fast` and `stanzas` exist unless redefined.
+        #[serde(default)]
+        shaper: std::collections::BTreeMap<String, RawShaper>,
+    }
+
+    #[derive(Deserialize, Clone, Copy)]
+    #[serde(deny_unknown_fields)]
+    pub struct RawShaper {
+        /// Units (bytes, or stanzas) per second.
+        max_rate: u32,
+        /// Units that may pass at once; default one second's worth.
+        #[serde(default)]
+        burst_size: Option<u32>,
+    }
+
+    /// The shapers a config without `[shaper]` tables has. `normal` (every c2s
+    /// listener's default): 10 kB/s sustained, a 100 kB burst (a full 64 KiB stanza
+    /// passes at once). `fast`: 50 kB/s (MongooseIM's `fast`). `stanzas` (the
+    /// default `account_stanza_shaper`): 50 stanzas/s, bursts of 500.
+    fn builtin_shapers() -> [(&'static str, Shaper); 3] {
+        [
+            ("normal", Shaper { max_rate: 10_000, burst_size: 100_000 }),
+            ("fast", Shaper { max_rate: 50_000, burst_size: 500_000 }),
+            ("stanzas", Shaper { max_rate: 50, burst_size: 500 }),
+        ]
+    }
+
+    /// Resolves a shaper name: `"none"` is no shaper.
+    fn shaper(
+        shapers: &std::collections::BTreeMap<String, RawShaper>,
+        key: &str,
+        name: &str,
+    ) -> Result<Option<Shaper>, ConfigError> {
+        if name == "none" {
+            return Ok(None);
+        }
+        if let Some(raw) = shapers.get(name) {
+            if raw.max_rate == 0 {
+                return Err(invalid(
+                    &format!("shaper.{name}.max_rate"),
+                    "must be positive (use \"none\" for no shaper)",
+                ));
+            }
+            let burst_size = raw.burst_size.unwrap_or(raw.max_rate);
+            return Ok(Some(Shaper { max_rate: raw.max_rate, burst_size }));
+        }
+        builtin_shapers()
+            .into_iter()
+            .find(|(builtin, _)| *builtin == name)
+            .map(|(_, shaper)| Some(shaper))
+            .ok_or_else(|| invalid(key, format!("no shaper named {name:?} (define [shaper.{name}] or use \"none\")")))
     }
 
     #[derive(Deserialize, Default)]
@@ -315,12 +383,22 @@ mod raw {
         c2s: Vec<C2s>,
         #[serde(default = "default_admin")]
         admin: Option<Admin>,
+        #[serde(default)]
+        metrics: Option<Metrics>,
     }
 
     impl Default for Listen {
         fn default() -> Self {
-            Listen { c2s: default_c2s(), admin: default_admin() }
+            Listen { c2s: default_c2s(), admin: default_admin(), metrics: None }
         }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Metrics {
+        #[serde(default = "default_admin_ip")]
+        ip_address: String,
+        port: u16,
     }
 
     fn default_admin() -> Option<Admin> {
@@ -335,8 +413,18 @@ mod raw {
 
     fn default_c2s() -> Vec<C2s> {
         vec![
-            C2s { port: 5222, ip_address: default_ip(), tls: Tls { mode: "starttls_required".to_owned() } },
-            C2s { port: 5223, ip_address: default_ip(), tls: Tls { mode: "tls".to_owned() } },
+            C2s {
+                port: 5222,
+                ip_address: default_ip(),
+                tls: Tls { mode: "starttls_required".to_owned() },
+                shaper: default_c2s_shaper(),
+            },
+            C2s {
+                port: 5223,
+                ip_address: default_ip(),
+                tls: Tls { mode: "tls".to_owned() },
+                shaper: default_c2s_shaper(),
+            },
         ]
     }
 
@@ -352,6 +440,12 @@ mod raw {
         ip_address: String,
         #[serde(default)]
         tls: Tls,
+        #[serde(default = "default_c2s_shaper")]
+        shaper: String,
+    }
+
+    fn default_c2s_shaper() -> String {
+        "normal".to_owned()
     }
 
     #[derive(Deserialize)]
@@ -510,6 +604,17 @@ mod raw {
         send_timeout_seconds: u64,
         #[serde(default = "default_sessions_per_user")]
         sessions_per_user_max: usize,
+        #[serde(default = "default_connections_per_address")]
+        connections_per_address_max: u32,
+        #[serde(default = "default_account_stanza_shaper")]
+        account_stanza_shaper: String,
+    }
+
+    fn default_connections_per_address() -> u32 {
+        1000
+    }
+    fn default_account_stanza_shaper() -> String {
+        "stanzas".to_owned()
     }
 
     impl Default for Limits {
@@ -549,7 +654,8 @@ mod raw {
 
     impl Config {
         pub fn convert(self) -> Result<super::Config, ConfigError> {
-            let (modules, registration) = super::modules::convert(self.modules)?;
+            let (modules, registration, fail2ban) = super::modules::convert(self.modules)?;
+            let shapers = self.shaper;
             let data_dir = self.general.data_dir;
             Ok(super::Config {
                 general: super::General {
@@ -564,14 +670,20 @@ mod raw {
                     .c2s
                     .into_iter()
                     .enumerate()
-                    .map(|(i, c2s)| c2s.convert(i))
+                    .map(|(i, c2s)| c2s.convert(i, &shapers))
                     .collect::<Result<_, _>>()?,
                 admin: self.listen.admin.filter(|admin| admin.enabled).map(Admin::convert).transpose()?,
+                metrics: self
+                    .listen
+                    .metrics
+                    .map(|m| socket_address("listen.metrics.ip_address", &m.ip_address, m.port))
+                    .transpose()?,
                 auth: self.auth.convert()?,
                 database: database(self.outgoing_pools.rdbms, &data_dir)?,
-                limits: self.limits.convert()?,
+                limits: self.limits.convert(&shapers)?,
                 cluster: self.internal_databases.cets.map(Cets::convert).transpose()?,
                 registration,
+                fail2ban,
                 modules,
             })
         }
@@ -618,8 +730,13 @@ mod raw {
     }
 
     impl C2s {
-        fn convert(self, index: usize) -> Result<super::C2sListener, ConfigError> {
+        fn convert(
+            self,
+            index: usize,
+            shapers: &std::collections::BTreeMap<String, RawShaper>,
+        ) -> Result<super::C2sListener, ConfigError> {
             let key = format!("listen.c2s[{index}]");
+            let shaper = shaper(shapers, &format!("{key}.shaper"), &self.shaper)?;
             let tls = match self.tls.mode.as_str() {
                 "starttls_required" => TlsMode::StartTlsRequired,
                 "starttls" => TlsMode::StartTls,
@@ -630,6 +747,7 @@ mod raw {
             Ok(super::C2sListener {
                 address: socket_address(&format!("{key}.ip_address"), &self.ip_address, self.port)?,
                 tls,
+                shaper,
             })
         }
     }
@@ -717,7 +835,11 @@ mod raw {
     }
 
     impl Limits {
-        fn convert(self) -> Result<super::Limits, ConfigError> {
+        fn convert(
+            self,
+            shapers: &std::collections::BTreeMap<String, RawShaper>,
+        ) -> Result<super::Limits, ConfigError> {
+            let account_stanza_shaper = shaper(shapers, "limits.account_stanza_shaper", &self.account_stanza_shaper)?;
             if self.stanza_bytes_max < 10_000 || self.stanza_bytes_max > 16 * 1024 * 1024 {
                 // RFC 6120 section 13.12: at least 10,000 bytes.
                 return Err(invalid("limits.stanza_bytes_max", "must be between 10000 and 16777216"));
@@ -752,6 +874,8 @@ mod raw {
                 queued_bytes_per_connection_max: self.queued_bytes_per_connection_max,
                 send_timeout: Duration::from_secs(self.send_timeout_seconds),
                 sessions_per_user_max: self.sessions_per_user_max,
+                connections_per_address_max: self.connections_per_address_max,
+                account_stanza_shaper,
             })
         }
     }
@@ -784,6 +908,53 @@ mod tests {
         assert_eq!(config.admin.unwrap().address.port(), 5551);
         assert_eq!(config.limits.framer, FramerLimits::DEFAULT);
         assert!(config.registration.is_none(), "in-band registration is off by default");
+        let defaults = Config::defaults();
+        assert_eq!(config.fail2ban, defaults.fail2ban);
+        assert!(config.fail2ban.is_some(), "the authentication throttle is on by default");
+        assert_eq!(
+            config.c2s.iter().map(|l| l.shaper).collect::<Vec<_>>(),
+            defaults.c2s.iter().map(|l| l.shaper).collect::<Vec<_>>()
+        );
+        assert_eq!(config.c2s[0].shaper, Some(Shaper { max_rate: 10_000, burst_size: 100_000 }));
+        assert_eq!(config.limits.account_stanza_shaper, defaults.limits.account_stanza_shaper);
+        assert_eq!(config.limits.connections_per_address_max, defaults.limits.connections_per_address_max);
+        let custom = Config::parse(
+            "[shaper.slow]
+max_rate = 5
+[[listen.c2s]]
+port = 1
+shaper = 'slow'
+",
+        )
+        .unwrap();
+        assert_eq!(custom.c2s[0].shaper, Some(Shaper { max_rate: 5, burst_size: 5 }));
+        let lifted = Config::parse(
+            "[[listen.c2s]]
+port = 1
+shaper = 'none'
+[limits]
+account_stanza_shaper = 'none'",
+        )
+        .unwrap();
+        assert_eq!((lifted.c2s[0].shaper, lifted.limits.account_stanza_shaper), (None, None));
+        assert!(
+            Config::parse(
+                "[[listen.c2s]]
+port = 1
+shaper = 'missing'
+"
+            )
+            .is_err(),
+            "an unknown shaper is an error"
+        );
+        assert!(Config::parse(
+            "[shaper.zero]
+max_rate = 0
+[[listen.c2s]]
+port = 1
+shaper = 'zero'"
+        )
+        .is_err());
         let open = Config::parse("[modules.mod_register]\nregistration_timeout = 60").unwrap();
         assert_eq!(open.registration.unwrap().interval, Duration::from_secs(60));
         assert!(Config::parse("[modules.mod_register]\ncaptcha = true").is_err(), "unknown keys are errors");

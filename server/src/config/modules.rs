@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use starling_shard::guard::Fail2Ban;
+
 use super::{invalid, ConfigError, Registration};
 
 /// The raw `[modules]` table.
@@ -27,6 +29,34 @@ pub(super) struct Modules {
     mod_ping: Option<Empty>,
     mod_version: Option<ModVersion>,
     mod_register: Option<ModRegister>,
+    mod_fail2ban: Option<ModFail2Ban>,
+}
+
+/// ejabberd's mod_fail2ban, with its option names.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModFail2Ban {
+    /// Seconds an address stays banned, and the window failures are counted in.
+    #[serde(default = "default_ban_lifetime")]
+    c2s_auth_ban_lifetime: u64,
+    /// Failed authentications within the window that ban the address.
+    #[serde(default = "default_max_auth_failures")]
+    c2s_max_auth_failures: u32,
+}
+
+fn default_ban_lifetime() -> u64 {
+    3600
+}
+fn default_max_auth_failures() -> u32 {
+    20
+}
+
+/// The throttle every config without a `[modules]` table runs (ejabberd's defaults).
+pub(super) fn default_fail2ban() -> Fail2Ban {
+    Fail2Ban {
+        max_auth_failures: default_max_auth_failures(),
+        ban_lifetime: Duration::from_secs(default_ban_lifetime()),
+    }
 }
 
 /// A module without options (an empty table switches it on).
@@ -107,8 +137,27 @@ fn default_registration_timeout() -> u64 {
 
 /// Converts `[modules]` (`None`: the table is absent) into the modules' config and the
 /// in-band registration settings.
-pub(super) fn convert(raw: Option<Modules>) -> Result<(starling_modules::Config, Option<Registration>), ConfigError> {
-    let Some(raw) = raw else { return Ok((starling_modules::Config::all(), None)) };
+/// What `[modules]` switches on: the feature modules, in-band registration, and the
+/// authentication throttle.
+type Converted = (starling_modules::Config, Option<Registration>, Option<Fail2Ban>);
+
+pub(super) fn convert(raw: Option<Modules>) -> Result<Converted, ConfigError> {
+    let Some(raw) = raw else { return Ok((starling_modules::Config::all(), None, Some(default_fail2ban()))) };
+    let fail2ban = match raw.mod_fail2ban {
+        None => None,
+        Some(f) => {
+            if f.c2s_auth_ban_lifetime == 0 || f.c2s_max_auth_failures == 0 {
+                return Err(invalid(
+                    "modules.mod_fail2ban",
+                    "c2s_auth_ban_lifetime and c2s_max_auth_failures must be positive",
+                ));
+            }
+            Some(Fail2Ban {
+                max_auth_failures: f.c2s_max_auth_failures,
+                ban_lifetime: Duration::from_secs(f.c2s_auth_ban_lifetime),
+            })
+        }
+    };
     let defaults = starling_modules::Config::all();
     let registration = raw.mod_register.map(|r| Registration { interval: Duration::from_secs(r.registration_timeout) });
     let positive = |key: &str, value: Option<usize>, default: usize| -> Result<usize, ConfigError> {
@@ -181,5 +230,5 @@ pub(super) fn convert(raw: Option<Modules>) -> Result<(starling_modules::Config,
         version: raw.mod_version.map(|v| starling_modules::VersionConfig { os_info: v.os_info }),
         register: registration.is_some(),
     };
-    Ok((config, registration))
+    Ok((config, registration, fail2ban))
 }

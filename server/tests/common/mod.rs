@@ -58,8 +58,8 @@ impl TestNode {
     pub fn start_tls_with(adjust: impl FnOnce(&mut Config)) -> TestNode {
         TestNode::start_with(|config| {
             config.c2s = vec![
-                C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::None },
-                C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::Direct },
+                C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::None, shaper: None },
+                C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::Direct, shaper: None },
             ];
             adjust(config);
         })
@@ -328,6 +328,13 @@ impl Client {
         self.send(HEADER);
         assert!(self.next().starts_with("<stream:stream"));
         self.expect("<stream:features")
+    }
+
+    /// A second handle to the TCP connection (plain TCP only), for writing from
+    /// another thread.
+    #[allow(dead_code)]
+    pub fn stream_clone(&self) -> TcpStream {
+        self.stream.tcp().try_clone().unwrap()
     }
 
     /// Logs in with SCRAM-SHA-256 and binds `resource`.

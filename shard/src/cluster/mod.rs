@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWrite, Future};
 use glommio::net::{TcpListener, TcpStream};
 use starling_replicate::frame::{Frame, Table};
-use starling_replicate::limits::{LINK_QUEUE_BYTES_MAX, OWNER_GRACE, RECONNECT_MAX, RECONNECT_MIN};
+use starling_replicate::limits::{
+    HANDSHAKES_PER_CORE_MAX, LINK_QUEUE_BYTES_MAX, OWNER_GRACE, RECONNECT_MAX, RECONNECT_MIN,
+};
 use starling_replicate::link::{InEvent, InLink, LinkSettings, OutEvent, OutLink};
 use starling_replicate::membership::DiscoveredNode;
 use starling_replicate::replica::{Change, OwnerId, Replica};
@@ -168,6 +170,8 @@ pub(crate) struct Cluster {
     pub serving: RefCell<HashMap<u64, Serving>>,
     next_epoch: Cell<u64>,
     pub routes_dropped: Cell<u64>,
+    /// In-links of this core still in their handshake (`HANDSHAKES_PER_CORE_MAX`).
+    handshaking: Cell<usize>,
 }
 
 impl Cluster {
@@ -186,6 +190,7 @@ impl Cluster {
             serving: RefCell::new(HashMap::new()),
             next_epoch: Cell::new(start),
             routes_dropped: Cell::new(0),
+            handshaking: Cell::new(0),
         }
     }
 
@@ -515,15 +520,57 @@ async fn wait(
     .await
 }
 
-/// Accepts in-links on this core's replication socket.
+/// Accepts in-links on this core's replication socket. Past
+/// `HANDSHAKES_PER_CORE_MAX` connections still in their handshake, new ones are
+/// closed at once (counted as `cluster_handshakes_refused`, logged once per 10 s).
 pub(crate) async fn accept(core: Rc<Core>, listener: TcpListener) {
+    // Invariant: the replication listener exists only with clustering on.
+    let cluster = core.cluster.as_ref().expect("clustering on");
+    let log = crate::guard::LogEvery::new(Duration::from_secs(10));
     loop {
-        let Ok(stream) = listener.accept().await else {
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-            continue;
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                if let Some(left_out) = log.tick(Instant::now()) {
+                    log::warn!("cluster: accept failed: {error} ({left_out} similar events since the last line)");
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
+        if cluster.handshaking.get() >= HANDSHAKES_PER_CORE_MAX {
+            core.count("cluster_handshakes_refused", 1);
+            if let Some(left_out) = log.tick(Instant::now()) {
+                let from = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                log::warn!(
+                    "cluster: refused a replication connection from {from}: {HANDSHAKES_PER_CORE_MAX} handshakes \
+                     in progress ({left_out} similar events since the last line)"
+                );
+            }
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         crate::contain::spawn(core.clone(), "a replication link", serve(core.clone(), stream));
+    }
+}
+
+/// Counts an in-link as handshaking until it is established or dropped.
+struct Handshaking<'a> {
+    cluster: &'a Cluster,
+    counted: bool,
+}
+
+impl Handshaking<'_> {
+    fn done(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.cluster.handshaking.set(self.cluster.handshaking.get() - 1);
+        }
+    }
+}
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.done();
     }
 }
 
@@ -534,7 +581,12 @@ async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     let id = core.next_id();
     let mut link = InLink::new(nonce(&core), Instant::now());
     let mut owner: Option<(OwnerId, u64, String)> = None;
+    cluster.handshaking.set(cluster.handshaking.get() + 1);
+    let mut handshaking = Handshaking { cluster, counted: true };
     let reason = loop {
+        if link.is_established() {
+            handshaking.done();
+        }
         let mut timer = glommio::timer::Timer::new(link.next_timeout().saturating_duration_since(Instant::now()));
         let read = futures_lite::future::poll_fn(|cx| {
             loop {
@@ -590,6 +642,7 @@ async fn serve(core: Rc<Core>, mut stream: TcpStream) {
             break error.to_string();
         }
     };
+    handshaking.done();
     cluster.serving.borrow_mut().remove(&id);
     if let Some((owner, epoch, node)) = owner {
         log::info!("cluster: link from {node} core {} closed: {reason}", owner.core);

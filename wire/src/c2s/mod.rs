@@ -213,6 +213,17 @@ impl C2s {
         self.bindings = bindings;
     }
 
+    /// Failed SASL attempts on this stream so far (RFC 6120 section 6.4.5; an abort
+    /// counts). The shell feeds them to its throttle across connections.
+    pub fn sasl_failures(&self) -> u8 {
+        self.sasl_failures
+    }
+
+    /// The stream was closed (by either side, or by an error).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Failed)
+    }
+
     pub fn is_established(&self) -> bool {
         matches!(self.state, State::Established)
     }

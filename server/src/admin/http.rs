@@ -1,0 +1,324 @@
+//! The admin port's HTTP/1.1 server: one accept thread and a fixed pool of worker
+//! threads, whatever the number of connections.
+//!
+//! ```text
+//!  accept thread --(bounded queue, QUEUED_CONNECTIONS_MAX)--> WORKERS threads
+//!        \-- queue full: "503 Service Unavailable", closed at once
+//! ```
+//! Requests are parsed with `httparse` (hyper's parser; sans-IO). Each connection
+//! carries one request (`Connection: close`); a client has `REQUEST_TIMEOUT` to send
+//! it. tiny_http, used before, started a thread per connection and offered no way to
+//! bound them (2,000 idle connections held 1,965 threads).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Worker threads: GraphQL requests are short (storage calls of milliseconds), so a
+/// few serve an operator, the CLI and a Prometheus scraper at once.
+pub const WORKERS: usize = 4;
+
+/// Connections accepted and waiting for a worker; past it new ones get 503.
+pub const QUEUED_CONNECTIONS_MAX: usize = 64;
+
+/// Time a client has to send its whole request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request head (request line and headers).
+pub const HEAD_BYTES_MAX: usize = 16 * 1024;
+
+/// Largest request body.
+pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Headers per request.
+const HEADERS_MAX: usize = 64;
+
+/// One parsed request.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    pub query: Option<String>,
+    /// Header names lowercased, values as text (invalid UTF-8 replaced).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub peer: Option<SocketAddr>,
+}
+
+impl Request {
+    /// The first header called `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One response; always `Connection: close`.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn new(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
+        Response { status, content_type, body }
+    }
+
+    fn write_to(&self, stream: &mut TcpStream) -> std::io::Result<()> {
+        let head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(&self.body)?;
+        stream.flush()
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Why a request could not be read; each maps to the status sent back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// The connection closed or timed out; nothing is sent.
+    Gone,
+    Malformed,
+    HeadTooLarge,
+    BodyTooLarge,
+    /// Chunked or other transfer encodings are not accepted.
+    LengthRequired,
+}
+
+impl ReadError {
+    fn response(&self) -> Option<Response> {
+        let (status, text) = match self {
+            ReadError::Gone => return None,
+            ReadError::Malformed => (400, "Malformed HTTP request"),
+            ReadError::HeadTooLarge => (431, "Request head too large"),
+            ReadError::BodyTooLarge => (413, "Request body too large"),
+            ReadError::LengthRequired => (411, "Content-Length required"),
+        };
+        let body = serde_json::json!({"errors": [{"message": text}]}).to_string().into_bytes();
+        Some(Response::new(status, "application/json", body))
+    }
+}
+
+/// Parses a request head; `Ok(None)` when more bytes are needed. Pure: the property
+/// tests and the fuzz-style test feed it arbitrary bytes.
+pub fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Request)>, ReadError> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let used = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ReadError::HeadTooLarge),
+        Err(_) => return Err(ReadError::Malformed),
+    };
+    let method = parsed.method.ok_or(ReadError::Malformed)?.to_owned();
+    let target = parsed.path.ok_or(ReadError::Malformed)?;
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
+        None => (target.to_owned(), None),
+    };
+    let headers = parsed
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).trim().to_owned()))
+        .collect();
+    Ok(Some((used, Request { method, path, query, headers, body: Vec::new(), peer: None })))
+}
+
+/// The body length a request head announces (none: 0).
+pub fn content_length(request: &Request) -> Result<usize, ReadError> {
+    if request.header("transfer-encoding").is_some() {
+        return Err(ReadError::LengthRequired);
+    }
+    let mut lengths = request.headers.iter().filter(|(n, _)| n == "content-length");
+    let length = match lengths.next() {
+        None => 0,
+        Some((_, value)) => value.parse::<usize>().map_err(|_| ReadError::Malformed)?,
+    };
+    if lengths.next().is_some() {
+        // Two lengths: a request-smuggling attempt or a broken client.
+        return Err(ReadError::Malformed);
+    }
+    if length > BODY_BYTES_MAX {
+        return Err(ReadError::BodyTooLarge);
+    }
+    Ok(length)
+}
+
+fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut buffer = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let mut read_more = |stream: &mut TcpStream, buffer: &mut Vec<u8>| -> Result<(), ReadError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadError::Gone);
+        }
+        stream.set_read_timeout(Some(left)).map_err(|_| ReadError::Gone)?;
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => Err(ReadError::Gone),
+            Ok(n) => {
+                buffer.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                Ok(())
+            }
+        }
+    };
+    let (used, mut request) = loop {
+        if let Some(parsed) = parse_head(&buffer)? {
+            break parsed;
+        }
+        if buffer.len() > HEAD_BYTES_MAX {
+            return Err(ReadError::HeadTooLarge);
+        }
+        read_more(stream, &mut buffer)?;
+    };
+    let length = content_length(&request)?;
+    while buffer.len() < used + length {
+        read_more(stream, &mut buffer)?;
+    }
+    request.body = buffer.get(used..used + length).unwrap_or_default().to_vec();
+    request.peer = stream.peer_addr().ok();
+    Ok(request)
+}
+
+/// A running server; `stop` ends its threads.
+pub struct Server {
+    address: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves `listener` with `handler` on `WORKERS` threads named `name`.
+    pub fn start(
+        listener: TcpListener,
+        name: &str,
+        handler: Arc<dyn Fn(&Request) -> Response + Send + Sync>,
+    ) -> std::io::Result<Server> {
+        let address = listener.local_addr()?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (sender, receiver) = crossbeam_channel::bounded::<TcpStream>(QUEUED_CONNECTIONS_MAX);
+        let mut threads = Vec::with_capacity(WORKERS + 1);
+        for i in 0..WORKERS {
+            let receiver = receiver.clone();
+            let handler = handler.clone();
+            threads.push(std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
+                for mut stream in receiver {
+                    let response = match read_request(&mut stream) {
+                        Ok(request) => Some(handler(&request)),
+                        Err(error) => error.response(),
+                    };
+                    if let Some(response) = response {
+                        let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+                        let _ = response.write_to(&mut stream);
+                    }
+                }
+            })?);
+        }
+        let accepting = stopping.clone();
+        threads.push(std::thread::Builder::new().name(format!("{name}-accept")).spawn(move || {
+            let log = std::sync::Mutex::new(None::<Instant>);
+            for stream in listener.incoming() {
+                if accepting.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else {
+                    // Out of file descriptors: wait instead of spinning.
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                if let Err(crossbeam_channel::TrySendError::Full(mut stream)) = sender.try_send(stream) {
+                    // Dropped at the end of this block: closed.
+                    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+                    let body = br#"{"errors":[{"message":"The admin port is busy; try again"}]}"#.to_vec();
+                    let _ = Response::new(503, "application/json", body).write_to(&mut stream);
+                    let mut last = log.lock().unwrap_or_else(|e| e.into_inner());
+                    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        *last = Some(Instant::now());
+                        log::warn!("admin: {QUEUED_CONNECTIONS_MAX} connections waiting; refusing more with 503");
+                    }
+                }
+            }
+            // Dropping the sender ends the workers once the queue is empty.
+        })?);
+        Ok(Server { address, stopping, threads })
+    }
+
+    /// Stops accepting, lets queued requests finish, and joins every thread.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        // Wake the accept thread.
+        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_a_request_head() {
+        let bytes = b"POST /api/graphql?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}";
+        let (used, request) = parse_head(bytes).unwrap().unwrap();
+        assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", "/api/graphql"));
+        assert_eq!(request.query.as_deref(), Some("x=1"));
+        assert_eq!(request.header("host"), Some("127.0.0.1"));
+        assert_eq!(content_length(&request), Ok(2));
+        assert_eq!(&bytes[used..], b"{}");
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none(), "partial");
+    }
+
+    #[test]
+    fn refuses_smuggling_and_oversize() {
+        let (_, chunked) = parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+        assert_eq!(content_length(&chunked), Err(ReadError::LengthRequired));
+        let (_, two) =
+            parse_head(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").unwrap().unwrap();
+        assert_eq!(content_length(&two), Err(ReadError::Malformed));
+        let (_, big) = parse_head(b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n").unwrap().unwrap();
+        assert_eq!(content_length(&big), Err(ReadError::BodyTooLarge));
+        assert_eq!(parse_head(b"\x00\x01garbage\r\n\r\n").unwrap_err(), ReadError::Malformed);
+    }
+
+    proptest! {
+        /// Any bytes: a request, "more needed" or an error; never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(Some((used, request))) = parse_head(&bytes) {
+                prop_assert!(used <= bytes.len());
+                let _ = content_length(&request);
+            }
+        }
+    }
+}

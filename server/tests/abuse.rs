@@ -1,0 +1,281 @@
+//! Issue 10, abuse resistance, against an in-process node over real sockets: traffic
+//! and stanza shapers, the authentication throttle (mod_fail2ban), connections per
+//! address, and the admin port's cross-site refusals and bounded threads.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{Client, TestNode};
+use starling_shard::guard::{Fail2Ban, Shaper};
+use starling_wire::error::StreamErrorCondition;
+
+/// A TCP connection to `to` from the loopback address `from` (127.x.y.z).
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    socket.into()
+}
+
+/// Counts the stanzas containing `needle` that arrive within `window`.
+fn count_arriving(client: &mut Client, needle: &str, window: Duration) -> usize {
+    let deadline = Instant::now() + window;
+    let mut count = 0;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match client.next_within(left.min(Duration::from_millis(200))) {
+            Some(frame) if frame.contains(needle) => count += 1,
+            _ => {}
+        }
+    }
+    count
+}
+
+/// Regression (issue 10: one account sent 60 KB messages for 15 s and the node took
+/// 1.5 GB): a session that floods is read no faster than its listener's shaper. The
+/// bytes that get through in T seconds stay within burst + rate x T (plus one read),
+/// and the session is slowed, not cut off.
+#[test]
+fn a_flood_is_shaped_to_the_listeners_rate() {
+    let shaper = Shaper { max_rate: 20_000, burst_size: 20_000 };
+    let node = TestNode::start_with(|config| config.c2s[0].shaper = Some(shaper));
+    let mut bob = Client::login(node.c2s, "bob", "secret", "b");
+    let alice = Client::login(node.c2s, "alice", "secret", "a");
+    let body = "x".repeat(4000);
+    let stanza = format!("<message to='bob@localhost/b' type='chat'><body>{body}</body></message>");
+    // A writer thread floods for 3 s (the kernel's buffers take what the node leaves).
+    let mut writer = alice.stream_clone();
+    let flood = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut sent = 0usize;
+        while started.elapsed() < Duration::from_secs(3) {
+            if writer.write_all(stanza.as_bytes()).is_err() {
+                break;
+            }
+            sent += stanza.len();
+        }
+        sent
+    });
+    let started = Instant::now();
+    let arrived = count_arriving(&mut bob, "xxxx", Duration::from_secs(3));
+    let elapsed = started.elapsed().as_secs_f64();
+    let sent = flood.join().unwrap();
+    let accepted = arrived * (body.len() + 100);
+    let ceiling = 20_000.0 + 20_000.0 * elapsed + 64.0 * 1024.0;
+    eprintln!("flood: sent {sent} bytes, {accepted} bytes ({arrived} messages) got through in {elapsed:.1} s");
+    assert!(sent > 2 * accepted, "the flood was larger than what got through ({sent} sent)");
+    assert!((accepted as f64) <= ceiling, "{accepted} bytes got through in {elapsed:.1} s (ceiling {ceiling})");
+    assert!(arrived >= 5, "the sender is slowed, not stopped: {arrived} messages");
+    // The session is still up: after the flood drains it is served again.
+    drop(alice);
+}
+
+/// One account's stanzas are shaped across its sessions (`account_stanza_shaper`):
+/// 200 tiny messages from two resources at once arrive at the account's rate, none
+/// is lost, and the sessions stay open.
+#[test]
+fn an_accounts_stanzas_are_shaped_across_its_sessions() {
+    let node = TestNode::start_with(|config| {
+        config.limits.account_stanza_shaper = Some(Shaper { max_rate: 20, burst_size: 20 });
+    });
+    let mut bob = Client::login(node.c2s, "bob", "secret", "b");
+    let mut one = Client::login(node.c2s, "alice", "secret", "one");
+    let mut two = Client::login(node.c2s, "alice", "secret", "two");
+    for i in 0..100 {
+        one.send(&format!("<message to='bob@localhost/b' type='chat'><body>m{i}</body></message>"));
+        two.send(&format!("<message to='bob@localhost/b' type='chat'><body>m{i}</body></message>"));
+    }
+    let started = Instant::now();
+    let first = count_arriving(&mut bob, "<body>m", Duration::from_secs(2));
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!((first as f64) <= 20.0 + 20.0 * elapsed + 2.0, "{first} stanzas in {elapsed:.1} s");
+    assert!(first >= 20, "the burst passes at once: {first}");
+    // Nothing is dropped: the rest arrives at the shaper's pace.
+    let rest = count_arriving(&mut bob, "<body>m", Duration::from_secs(10));
+    assert_eq!(first + rest, 200, "every stanza arrives");
+    one.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>");
+    one.expect("id='p1'");
+}
+
+/// Regression (issue 10: 770 wrong passwords per second against one account from one
+/// address, never slowed): past `c2s_max_auth_failures` the address is banned: its
+/// next connections get `policy-violation` at once, while another address logs in.
+#[test]
+fn brute_force_bans_the_address_and_spares_others() {
+    let fail2ban = Fail2Ban { max_auth_failures: 6, ban_lifetime: Duration::from_secs(60) };
+    let node = TestNode::start_with(|config| config.fail2ban = Some(fail2ban));
+    let attacker = "127.0.0.66";
+    let started = Instant::now();
+    let mut banned_after = None;
+    'connections: for connection in 0..10 {
+        let mut client = Client::from_stream(connect_from(attacker, node.c2s));
+        client.send(common::HEADER);
+        assert!(client.next().starts_with("<stream:stream"));
+        if !client.next().starts_with("<stream:features") {
+            banned_after = Some(connection);
+            break;
+        }
+        // Wrong passwords until the stream closes (3 per stream, or the ban).
+        for _ in 0..3 {
+            assert!(client.scram("alice", "wrong").is_err(), "a wrong password was accepted");
+            if let Some(frame) = client.next_within(Duration::from_millis(300)) {
+                if frame.contains("from this address") {
+                    banned_after = Some(connection);
+                    break 'connections;
+                }
+                if frame.contains("stream:error") {
+                    break;
+                }
+            }
+        }
+    }
+    let banned_after = banned_after.expect("the attacking address is banned");
+    eprintln!("fail2ban: banned after {banned_after} connections in {:.2} s", started.elapsed().as_secs_f64());
+    assert_eq!(banned_after, 2, "the 7th failure (the third connection's first) bans");
+    // Banned: refused at once with a stream error, before any authentication.
+    let mut refused = Client::from_stream(connect_from(attacker, node.c2s));
+    assert!(refused.next().starts_with("<stream:stream"));
+    assert_eq!(refused.expect_stream_error(), StreamErrorCondition::PolicyViolation);
+    // Another address is not affected, even for the attacked account.
+    let mut alice = Client::login_on(connect_from("127.0.0.67", node.c2s), "alice", "secret", "a");
+    alice.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>");
+    alice.expect("id='p1'");
+    let metrics = common::http_get(node.admin, "/metrics");
+    assert!(metrics.contains("starling_c2s_auth_bans_total 1"), "{metrics}");
+}
+
+/// `connections_per_address_max`: the next connection from a full address gets
+/// `policy-violation` at once; other addresses connect; a closed one frees its place.
+#[test]
+fn connections_per_address_are_limited() {
+    let node = TestNode::start_with(|config| config.limits.connections_per_address_max = 5);
+    let mut held: Vec<Client> = (0..5)
+        .map(|_| {
+            let mut client = Client::from_stream(connect_from("127.0.0.70", node.c2s));
+            client.open();
+            client
+        })
+        .collect();
+    let mut sixth = Client::from_stream(connect_from("127.0.0.70", node.c2s));
+    assert!(sixth.next().starts_with("<stream:stream"));
+    assert_eq!(sixth.expect_stream_error(), StreamErrorCondition::PolicyViolation);
+    Client::login_on(connect_from("127.0.0.71", node.c2s), "bob", "secret", "b");
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(300));
+    Client::login_on(connect_from("127.0.0.70", node.c2s), "alice", "secret", "a");
+    let metrics = common::http_get(node.admin, "/metrics");
+    assert!(metrics.contains("starling_c2s_connections_refused_total 1"), "{metrics}");
+}
+
+/// Sends raw HTTP to the admin port; returns (status, body).
+fn http(node: &TestNode, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(node.admin).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0), body.to_owned())
+}
+
+fn post(headers: &str, body: &str) -> String {
+    format!("POST /api/graphql HTTP/1.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+}
+
+const REGISTER: &str = r#"{"query":"mutation { account { registerUser(username: \"mallory\", domain: \"localhost\", password: \"x\") { jid } } }"}"#;
+
+fn mallory_exists(node: &TestNode) -> bool {
+    let query = r#"{"query":"{ account { checkUser(user: \"mallory@localhost\") { exist } } }"}"#;
+    let (_, body) = http(node, &post("Host: 127.0.0.1\r\nContent-Type: application/json\r\n", query));
+    body.contains("\"exist\":true")
+}
+
+/// Regression (issue 10: a mutation sent by GET, or by a text/plain POST with a
+/// foreign Origin and Host, created accounts): what a browser sends for a foreign
+/// page is refused, and nothing runs; the CLI's requests still work.
+#[test]
+fn the_admin_port_refuses_cross_site_requests() {
+    let node = TestNode::start();
+    let mutation = "mutation%20%7B%20account%20%7B%20registerUser(username%3A%20%22mallory%22%2C%20domain%3A%20%22localhost%22%2C%20password%3A%20%22x%22)%20%7B%20jid%20%7D%20%7D%20%7D";
+    let (status, _) = http(
+        &node,
+        &format!("GET /api/graphql?query={mutation} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 405, "GET never runs a mutation");
+    let (status, _) = http(&node, &post("Host: 127.0.0.1\r\nContent-Type: text/plain\r\n", REGISTER));
+    assert_eq!(status, 415, "a CORS-simple text/plain POST is refused");
+    let foreign = "Host: 127.0.0.1:5551\r\nOrigin: http://evil.example\r\nContent-Type: application/json\r\n";
+    assert_eq!(http(&node, &post(foreign, REGISTER)).0, 403, "a foreign Origin is refused");
+    let rebound = "Host: evil.example:5551\r\nContent-Type: application/json\r\n";
+    assert_eq!(http(&node, &post(rebound, REGISTER)).0, 403, "a DNS-rebound Host is refused");
+    assert!(!mallory_exists(&node), "none of them ran");
+    // Queries by GET still work, and so does a same-origin JSON POST.
+    let query = "%7B%20server%20%7B%20status%20%7B%20statusCode%20%7D%20%7D%20%7D";
+    let (status, body) = http(
+        &node,
+        &format!("GET /api/graphql?query={query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let own =
+        format!("Host: {0}\r\nOrigin: http://{0}\r\nContent-Type: application/json; charset=utf-8\r\n", node.admin);
+    assert_eq!(http(&node, &post(&own, REGISTER)).0, 200);
+    assert!(mallory_exists(&node));
+}
+
+/// Threads of this process.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Regression (issue 10: 2,000 connections to the admin port made 1,965 threads):
+/// the admin port serves from a fixed pool; past its queue it answers 503 at once;
+/// when the idle connections go, it answers again.
+#[test]
+fn the_admin_port_has_a_bounded_pool_of_threads() {
+    let node = TestNode::start();
+    let before = threads();
+    let idle: Vec<TcpStream> = (0..500).map(|_| TcpStream::connect(node.admin).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = threads();
+    assert!(during <= before + 2, "500 idle connections: {before} threads before, {during} during");
+    // The queue is full of idle connections: a new request is refused at once, not held.
+    let started = Instant::now();
+    let (status, _) = http(&node, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert!(status == 503 || status == 200, "status {status}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered in {:?}", started.elapsed());
+    drop(idle);
+    // Once the idle connections are gone (closed), the pool serves again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http(&node, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        if status == 200 {
+            assert!(body.contains("starling_sessions"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the admin port did not recover: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// With credentials set, `/metrics` needs them too; `[listen.metrics]` serves it
+/// alone without them (for Prometheus), and nothing else there.
+#[test]
+fn metrics_need_the_credentials_unless_served_apart() {
+    let port = common::free_ports(1)[0];
+    let node = TestNode::start_with(|config| {
+        if let Some(admin) = &mut config.admin {
+            admin.credentials = Some(("admin".into(), "s3cret".into()));
+        }
+        config.metrics = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    });
+    let (status, _) = http(&node, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 401);
+    let separate: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let body = common::http_get(separate, "/metrics");
+    assert!(body.contains("starling_sessions"), "{body}");
+    let api = common::http_get(separate, "/api/graphql");
+    assert!(!api.contains("GraphiQL") && api.contains("Not found"), "{api}");
+}
