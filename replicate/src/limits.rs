@@ -12,8 +12,8 @@ pub const FRAME_BYTES_MAX: u32 = 1024 * 1024;
 /// connection can make us hold no more than this.
 pub const HANDSHAKE_FRAME_BYTES_MAX: u32 = 1024;
 
-/// Bytes of the integrity tag after every frame once a link is established
-/// (HMAC-SHA256 truncated to 128 bits, as TLS and IPsec truncate theirs).
+/// Bytes of the integrity tag after every frame once a link is established (the
+/// AES-256-GCM tag, as in TLS).
 pub const TAG_BYTES: usize = 16;
 
 /// Longest node or cluster name.

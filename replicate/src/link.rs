@@ -14,10 +14,10 @@
 //!        <-- Ack{stanzas}  (after each read that took Route or Deliver frames)
 //!   <-- Heartbeat -->  (both ways, after a second of silence)
 //! ```
-//! Every frame after `Welcome` (both ways) is followed by a 16-byte tag,
-//! HMAC-SHA256(key, sequence | frame) truncated, with a key per direction derived
-//! from the secret and both nonces, and a sequence number counting that direction's
-//! sealed frames: a third party on the path can neither inject, alter, replay nor
+//! Every frame after `Welcome` (both ways) is followed by a 16-byte tag, the
+//! AES-256-GCM tag over the frame (GMAC: the frame is associated data, nothing is
+//! encrypted) with a key per direction derived from the secret and both nonces, and
+//! that direction's frame count as the nonce: a third party on the path can neither inject, alter, replay nor
 //! reorder frames without the link closing (`LinkError::BadTag`). Frames are not
 //! encrypted (like Erlang distribution without TLS): run clusters on a private network.
 //!
@@ -96,8 +96,12 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// One direction's integrity key and the count of frames sealed (or opened) with it.
+/// The tag is AES-256-GCM's over the frame as associated data and no plaintext (that
+/// is, GMAC), with the sequence number as the nonce: a few times cheaper per byte
+/// than HMAC-SHA256 with AES-NI and CLMUL (`examples/link_cost.rs`), and a nonce is
+/// never reused under a key (one key per link and direction, a counter per frame).
 struct Seal {
-    key: ring::hmac::Key,
+    key: ring::aead::LessSafeKey,
     sequence: u64,
 }
 
@@ -113,16 +117,21 @@ impl Seal {
         let mut role = b"seal ".to_vec();
         role.extend_from_slice(direction);
         let derived = proof(&settings.secret, &role, &settings.cluster, owner_nonce, peer_nonce);
-        Seal { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derived), sequence: 0 }
+        // Invariant: `derived` is 32 bytes, AES-256's key length.
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &derived).expect("a 32-byte key");
+        Seal { key: ring::aead::LessSafeKey::new(key), sequence: 0 }
     }
 
     fn tag(&mut self, frame: &[u8]) -> [u8; TAG_BYTES] {
-        let mut context = ring::hmac::Context::with_key(&self.key);
-        context.update(&self.sequence.to_be_bytes());
-        context.update(frame);
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&self.sequence.to_be_bytes());
         self.sequence += 1;
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce);
         let mut out = [0u8; TAG_BYTES];
-        out.copy_from_slice(&context.sign().as_ref()[..TAG_BYTES]);
+        // Fails only for associated data over 2^61 bytes; a zero tag then ends the link.
+        if let Ok(tag) = self.key.seal_in_place_separate_tag(nonce, ring::aead::Aad::from(frame), &mut []) {
+            out.copy_from_slice(tag.as_ref());
+        }
         out
     }
 
