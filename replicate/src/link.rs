@@ -218,8 +218,9 @@ struct Reader {
 /// What handling one frame asks of the reader.
 enum Then {
     Continue,
-    /// The frames after this one are sealed with this key.
-    Open(Seal),
+    /// The frames after this one are sealed with this key (boxed: an AES key
+    /// schedule with its GHASH table is 560 bytes).
+    Open(Box<Seal>),
 }
 
 impl Reader {
@@ -275,7 +276,7 @@ fn decode_all(
                 match each(frame) {
                     Err(error) => return (at, Err(error)),
                     Ok(Then::Continue) => {}
-                    Ok(Then::Open(seal)) => *open = Some(seal),
+                    Ok(Then::Open(seal)) => *open = Some(*seal),
                 }
                 at += total;
             }
@@ -404,7 +405,7 @@ impl OutLink {
                 self.pipe.seal = Some(Seal::new(settings, b"owner", &self.nonce, peer_nonce));
                 let open = Seal::new(settings, b"peer", &self.nonce, peer_nonce);
                 self.state = OutState::Established { peer: peer.clone() };
-                Ok((Some(OutEvent::Established { peer }), Then::Open(open)))
+                Ok((Some(OutEvent::Established { peer }), Then::Open(Box::new(open))))
             }
             (OutState::Established { .. }, Frame::Ack { stanzas }) => {
                 if stanzas < self.stanzas_acked || stanzas > self.stanzas_sent {
@@ -619,7 +620,7 @@ impl InLink {
                 let open = Seal::new(settings, b"owner", owner_nonce, &self.nonce);
                 sink(InEvent::Owner { node, node_num: *node_num, core: *core, epoch: *epoch });
                 self.state = InState::Established;
-                Ok(Then::Open(open))
+                Ok(Then::Open(Box::new(open)))
             }
             (InState::Established, Frame::SnapshotBegin) => {
                 sink(InEvent::SnapshotBegin);
