@@ -279,3 +279,40 @@ fn metrics_need_the_credentials_unless_served_apart() {
     let api = common::http_get(separate, "/api/graphql");
     assert!(!api.contains("GraphiQL") && api.contains("Not found"), "{api}");
 }
+
+/// The archive quota (`max_user_archived_messages`): an account that sends 60
+/// messages with a quota of 20 keeps at most 22 (the quota plus the tenth it may run
+/// over), the newest; its partner's archive the same; the purge is counted.
+#[test]
+fn the_archive_quota_purges_the_oldest_messages() {
+    let node = TestNode::start_with(|config| {
+        let mam = config.modules.mam.as_mut().expect("mod_mam on by default");
+        mam.max_user_archived_messages = 20;
+        mam.batch_size = 7;
+    });
+    let mut alice = Client::login(node.c2s, "alice", "secret", "a");
+    let mut bob = Client::login(node.c2s, "bob", "secret", "b");
+    for i in 1..=60 {
+        alice.send(&format!("<message to='bob@localhost/b' type='chat'><body>q{i}</body></message>"));
+        bob.expect(&format!("<body>q{i}</body>"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for (client, who) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+        client.send("<iq type='set' id='mq'><query xmlns='urn:xmpp:mam:2' queryid='qq'><set xmlns='http://jabber.org/protocol/rsm'><max>100</max></set></query></iq>");
+        let mut bodies = Vec::new();
+        let fin = loop {
+            let frame = client.next();
+            if frame.contains("id='mq'") {
+                break frame;
+            }
+            if let Some(body) = frame.split("<body>").nth(1).and_then(|b| b.split('<').next()) {
+                bodies.push(body.to_owned());
+            }
+        };
+        assert!((20..=22).contains(&bodies.len()), "{who} keeps {} messages: {bodies:?} {fin}", bodies.len());
+        assert_eq!(bodies.last().map(String::as_str), Some("q60"), "{who}: the newest is kept");
+        assert!(!bodies.contains(&"q1".to_owned()), "{who}: the oldest went");
+    }
+    let metrics = common::http_get(node.admin, "/metrics");
+    assert!(metrics.contains("starling_mam_rows_purged_total"), "{metrics}");
+}

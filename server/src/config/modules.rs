@@ -81,6 +81,9 @@ struct ModMam {
     max_result_limit: Option<usize>,
     #[serde(default)]
     async_writer: Option<AsyncWriter>,
+    /// Messages one archive keeps; past it the oldest are purged (0: no limit).
+    #[serde(default)]
+    max_user_archived_messages: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +190,7 @@ pub(super) fn convert(raw: Option<Modules>) -> Result<Converted, ConfigError> {
                 flush_interval: writer.flush_interval.map_or(base.flush_interval, Duration::from_millis),
                 batch_size: positive("modules.mod_mam.async_writer.batch_size", writer.batch_size, base.batch_size)?,
                 queue_max: positive("modules.mod_mam.async_writer.queue_max", writer.queue_max, base.queue_max)?,
+                max_user_archived_messages: mam.max_user_archived_messages.unwrap_or(base.max_user_archived_messages),
             };
             if config.queue_max < config.batch_size {
                 return Err(invalid("modules.mod_mam.async_writer.queue_max", "must be at least batch_size"));

@@ -125,7 +125,9 @@ pub trait Storage: Store {
 pub(crate) mod tests {
     use super::*;
     use starling_modules::roster::{Roster, RosterItem, Subscription};
-    use starling_modules::store::{AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem};
+    use starling_modules::store::{
+        AccountData, ArchivePage, ArchiveQuery, ArchiveTrim, ArchivedMessage, DataKind, PepItem,
+    };
     use starling_shard::db::Registered;
 
     /// Accounts are created once, found, listed, re-keyed and removed; run by each
@@ -242,6 +244,18 @@ pub(crate) mod tests {
         assert_eq!(store.pep_nodes(&alice).unwrap(), vec![("urn:x:mood".to_owned(), "presence".to_owned())]);
         assert!(store.pep_delete(&alice, "urn:x:mood").unwrap());
         assert_eq!(store.pep_items(&alice, "urn:x:mood", 1).unwrap(), None);
+
+        // The archive quota: the oldest beyond `keep` go, the newest stay.
+        let carol_rows: Vec<(BareJid, ArchivedMessage)> = (1000..1010u64)
+            .map(|id| {
+                (carol.clone(), ArchivedMessage { id, timestamp_us: id, with: "x@y".into(), stanza: b"<m/>".to_vec() })
+            })
+            .collect();
+        store.archive_put_many(&carol_rows).unwrap();
+        assert_eq!(store.archive_trim(&carol, 4).unwrap(), ArchiveTrim { remaining: 4, deleted: 7 });
+        let kept = store.archive_query(&carol, &everything).unwrap();
+        assert_eq!(ids(&kept), vec![1006, 1007, 1008, 1009], "the newest are kept");
+        assert_eq!(store.archive_trim(&carol, 10).unwrap(), ArchiveTrim { remaining: 4, deleted: 0 });
 
         let keys = AccountKeys::from_password("p", std::num::NonZeroU32::new(1).unwrap());
         let limit = Some(("192.0.2.1", std::time::Duration::from_secs(600)));

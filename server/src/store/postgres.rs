@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use starling_modules::roster::{Roster, RosterItem, Subscription};
 use starling_modules::store::{
-    AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, PepNode, Store,
+    AccountData, ArchivePage, ArchiveQuery, ArchiveTrim, ArchivedMessage, DataKind, PepItem, PepNode, Store,
 };
 use starling_shard::db::{AuthStore, Registered, StoreError};
 use starling_wire::jid::BareJid;
@@ -383,6 +383,28 @@ impl Store for Postgres {
             )
             .map(|_| ())
             .map_err(error)
+    }
+
+    fn archive_trim(&mut self, user: &BareJid, keep: u64) -> Result<ArchiveTrim, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let mut transaction = self.client.transaction().map_err(error)?;
+        let count: i64 = transaction
+            .query_one("SELECT COUNT(*) FROM mam_message WHERE server = $1 AND username = $2", &[&server, &username])
+            .map_err(error)?
+            .get(0);
+        let count = count.max(0) as u64;
+        if count <= keep {
+            return Ok(ArchiveTrim { remaining: count, deleted: 0 });
+        }
+        let deleted = transaction
+            .execute(
+                "DELETE FROM mam_message WHERE server = $1 AND username = $2 AND id <= \
+                 (SELECT id FROM mam_message WHERE server = $1 AND username = $2 ORDER BY id LIMIT 1 OFFSET $3)",
+                &[&server, &username, &((count - keep - 1) as i64)],
+            )
+            .map_err(error)?;
+        transaction.commit().map_err(error)?;
+        Ok(ArchiveTrim { remaining: count - deleted, deleted })
     }
 
     fn archive_put_many(&mut self, rows: &[(BareJid, ArchivedMessage)]) -> Result<(), StoreError> {

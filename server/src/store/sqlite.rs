@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use starling_modules::roster::{Roster, RosterItem, Subscription};
 use starling_modules::store::{
-    AccountData, ArchivePage, ArchiveQuery, ArchivedMessage, DataKind, PepItem, PepNode, Store,
+    AccountData, ArchivePage, ArchiveQuery, ArchiveTrim, ArchivedMessage, DataKind, PepItem, PepNode, Store,
 };
 use starling_shard::db::{AuthStore, Registered, StoreError};
 use starling_wire::jid::BareJid;
@@ -308,6 +308,27 @@ impl Store for Sqlite {
             Ok(())
         })
     }
+    fn archive_trim(&mut self, user: &BareJid, keep: u64) -> Result<ArchiveTrim, StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.in_transaction(|connection| {
+            let count: i64 = connection
+                .prepare_cached("SELECT COUNT(*) FROM mam_message WHERE server = ?1 AND username = ?2")?
+                .query_row(params![server, username], |row| row.get(0))?;
+            let count = count.max(0) as u64;
+            if count <= keep {
+                return Ok(ArchiveTrim { remaining: count, deleted: 0 });
+            }
+            // The newest id to delete: the (count - keep)th oldest.
+            let deleted = connection
+                .prepare_cached(
+                    "DELETE FROM mam_message WHERE server = ?1 AND username = ?2 AND id <= \
+                     (SELECT id FROM mam_message WHERE server = ?1 AND username = ?2 ORDER BY id LIMIT 1 OFFSET ?3)",
+                )?
+                .execute(params![server, username, (count - keep - 1) as i64])? as u64;
+            Ok(ArchiveTrim { remaining: count - deleted, deleted })
+        })
+    }
+
     fn data(&mut self, user: &BareJid, kind: DataKind, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let (server, username) = Self::user_key(user);
         self.connection

@@ -105,6 +105,10 @@ pub struct MamConfig {
     /// Rows waiting or being written per core above which the senders whose
     /// messages are archived wait (backpressure: nothing is dropped).
     pub queue_max: usize,
+    /// Messages one account's archive keeps (`max_user_archived_messages`, Starling's
+    /// addition in the shape of MongooseIM's `max_user_offline_messages`; 0: no
+    /// limit). Past it the oldest are purged, in steps of a tenth of the quota.
+    pub max_user_archived_messages: u64,
 }
 
 /// `[modules.mod_offline]`.
@@ -181,6 +185,7 @@ impl Default for MamConfig {
             flush_interval: Duration::from_millis(50),
             batch_size: 500,
             queue_max: 20_000,
+            max_user_archived_messages: 100_000,
         }
     }
 }

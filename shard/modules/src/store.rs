@@ -73,6 +73,11 @@ pub trait Store: AuthStore {
     fn archive_put_many(&mut self, rows: &[(BareJid, ArchivedMessage)]) -> Result<(), StoreError> {
         rows.iter().try_for_each(|(user, message)| self.archive_put(user, message))
     }
+    /// Deletes the oldest messages of `user`'s archive beyond the newest `keep`.
+    fn archive_trim(&mut self, user: &BareJid, keep: u64) -> Result<ArchiveTrim, StoreError> {
+        let _ = (user, keep);
+        Err(unsupported())
+    }
     /// One page of the archive of `user`.
     fn archive_query(&mut self, user: &BareJid, query: &ArchiveQuery) -> Result<ArchivePage, StoreError> {
         let _ = (user, query);
@@ -116,6 +121,13 @@ pub trait Store: AuthStore {
 
 fn unsupported() -> StoreError {
     StoreError::Query("not supported by this storage backend yet".into())
+}
+
+/// What `archive_trim` did: messages left in the archive, and messages deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveTrim {
+    pub remaining: u64,
+    pub deleted: u64,
 }
 
 /// One PEP item (XEP-0163).

@@ -12,10 +12,18 @@
 //!  sync() --> resolves once every row appended before it is committed (a query
 //!             finds every message delivered before it)
 //! ```
+//! The archive quota (`max_user_archived_messages`): the writer knows how many rows
+//! each owner it wrote for has (its first batch counts them, in the same DB job);
+//! when an owner passes the quota by a tenth, the job after its batch deletes its
+//! oldest rows down to the quota. So an archive holds at most 1.1 x the quota, and
+//! the counting costs one `COUNT(*)` per owner per process and one purge per tenth.
+//! The counts are per core (an owner's rows are written on its home core); past
+//! `COUNTS_MAX` owners they are forgotten and counted again.
 //! Cost per archived message on the core: one row moved into a vector; the DB thread
 //! pays one prepared insert per row and one commit per batch.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -25,11 +33,14 @@ use starling_shard::flow::{Congestion, Valve};
 use starling_shard::Core;
 use starling_wire::jid::BareJid;
 
-use crate::store::{ArchivedMessage, Store};
+use crate::store::{ArchiveTrim, ArchivedMessage, Store};
 use crate::MamConfig;
 
 /// How long a failed batch waits before it is tried again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Owners whose archive size one core remembers (about 64 bytes each).
+const COUNTS_MAX: usize = 100_000;
 
 /// The batched writer of one core.
 pub struct Writer {
@@ -50,6 +61,8 @@ pub struct Writer {
     waiters: RefCell<Vec<(u64, Waker)>>,
     /// Batches that failed (each retried until it is written).
     pub(crate) failures: Cell<u64>,
+    /// Rows in each owner's archive, as far as this core knows (for the quota).
+    counts: RefCell<HashMap<BareJid, u64>>,
 }
 
 impl Writer {
@@ -66,6 +79,7 @@ impl Writer {
             valve: Rc::new(Valve::default()),
             waiters: RefCell::new(Vec::new()),
             failures: Cell::new(0),
+            counts: RefCell::new(HashMap::new()),
         }
     }
 
@@ -135,19 +149,30 @@ impl Writer {
         }
         let rows = batch.len();
         self.in_flight.set(rows);
+        let trims = self.owners_to_trim(&batch);
+        let keep = self.config.max_user_archived_messages;
         // The writer keeps the batch until it is committed: a failed write, or one the
         // pool could not even queue, is put back and retried, never lost.
         let batch = std::sync::Arc::new(batch);
         let job = batch.clone();
-        let write = self.db.run(move |store| store.archive_put_many(&job));
+        let write = self.db.run(move |store| {
+            store.archive_put_many(&job)?;
+            // The rows are in; a purge that fails is tried again with a later batch.
+            let trimmed: Vec<_> = trims
+                .into_iter()
+                .filter_map(|owner| store.archive_trim(&owner, keep).ok().map(|trim| (owner, trim)))
+                .collect();
+            Ok(trimmed)
+        });
         let writer = self.clone();
         let task_core = core.handle();
         core.spawn("the archive writer", async move {
             let outcome = write.await;
             writer.in_flight.set(0);
             match outcome {
-                Ok(()) => {
+                Ok(trimmed) => {
                     task_core.count("mam_rows_written", rows as u64);
+                    writer.counted(&task_core, &batch, trimmed);
                     writer.committed(rows);
                     writer.flush(&task_core);
                 }
@@ -157,6 +182,51 @@ impl Writer {
                 }
             }
         });
+    }
+
+    /// Owners of `batch` whose archives must be counted (unknown here) or purged
+    /// (known to be a tenth over the quota once the batch is in).
+    fn owners_to_trim(&self, batch: &[(BareJid, ArchivedMessage)]) -> Vec<BareJid> {
+        let quota = self.config.max_user_archived_messages;
+        if quota == 0 {
+            return Vec::new();
+        }
+        let mut adding: HashMap<&BareJid, u64> = HashMap::new();
+        for (owner, _) in batch {
+            *adding.entry(owner).or_insert(0) += 1;
+        }
+        let counts = self.counts.borrow();
+        let slack = (quota / 10).max(1);
+        adding
+            .into_iter()
+            .filter(|(owner, added)| counts.get(*owner).is_none_or(|count| count + added > quota + slack))
+            .map(|(owner, _)| owner.clone())
+            .collect()
+    }
+
+    /// Updates the archive sizes after a committed batch and its purges.
+    fn counted(&self, core: &Core, batch: &[(BareJid, ArchivedMessage)], trimmed: Vec<(BareJid, ArchiveTrim)>) {
+        if self.config.max_user_archived_messages == 0 {
+            return;
+        }
+        let mut counts = self.counts.borrow_mut();
+        if counts.len() > COUNTS_MAX {
+            counts.clear();
+        }
+        for (owner, _) in batch {
+            if let Some(count) = counts.get_mut(owner) {
+                *count += 1;
+            }
+        }
+        let mut deleted = 0;
+        for (owner, trim) in trimmed {
+            // Counted after this batch was written: the exact size now.
+            counts.insert(owner, trim.remaining);
+            deleted += trim.deleted;
+        }
+        if deleted > 0 {
+            core.count("mam_rows_purged", deleted);
+        }
     }
 
     fn committed(&self, rows: usize) {
