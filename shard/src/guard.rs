@@ -55,6 +55,19 @@ pub struct Fail2Ban {
     pub ban_lifetime: Duration,
 }
 
+/// What one client holds: its IPv4 address, or its IPv6 /64 (one host's, or one
+/// subscriber's, allocation: counting single IPv6 addresses would let one machine
+/// use 2^64 of them).
+fn network(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 /// Per-source-address state shared by a node's cores (lock-free).
 pub struct AddressGuard {
     slots: Box<[Slot]>,
@@ -119,7 +132,7 @@ impl AddressGuard {
     }
 
     fn locate(&self, address: IpAddr) -> (usize, u64) {
-        let hash = self.hasher.hash_one(address);
+        let hash = self.hasher.hash_one(network(address));
         // Low bits pick the slot; the high 32 are the tag.
         ((hash as usize) % ADDRESS_SLOTS, hash >> 32)
     }
@@ -328,6 +341,18 @@ mod tests {
         for i in 0..50u64 {
             assert!(!guard.auth_failed(slow, start + Duration::from_secs(12 * i + 1)), "failure {i}");
         }
+    }
+
+    /// An IPv6 /64 is one client; an IPv4-mapped address is its IPv4 address.
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let guard = Arc::new(AddressGuard::new(1, None));
+        let now = Instant::now();
+        let _first = guard.admit("2001:db8:1:2::1".parse().unwrap(), now).unwrap();
+        assert!(guard.admit("2001:db8:1:2:ffff::9".parse().unwrap(), now).is_err(), "same /64");
+        let _other = guard.admit("2001:db8:1:3::1".parse().unwrap(), now).expect("another /64");
+        let _v4 = guard.admit("192.0.2.1".parse().unwrap(), now).unwrap();
+        assert!(guard.admit("::ffff:192.0.2.1".parse().unwrap(), now).is_err(), "mapped is the same client");
     }
 
     #[test]
