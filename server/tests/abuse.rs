@@ -48,14 +48,18 @@ fn a_flood_is_shaped_to_the_listeners_rate() {
     let stanza = format!("<message to='bob@localhost/b' type='chat'><body>{body}</body></message>");
     // A writer thread floods for 3 s (the kernel's buffers take what the node leaves).
     let mut writer = alice.stream_clone();
+    // Writes time out, so the flood stops on time (a blocked write would wait for the
+    // shaped reader to open the TCP window: a minute).
+    writer.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
     let flood = std::thread::spawn(move || {
         let started = Instant::now();
         let mut sent = 0usize;
         while started.elapsed() < Duration::from_secs(3) {
-            if writer.write_all(stanza.as_bytes()).is_err() {
-                break;
+            match writer.write(stanza.as_bytes()) {
+                Ok(n) => sent += n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
             }
-            sent += stanza.len();
         }
         sent
     });
