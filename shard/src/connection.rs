@@ -253,6 +253,14 @@ async fn negotiate(
         while let Some(action) = next {
             next = match action {
                 Action::Bind { user, resource } => return Some((user, resource)),
+                Action::FetchCredentials { .. } | Action::VerifyPassword { .. } if conn.banned(core) => {
+                    // Regression (a breaker sent 920 guesses from one address on
+                    // connections opened before its ban): a banned address gets no
+                    // more password checks on any connection.
+                    let text = "too many failed authentications from this address; try again later";
+                    conn.fail(core, StreamError::with_text(StreamErrorCondition::PolicyViolation, text));
+                    return None;
+                }
                 other => conn.perform(core, other).await.ok()?,
             };
             conn.count_failures(core)?;
@@ -263,6 +271,11 @@ async fn negotiate(
 impl Negotiating {
     fn settings(&self, core: &Core) -> std::sync::Arc<starling_wire::c2s::C2sSettings> {
         core.shared.settings.listeners[self.listener].c2s.clone()
+    }
+
+    /// Whether the client's address is banned now (by failures on any connection).
+    fn banned(&self, core: &Core) -> bool {
+        self.address.is_some_and(|address| core.shared.guard.is_banned(address, Instant::now()))
     }
 
     /// Counts new SASL failures against the client's address (mod_fail2ban); `None`

@@ -160,7 +160,8 @@ impl AddressGuard {
         Ok(Admitted { guard: self.clone(), slot: index })
     }
 
-    /// Counts a failed authentication from `address`; `true` if that banned it.
+    /// Counts a failed authentication from `address`; `true` if that banned it (only
+    /// the failure that starts a ban, not those after it).
     pub fn auth_failed(&self, address: IpAddr, now: Instant) -> bool {
         let Some(fail2ban) = self.fail2ban else { return false };
         let (index, tag) = self.locate(address);
@@ -181,8 +182,9 @@ impl AddressGuard {
             // Over the bucket: more than `max` failures within the lifetime.
             if next.saturating_sub(now_ds) > cost * max {
                 let until = (now_ds + lifetime_ds) & 0xffff_ffff;
-                slot.banned.store((tag << 32) | until, Ordering::Relaxed);
-                return true;
+                let before = slot.banned.swap((tag << 32) | until, Ordering::Relaxed);
+                let was_banned = before >> 32 == tag && (before & 0xffff_ffff) > now_ds;
+                return !was_banned;
             }
             return false;
         }
@@ -330,8 +332,9 @@ mod tests {
         let start = Instant::now();
         let attacker: IpAddr = "127.0.0.66".parse().unwrap();
         let user: IpAddr = "127.0.0.9".parse().unwrap();
-        let banned: Vec<bool> = (0..6).map(|_| guard.auth_failed(attacker, start)).collect();
-        assert_eq!(banned, [false, false, false, false, false, true], "the 6th failure within the lifetime bans");
+        let banned: Vec<bool> = (0..8).map(|_| guard.auth_failed(attacker, start)).collect();
+        let expected = [false, false, false, false, false, true, false, false];
+        assert_eq!(banned, expected, "the 6th failure within the lifetime bans, once");
         assert_eq!(guard.admit(attacker, start).unwrap_err(), Refusal::Banned);
         assert!(guard.admit(user, start).is_ok(), "other addresses are not affected");
         assert!(guard.is_banned(attacker, start + Duration::from_secs(59)));

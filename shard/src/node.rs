@@ -27,6 +27,10 @@ use crate::settings::{ListenerSockets, Settings};
 
 type Job = Box<dyn FnOnce(&Core) + Send>;
 
+/// The abuse-resistance counters (`guard.rs`), as `starling_<name>_total`.
+const GUARD_COUNTERS: [&str; 4] =
+    ["c2s_connections_refused", "c2s_auth_bans", "c2s_stanzas_shaped", "cluster_handshakes_evicted"];
+
 enum Control {
     Run(Job),
     Discovered(Vec<starling_replicate::membership::DiscoveredNode>),
@@ -347,6 +351,11 @@ async fn run_core(
     // The mesh numbers its members; that number is this core's identity.
     let id = senders.peer_id();
     let core = Core::new(id, cores, shared);
+    // Counters an operator alerts on are in /metrics from the start, at 0 (a breaker
+    // found them missing until their first event).
+    for name in GUARD_COUNTERS {
+        core.count(name, 0);
+    }
     let factory = core.shared.settings.modules.clone();
     core.install_modules(&*factory);
     let senders = Rc::new(senders);
