@@ -38,8 +38,8 @@ pub const OWNER_GRACE: Duration = Duration::from_millis(1000);
 /// nothing is closed after it).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Replication connections of one core still in their handshake; past it new ones
-/// are closed at once. A cluster of N nodes with C cores each opens N x C links in
+/// Replication connections of one core still in their handshake; past it the
+/// oldest is closed to make room for a new one. A cluster of N nodes with C cores each opens N x C links in
 /// all, each handshake lasting one round trip, so 64 is far above what peers need
 /// and bounds what strangers can hold (64 x 1 KiB, no CPU while idle).
 pub const HANDSHAKES_PER_CORE_MAX: usize = 64;

@@ -577,3 +577,55 @@ fn unauthenticated_replication_connections_cost_no_cpu() {
         assert!(closed_within(stranger, Duration::from_secs(6)), "stranger {i} is closed by the handshake timeout");
     }
 }
+
+/// Regression (breaker): strangers holding 200 connections to the replication port
+/// (re-opening each one the node closes) took every handshake place, so a node that
+/// started meanwhile could not link: the cluster stayed split while they held on.
+/// The oldest handshake now makes room for the newest, and a peer's handshake takes a
+/// round trip: the new node joins while the strangers keep at it.
+#[test]
+fn strangers_holding_the_replication_port_do_not_keep_a_node_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::Sqlite(dir.path().join("cluster.db"));
+    let n1 = Node::start(dir.path(), "n1@localhost", &db, None);
+    db.register(&["alice", "bob"]);
+    wait_for(Duration::from_secs(20), "n1's admin port", || {
+        n1.system_info().map(|_| ()).ok_or_else(|| "no answer".to_string())
+    });
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let holding = stop.clone();
+    let target = n1.cets;
+    let holder = std::thread::spawn(move || {
+        let mut held: Vec<TcpStream> = Vec::new();
+        let mut opened = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !holding.load(Ordering::Relaxed) && Instant::now() < deadline {
+            // Keep the ones the node has not closed; open new ones for the rest.
+            held.retain_mut(|stream| {
+                let mut byte = [0u8; 1];
+                match stream.read(&mut byte) {
+                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                    Ok(n) => n > 0,
+                }
+            });
+            while held.len() < 200 {
+                let Ok(stream) = TcpStream::connect(target) else { break };
+                stream.set_nonblocking(true).unwrap();
+                held.push(stream);
+                opened += 1;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        opened
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let n2 = Node::start(dir.path(), "n2@localhost", &db, None);
+    wait_for(Duration::from_secs(20), "n2 to join while strangers hold the port", || {
+        formed(&[&n1, &n2], &["n1@localhost", "n2@localhost"])
+    });
+    chat_across(&n1, &n2);
+    stop.store(true, Ordering::Relaxed);
+    let opened = holder.join().unwrap();
+    assert!(opened >= 200, "the strangers held their connections ({opened} opened)");
+}

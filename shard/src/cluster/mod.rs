@@ -18,6 +18,7 @@ pub mod store;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -170,8 +171,11 @@ pub(crate) struct Cluster {
     pub serving: RefCell<HashMap<u64, Serving>>,
     next_epoch: Cell<u64>,
     pub routes_dropped: Cell<u64>,
-    /// In-links of this core still in their handshake (`HANDSHAKES_PER_CORE_MAX`).
-    handshaking: Cell<usize>,
+    /// In-links of this core still in their handshake, oldest first: link id and
+    /// socket (`HANDSHAKES_PER_CORE_MAX`).
+    handshaking: RefCell<VecDeque<(u64, std::os::fd::RawFd)>>,
+    /// Refused and failed links: one log line per interval.
+    refused_log: crate::guard::LogEvery,
 }
 
 impl Cluster {
@@ -190,7 +194,8 @@ impl Cluster {
             serving: RefCell::new(HashMap::new()),
             next_epoch: Cell::new(start),
             routes_dropped: Cell::new(0),
-            handshaking: Cell::new(0),
+            handshaking: RefCell::new(VecDeque::new()),
+            refused_log: crate::guard::LogEvery::new(Duration::from_secs(10)),
         }
     }
 
@@ -521,8 +526,12 @@ async fn wait(
 }
 
 /// Accepts in-links on this core's replication socket. Past
-/// `HANDSHAKES_PER_CORE_MAX` connections still in their handshake, new ones are
-/// closed at once (counted as `cluster_handshakes_refused`, logged once per 10 s).
+/// `HANDSHAKES_PER_CORE_MAX` connections still in their handshake, the oldest of
+/// them is closed to make room (counted as `cluster_handshakes_evicted`, logged once
+/// per 10 s): strangers that hold connections open cannot keep a peer out, since a
+/// peer's handshake needs only a round trip while theirs never ends. Refusing the
+/// newest instead let 200 idle connections keep a restarted node out of the cluster
+/// (found by a breaker).
 pub(crate) async fn accept(core: Rc<Core>, listener: TcpListener) {
     // Invariant: the replication listener exists only with clustering on.
     let cluster = core.cluster.as_ref().expect("clustering on");
@@ -538,33 +547,43 @@ pub(crate) async fn accept(core: Rc<Core>, listener: TcpListener) {
                 continue;
             }
         };
-        if cluster.handshaking.get() >= HANDSHAKES_PER_CORE_MAX {
-            core.count("cluster_handshakes_refused", 1);
-            if let Some(left_out) = log.tick(Instant::now()) {
-                let from = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                log::warn!(
-                    "cluster: refused a replication connection from {from}: {HANDSHAKES_PER_CORE_MAX} handshakes \
-                     in progress ({left_out} similar events since the last line)"
-                );
+        let id = core.next_id();
+        {
+            let mut handshaking = cluster.handshaking.borrow_mut();
+            if handshaking.len() >= HANDSHAKES_PER_CORE_MAX {
+                if let Some((_, oldest)) = handshaking.pop_front() {
+                    // SAFETY: `oldest` is the socket of an in-link task of this core
+                    // that has not ended: a task removes its entry (`Handshaking`)
+                    // before its stream is dropped, and this core runs one task at a
+                    // time, so the descriptor is open and still that socket.
+                    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(oldest) };
+                    let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Both);
+                    core.count("cluster_handshakes_evicted", 1);
+                    if let Some(left_out) = log.tick(Instant::now()) {
+                        log::warn!(
+                            "cluster: {HANDSHAKES_PER_CORE_MAX} replication connections in their handshake; \
+                             closed the oldest ({left_out} similar events since the last line)"
+                        );
+                    }
+                }
             }
-            continue;
+            handshaking.push_back((id, stream.as_raw_fd()));
         }
         let _ = stream.set_nodelay(true);
-        crate::contain::spawn(core.clone(), "a replication link", serve(core.clone(), stream));
+        crate::contain::spawn(core.clone(), "a replication link", serve(core.clone(), stream, id));
     }
 }
 
-/// Counts an in-link as handshaking until it is established or dropped.
+/// Holds an in-link's place among the handshaking until it is established or gone.
 struct Handshaking<'a> {
     cluster: &'a Cluster,
-    counted: bool,
+    id: u64,
 }
 
 impl Handshaking<'_> {
     fn done(&mut self) {
-        if std::mem::take(&mut self.counted) {
-            self.cluster.handshaking.set(self.cluster.handshaking.get() - 1);
-        }
+        let id = self.id;
+        self.cluster.handshaking.borrow_mut().retain(|(each, _)| *each != id);
     }
 }
 
@@ -575,14 +594,13 @@ impl Drop for Handshaking<'_> {
 }
 
 /// Serves one owner's link: dispatches its changes and stanzas to the home cores.
-async fn serve(core: Rc<Core>, mut stream: TcpStream) {
+async fn serve(core: Rc<Core>, mut stream: TcpStream, id: u64) {
     // Invariant: the replication listener exists only with clustering on.
     let cluster = core.cluster.as_ref().expect("clustering on");
-    let id = core.next_id();
+    // Dropped before `stream` (locals before parameters): see `accept`.
+    let mut handshaking = Handshaking { cluster, id };
     let mut link = InLink::new(nonce(&core), Instant::now());
     let mut owner: Option<(OwnerId, u64, String)> = None;
-    cluster.handshaking.set(cluster.handshaking.get() + 1);
-    let mut handshaking = Handshaking { cluster, counted: true };
     let reason = loop {
         if link.is_established() {
             handshaking.done();
@@ -650,8 +668,8 @@ async fn serve(core: Rc<Core>, mut stream: TcpStream) {
         // link of the same owner arrived meanwhile: its epoch is higher).
         glommio::timer::sleep(OWNER_GRACE).await;
         broadcast(&core, owner, epoch, Change::Down);
-    } else {
-        log::info!("cluster: refused a replication link: {reason}");
+    } else if let Some(left_out) = cluster.refused_log.tick(Instant::now()) {
+        log::info!("cluster: refused a replication link: {reason} ({left_out} similar events since the last line)");
     }
 }
 
