@@ -381,18 +381,42 @@ pub fn scram_iterations(config: &Config) -> NonZeroU32 {
     config.auth.scram_iterations
 }
 
+/// Raises the soft open-file limit to the hard one, as servers do (Go's runtime does
+/// it for every program): a shell's default soft limit of 1,024 would otherwise make a
+/// node of 24 connections (found by a breaker). Never lowers it.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max {
+            return;
+        }
+        let soft = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            log::info!("limits: open-file limit raised from {soft} to {}", limit.rlim_max);
+        }
+    }
+}
+
 /// The configured `connections_per_core_max`, lowered so that every core's share fits
 /// the process's open-file limit (less a reserve for listeners, links, the database
 /// and files): at the limit new connections are refused at once instead of failing
-/// in `accept` (which left them waiting in the backlog and flooded the log).
+/// in `accept` (which left them waiting in the backlog and flooded the log). Below
+/// 1,000 per core the operator is warned: the hard limit is what to raise.
 fn connections_per_core(config: &Config, cores: usize) -> usize {
     let configured = config.limits.connections_per_core_max;
     match starling_shard::guard::connections_per_core_for_fd_limit(cores) {
         Some(fitting) if fitting < configured => {
-            log::info!(
+            let message = format!(
                 "limits: {fitting} connections per core ({cores} cores) fit the open-file limit; \
                  connections_per_core_max = {configured} lowered to it"
             );
+            if fitting < 1000 {
+                log::warn!("{message} (raise the hard limit: `ulimit -Hn`, LimitNOFILE= in systemd)");
+            } else {
+                log::info!("{message}");
+            }
             fitting
         }
         _ => configured,

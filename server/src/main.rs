@@ -75,6 +75,7 @@ fn serve_node(path: Option<PathBuf>) -> i32 {
         .format_timestamp_millis()
         .init();
     starling_server::install_panic_hook();
+    starling_server::raise_open_file_limit();
     let signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
     {
         Ok(signals) => signals,

@@ -169,3 +169,33 @@ fn the_connection_limit_follows_the_file_descriptor_limit() {
     let lines = text.lines().filter(|l| l.contains("refused a connection") || l.contains("accept failed")).count();
     assert!((1..=4).contains(&lines), "{lines} log lines about refused connections:\n{text}");
 }
+
+/// Regression (breaker): under a shell's soft open-file limit of 1,024 the node took
+/// 12 connections per core, silently. It raises its soft limit to the hard one.
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = common::free_ports(2);
+    let config = dir.path().join("starling.toml");
+    std::fs::write(&config, config_text(dir.path(), ports[0], ports[1])).unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let script =
+        format!("ulimit -Sn 1100 && exec {} serve --config {}", env!("CARGO_BIN_EXE_starling"), config.display());
+    let child = Command::new("sh").arg("-c").arg(script).env("STARLING_LOG", "info").stderr(log).spawn().unwrap();
+    let mut server = Server { child, config: config.clone(), c2s: ports[0], _dir: dir };
+    wait_then_register_alice(&config);
+    let address: std::net::SocketAddr = format!("127.0.0.1:{}", server.c2s).parse().unwrap();
+    let mut held: Vec<std::net::TcpStream> = (0..300).map(|_| std::net::TcpStream::connect(address).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, stream) in held.iter_mut().enumerate() {
+        use std::io::Read;
+        stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        assert!(!matches!(stream.read(&mut byte), Ok(0)), "connection {i} was closed");
+    }
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(text.contains("open-file limit raised from 1100"), "{text}");
+}
