@@ -320,3 +320,51 @@ fn the_archive_quota_purges_the_oldest_messages() {
     let metrics = common::http_get(node.admin, "/metrics");
     assert!(metrics.contains("starling_mam_rows_purged_total"), "{metrics}");
 }
+
+/// Regression (breaker): the ban was checked only when a connection opened, so
+/// connections opened before it each got a password check: 920 guesses from one
+/// address, and a right password still succeeded after the ban. Now a banned
+/// address gets no password check on any connection.
+#[test]
+fn a_ban_holds_on_connections_opened_before_it() {
+    let fail2ban = Fail2Ban { max_auth_failures: 3, ban_lifetime: Duration::from_secs(60) };
+    let node = TestNode::start_with(|config| config.fail2ban = Some(fail2ban));
+    let attacker = "127.0.0.80";
+    let mut opened: Vec<Client> = (0..4)
+        .map(|_| {
+            let mut client = Client::from_stream(connect_from(attacker, node.c2s));
+            client.open();
+            client
+        })
+        .collect();
+    // Four failures on two of them: the fourth bans.
+    for client in opened.iter_mut().take(2) {
+        for _ in 0..2 {
+            assert!(client.scram("alice", "wrong").is_err());
+        }
+    }
+    let mut late = opened.pop().unwrap();
+    let refused = late.scram("alice", "secret").expect_err("no password check for a banned address");
+    assert!(refused.contains("policy-violation") || refused.contains("stream:error"), "{refused}");
+    let metrics = common::http_get(node.admin, "/metrics");
+    assert!(metrics.contains("starling_c2s_auth_bans_total 1\n"), "one ban, counted once: {metrics}");
+}
+
+/// Regression (breaker): 70 connections sending a byte a second held the admin
+/// port's workers, and the CLI failed for 10 to 15 s at a time. Slow requests are now
+/// read by the accept thread; the workers only answer complete ones.
+#[test]
+fn slow_clients_do_not_keep_the_admin_port_from_answering() {
+    let node = TestNode::start();
+    let mut slow: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(node.admin).unwrap()).collect();
+    for second in 0..3 {
+        for stream in &mut slow {
+            let _ = stream.write_all(if second == 0 { b"P" } else { b"O" });
+        }
+        let started = Instant::now();
+        let (status, body) = http(&node, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        assert_eq!(status, 200, "{body}");
+        assert!(started.elapsed() < Duration::from_secs(2), "answered in {:?}", started.elapsed());
+        std::thread::sleep(Duration::from_millis(700));
+    }
+}

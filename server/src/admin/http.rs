@@ -2,16 +2,20 @@
 //! threads, whatever the number of connections.
 //!
 //! ```text
-//!  accept thread --(bounded queue, QUEUED_CONNECTIONS_MAX)--> WORKERS threads
+//!  accept thread: accept + read requests with poll(2), ARRIVING_MAX connections
+//!        |  (the oldest dropped when full; each has REQUEST_TIMEOUT to send)
+//!        +--complete requests (bounded queue, QUEUED_REQUESTS_MAX)--> WORKERS threads
 //!        \-- queue full: "503 Service Unavailable", closed at once
 //! ```
 //! Requests are parsed with `httparse` (hyper's parser; sans-IO). Each connection
-//! carries one request (`Connection: close`); a client has `REQUEST_TIMEOUT` to send
-//! it. tiny_http, used before, started a thread per connection and offered no way to
+//! carries one request (`Connection: close`). Slow or idle clients never hold a
+//! worker: a breaker's 70 connections sending a byte a second had kept the CLI out
+//! while workers read them. tiny_http, used before, started a thread per connection and offered no way to
 //! bound them (2,000 idle connections held 1,965 threads).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,8 +25,11 @@ use std::time::{Duration, Instant};
 /// few serve an operator, the CLI and a Prometheus scraper at once.
 pub const WORKERS: usize = 4;
 
-/// Connections accepted and waiting for a worker; past it new ones get 503.
-pub const QUEUED_CONNECTIONS_MAX: usize = 64;
+/// Complete requests waiting for a worker; past it new ones get 503.
+pub const QUEUED_REQUESTS_MAX: usize = 64;
+
+/// Connections whose request is still arriving; a new one past it drops the oldest.
+pub const ARRIVING_MAX: usize = 256;
 
 /// Time a client has to send its whole request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,40 +179,150 @@ pub fn content_length(request: &Request) -> Result<usize, ReadError> {
     Ok(length)
 }
 
-fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut buffer = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    let mut read_more = |stream: &mut TcpStream, buffer: &mut Vec<u8>| -> Result<(), ReadError> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ReadError::Gone);
+/// A connection whose request is still arriving.
+struct Arriving {
+    stream: TcpStream,
+    bytes: Vec<u8>,
+    deadline: Instant,
+}
+
+/// What the bytes received so far make.
+enum Progress {
+    More,
+    Done(Request),
+    Failed(ReadError),
+}
+
+fn progress(bytes: &[u8]) -> Progress {
+    let (used, mut request) = match parse_head(bytes) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) if bytes.len() > HEAD_BYTES_MAX => return Progress::Failed(ReadError::HeadTooLarge),
+        Ok(None) => return Progress::More,
+        Err(error) => return Progress::Failed(error),
+    };
+    let length = match content_length(&request) {
+        Ok(length) => length,
+        Err(error) => return Progress::Failed(error),
+    };
+    match bytes.get(used..used + length) {
+        Some(body) => {
+            request.body = body.to_vec();
+            Progress::Done(request)
         }
-        stream.set_read_timeout(Some(left)).map_err(|_| ReadError::Gone)?;
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => Err(ReadError::Gone),
-            Ok(n) => {
-                buffer.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                Ok(())
+        None => Progress::More,
+    }
+}
+
+/// Reads what `arriving` has without blocking; `Some` when it is finished with.
+fn read_some(arriving: &mut Arriving) -> Option<Progress> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match arriving.stream.read(&mut chunk) {
+            Ok(0) => return Some(Progress::Failed(ReadError::Gone)),
+            Ok(n) => arriving.bytes.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Some(Progress::Failed(ReadError::Gone)),
+        }
+        if arriving.bytes.len() > HEAD_BYTES_MAX + BODY_BYTES_MAX {
+            return Some(Progress::Failed(ReadError::BodyTooLarge));
+        }
+    }
+    match progress(&arriving.bytes) {
+        Progress::More => None,
+        done => Some(done),
+    }
+}
+
+/// Sends `response` on a connection that is non-blocking (a small answer fits the
+/// socket buffer; what does not is dropped with the connection).
+fn answer_now(mut stream: TcpStream, response: &Response) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let _ = response.write_to(&mut stream);
+}
+
+/// The accept thread: takes connections and reads their requests with `poll(2)`, so
+/// a slow or idle client holds one slot of `ARRIVING_MAX` (the oldest is dropped when
+/// they are full) and never a worker; complete requests go to the workers.
+fn receive(listener: TcpListener, stopping: &AtomicBool, workers: &crossbeam_channel::Sender<(TcpStream, Request)>) {
+    if listener.set_nonblocking(true).is_err() {
+        log::error!("admin: cannot make the listener non-blocking");
+        return;
+    }
+    let mut arriving: std::collections::VecDeque<Arriving> = std::collections::VecDeque::new();
+    let mut busy_logged: Option<Instant> = None;
+    while !stopping.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        // Drop what ran out of time.
+        arriving.retain(|a| a.deadline > now);
+        let wait = arriving
+            .iter()
+            .map(|a| a.deadline.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
+            .chain(arriving.iter().map(|a| a.stream.as_raw_fd()))
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait.as_millis() as i32) };
+        if ready <= 0 {
+            continue;
+        }
+        // Requests first (indexes shift once connections are added or removed).
+        let mut finished = Vec::new();
+        for (index, fd) in fds.iter().enumerate().skip(1) {
+            if fd.revents == 0 {
+                continue;
+            }
+            if let Some(slot) = arriving.get_mut(index - 1) {
+                if let Some(done) = read_some(slot) {
+                    finished.push((index - 1, done));
+                }
             }
         }
-    };
-    let (used, mut request) = loop {
-        if let Some(parsed) = parse_head(&buffer)? {
-            break parsed;
+        for (index, done) in finished.into_iter().rev() {
+            let Some(slot) = arriving.remove(index) else { continue };
+            match done {
+                Progress::Done(mut request) => {
+                    request.peer = slot.stream.peer_addr().ok();
+                    let _ = slot.stream.set_nonblocking(false);
+                    if let Err(crossbeam_channel::TrySendError::Full((stream, _))) =
+                        workers.try_send((slot.stream, request))
+                    {
+                        let body = br#"{"errors":[{"message":"The admin port is busy; try again"}]}"#.to_vec();
+                        answer_now(stream, &Response::new(503, "application/json", body));
+                        if busy_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                            busy_logged = Some(Instant::now());
+                            log::warn!("admin: {QUEUED_REQUESTS_MAX} requests waiting; answering 503");
+                        }
+                    }
+                }
+                Progress::Failed(error) => {
+                    if let Some(response) = error.response() {
+                        answer_now(slot.stream, &response);
+                    }
+                }
+                Progress::More => {}
+            }
         }
-        if buffer.len() > HEAD_BYTES_MAX {
-            return Err(ReadError::HeadTooLarge);
+        if fds.first().is_some_and(|fd| fd.revents != 0) {
+            // Every connection waiting in the backlog.
+            for _ in 0..ARRIVING_MAX {
+                let Ok((stream, _)) = listener.accept() else { break };
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                if arriving.len() >= ARRIVING_MAX {
+                    // The oldest is the likeliest to be idle or slow on purpose.
+                    arriving.pop_front();
+                }
+                arriving.push_back(Arriving { stream, bytes: Vec::new(), deadline: Instant::now() + REQUEST_TIMEOUT });
+            }
         }
-        read_more(stream, &mut buffer)?;
-    };
-    let length = content_length(&request)?;
-    while buffer.len() < used + length {
-        read_more(stream, &mut buffer)?;
     }
-    request.body = buffer.get(used..used + length).unwrap_or_default().to_vec();
-    request.peer = stream.peer_addr().ok();
-    Ok(request)
 }
 
 /// A running server; `stop` ends its threads.
@@ -224,57 +341,32 @@ impl Server {
     ) -> std::io::Result<Server> {
         let address = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
-        let (sender, receiver) = crossbeam_channel::bounded::<TcpStream>(QUEUED_CONNECTIONS_MAX);
+        let (sender, receiver) = crossbeam_channel::bounded::<(TcpStream, Request)>(QUEUED_REQUESTS_MAX);
         let mut threads = Vec::with_capacity(WORKERS + 1);
         for i in 0..WORKERS {
             let receiver = receiver.clone();
             let handler = handler.clone();
             threads.push(std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
-                for mut stream in receiver {
-                    let response = match read_request(&mut stream) {
-                        Ok(request) => Some(handler(&request)),
-                        Err(error) => error.response(),
-                    };
-                    if let Some(response) = response {
-                        let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
-                        let _ = response.write_to(&mut stream);
-                    }
+                for (mut stream, request) in receiver {
+                    let response = handler(&request);
+                    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+                    let _ = response.write_to(&mut stream);
                 }
             })?);
         }
-        let accepting = stopping.clone();
-        threads.push(std::thread::Builder::new().name(format!("{name}-accept")).spawn(move || {
-            let log = std::sync::Mutex::new(None::<Instant>);
-            for stream in listener.incoming() {
-                if accepting.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(stream) = stream else {
-                    // Out of file descriptors: wait instead of spinning.
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                if let Err(crossbeam_channel::TrySendError::Full(mut stream)) = sender.try_send(stream) {
-                    // Dropped at the end of this block: closed.
-                    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-                    let body = br#"{"errors":[{"message":"The admin port is busy; try again"}]}"#.to_vec();
-                    let _ = Response::new(503, "application/json", body).write_to(&mut stream);
-                    let mut last = log.lock().unwrap_or_else(|e| e.into_inner());
-                    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        *last = Some(Instant::now());
-                        log::warn!("admin: {QUEUED_CONNECTIONS_MAX} connections waiting; refusing more with 503");
-                    }
-                }
-            }
-            // Dropping the sender ends the workers once the queue is empty.
-        })?);
+        let receiving = stopping.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("{name}-accept"))
+                .spawn(move || receive(listener, &receiving, &sender))?,
+        );
         Ok(Server { address, stopping, threads })
     }
 
     /// Stops accepting, lets queued requests finish, and joins every thread.
     pub fn stop(self) {
         self.stopping.store(true, Ordering::Relaxed);
-        // Wake the accept thread.
+        // Wake the accept thread from poll(2).
         let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
         for thread in self.threads {
             let _ = thread.join();
