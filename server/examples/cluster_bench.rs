@@ -160,25 +160,32 @@ fn latency(count: usize) {
         store.register(&format!("u{i}@localhost").parse().unwrap(), &keys).unwrap();
     }
     let (arrivals, arrived) = std::sync::mpsc::channel::<(String, Instant)>();
+    // Every link the node opens (one per core, and again after a reconnect) is
+    // served; a peer that took only the first made the bench fail now and then.
     std::thread::spawn(move || {
-        let settings = peer_settings();
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut link = InLink::new([3; 32], Instant::now());
-        let mut buffer = vec![0u8; 65536];
-        loop {
-            let n = match stream.read(&mut buffer) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let now = Instant::now();
-            let _ = link.handle_input(&settings, &buffer[..n], now, &mut |event| {
-                if let InEvent::Put { key, .. } = event {
-                    let _ = arrivals.send((String::from_utf8_lossy(key).into_owned(), now));
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let arrivals = arrivals.clone();
+            std::thread::spawn(move || {
+                let settings = peer_settings();
+                let mut link = InLink::new([3; 32], Instant::now());
+                let mut buffer = vec![0u8; 65536];
+                loop {
+                    let n = match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let now = Instant::now();
+                    let _ = link.handle_input(&settings, &buffer[..n], now, &mut |event| {
+                        if let InEvent::Put { key, .. } = event {
+                            let _ = arrivals.send((String::from_utf8_lossy(key).into_owned(), now));
+                        }
+                    });
+                    let reply = link.transmit().to_vec();
+                    let _ = stream.write_all(&reply);
+                    link.transmitted(reply.len(), now);
                 }
             });
-            let reply = link.transmit().to_vec();
-            let _ = stream.write_all(&reply);
-            link.transmitted(reply.len(), now);
         }
     });
     std::thread::sleep(Duration::from_secs(2));
