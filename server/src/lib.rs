@@ -5,7 +5,7 @@
 //!                                                      |  storage (SQLite) + DB thread pool
 //!                                                      |  TLS material (generated on first start)
 //!                                                      |  cores (starling-shard::Node)
-//!                                                      |  admin thread (tiny_http + GraphQL)
+//!                                                      |  admin port: accept thread + 4 workers (GraphQL)
 //!  SIGTERM/SIGINT --> Running::shutdown()
 //! ```
 //! Tests start whole nodes in-process the same way, on port 0.

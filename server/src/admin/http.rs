@@ -10,8 +10,8 @@
 //! Requests are parsed with `httparse` (hyper's parser; sans-IO). Each connection
 //! carries one request (`Connection: close`). Slow or idle clients never hold a
 //! worker: a breaker's 70 connections sending a byte a second had kept the CLI out
-//! while workers read them. tiny_http, used before, started a thread per connection and offered no way to
-//! bound them (2,000 idle connections held 1,965 threads).
+//! while workers read them. tiny_http, used before, started a thread per connection
+//! and offered no way to bound them (2,000 idle connections held 1,965 threads).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
