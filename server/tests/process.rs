@@ -125,24 +125,31 @@ fn a_second_process_on_a_served_port_fails_at_startup() {
     alice.expect("id='p'");
 }
 
-/// Regression (issue 10: at the open-file limit `accept` failed, the log got 1,794
-/// warnings in 10 s and a new login waited 9.6 s): the node derives its connection
-/// limit from the file-descriptor limit, refuses what is over it at once, logs one
-/// line per core per 10 s, and logs in a client at once when room is back.
-#[test]
-fn the_connection_limit_follows_the_file_descriptor_limit() {
+/// Starts `starling serve` under `ulimit {limit}` with its log (at `level`) in a file;
+/// registers alice.
+fn start_under_ulimit(limit: &str, level: &str) -> (Server, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let ports = common::free_ports(2);
     let config = dir.path().join("starling.toml");
     std::fs::write(&config, config_text(dir.path(), ports[0], ports[1])).unwrap();
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    // 1,100 files: 1,000 kept in reserve, 50 connections per core.
-    let script =
-        format!("ulimit -n 1100 && exec {} serve --config {}", env!("CARGO_BIN_EXE_starling"), config.display());
-    let child = Command::new("sh").arg("-c").arg(script).stderr(log).spawn().unwrap();
-    let mut server = Server { child, config: config.clone(), c2s: ports[0], _dir: dir };
+    let binary = env!("CARGO_BIN_EXE_starling");
+    let script = format!("ulimit {limit} && exec {binary} serve --config {}", config.display());
+    let child = Command::new("sh").arg("-c").arg(script).env("STARLING_LOG", level).stderr(log).spawn().unwrap();
+    let server = Server { child, config: config.clone(), c2s: ports[0], _dir: dir };
     wait_then_register_alice(&config);
+    (server, log_path)
+}
+
+/// Regression (issue 10: at the open-file limit `accept` failed, the log got 1,794
+/// warnings in 10 s and a new login waited 9.6 s): the node derives its connection
+/// limit from the file-descriptor limit, refuses what is over it at once, logs one
+/// line per core per 10 s, and logs in a client at once when room is back.
+#[test]
+fn the_connection_limit_follows_the_file_descriptor_limit() {
+    // 1,100 files: 1,000 kept in reserve, 50 connections per core.
+    let (mut server, log_path) = start_under_ulimit("-n 1100", "warn");
     let address: std::net::SocketAddr = format!("127.0.0.1:{}", server.c2s).parse().unwrap();
     let mut held: Vec<std::net::TcpStream> = (0..300).map(|_| std::net::TcpStream::connect(address).unwrap()).collect();
     std::thread::sleep(Duration::from_secs(1));
@@ -174,17 +181,7 @@ fn the_connection_limit_follows_the_file_descriptor_limit() {
 /// 12 connections per core, silently. It raises its soft limit to the hard one.
 #[test]
 fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = common::free_ports(2);
-    let config = dir.path().join("starling.toml");
-    std::fs::write(&config, config_text(dir.path(), ports[0], ports[1])).unwrap();
-    let log_path = dir.path().join("server.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let script =
-        format!("ulimit -Sn 1100 && exec {} serve --config {}", env!("CARGO_BIN_EXE_starling"), config.display());
-    let child = Command::new("sh").arg("-c").arg(script).env("STARLING_LOG", "info").stderr(log).spawn().unwrap();
-    let mut server = Server { child, config: config.clone(), c2s: ports[0], _dir: dir };
-    wait_then_register_alice(&config);
+    let (mut server, log_path) = start_under_ulimit("-Sn 1100", "info");
     let address: std::net::SocketAddr = format!("127.0.0.1:{}", server.c2s).parse().unwrap();
     let mut held: Vec<std::net::TcpStream> = (0..300).map(|_| std::net::TcpStream::connect(address).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(500));
