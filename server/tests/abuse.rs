@@ -368,3 +368,43 @@ fn slow_clients_do_not_keep_the_admin_port_from_answering() {
         std::thread::sleep(Duration::from_millis(700));
     }
 }
+
+/// Regression (second breaker): a SCRAM exchange that had its challenge before the
+/// ban had its proof checked after it (500 guesses from one address; a right proof
+/// succeeded). And the ban is counted when the banning failure is also the stream's
+/// last allowed one (the counter had stayed at 0 for three failures per stream).
+#[test]
+fn a_ban_stops_scram_exchanges_already_under_way() {
+    use starling_wire::sasl::{self, scram};
+    let fail2ban = Fail2Ban { max_auth_failures: 2, ban_lifetime: Duration::from_secs(60) };
+    let node = TestNode::start_with(|config| config.fail2ban = Some(fail2ban));
+    let attacker = "127.0.0.90";
+    // An exchange under way: the client-first sent, the challenge received.
+    let mut pending = Client::from_stream(connect_from(attacker, node.c2s));
+    pending.open();
+    let (client, first) = scram::ScramClient::new(scram::Hash::Sha256, "alice", "testnonce", None);
+    pending.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+        sasl::encode_payload(&first)
+    ));
+    let challenge = pending.next();
+    assert!(challenge.starts_with("<challenge"), "{challenge}");
+    // Three failures on one stream (its limit): the third bans the address.
+    let mut other = Client::from_stream(connect_from(attacker, node.c2s));
+    other.open();
+    for _ in 0..3 {
+        assert!(other.scram("alice", "wrong").is_err());
+    }
+    // The right proof on the exchange under way is not checked.
+    let server_first = sasl::decode_payload(common::text_of(&challenge).as_bytes()).unwrap();
+    let (_, last) = client
+        .respond(&server_first, |salt, i| scram::salted_password(scram::Hash::Sha256, "secret", salt, i))
+        .unwrap();
+    pending.send(&format!(
+        "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+        sasl::encode_payload(&last)
+    ));
+    assert_eq!(pending.expect_stream_error(), StreamErrorCondition::PolicyViolation);
+    let metrics = common::http_get(node.admin, "/metrics");
+    assert!(metrics.contains("starling_c2s_auth_bans_total 1\n"), "{metrics}");
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use glommio::net::TcpStream;
 use starling_wire::c2s::{Action, C2s, Context};
 use starling_wire::error::{StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition};
-use starling_wire::framer::Framer;
+use starling_wire::framer::{Frame, Framer};
 use starling_wire::jid::{BareJid, FullJid};
 use starling_wire::sasl::scram::ChannelBindings;
 
@@ -288,11 +288,15 @@ impl Negotiating {
             self.failures_counted += 1;
             banned |= core.shared.guard.auth_failed(address, Instant::now());
         }
-        if banned && !self.c2s.is_closed() {
+        if banned {
+            // Counted even when this failure also ended the stream (the third of
+            // three, say): the second breaker's counter stayed at 0 for that.
             core.count("c2s_auth_bans", 1);
             log::warn!("c2s: {address} banned after too many failed authentications");
-            let text = "too many failed authentications from this address; try again later";
-            self.fail(core, StreamError::with_text(StreamErrorCondition::PolicyViolation, text));
+            if !self.c2s.is_closed() {
+                let text = "too many failed authentications from this address; try again later";
+                self.fail(core, StreamError::with_text(StreamErrorCondition::PolicyViolation, text));
+            }
             return None;
         }
         (!banned).then_some(())
@@ -357,6 +361,19 @@ impl Negotiating {
                     return Err(());
                 }
             };
+            // Regression (second breaker): a SCRAM exchange that had its challenge
+            // before the ban had its proof checked after it (500 guesses from one
+            // address, and a right one succeeded). Nothing of a banned address's
+            // negotiation is handled.
+            let banned = self.address.is_some_and(|address| core.shared.guard.is_banned(address, Instant::now()));
+            if banned && matches!(frame, Frame::Element(_)) {
+                let text = "too many failed authentications from this address; try again later";
+                let mut entropy = core.entropy.borrow_mut();
+                let mut context = Context { settings: &settings, entropy: &mut *entropy };
+                let error = StreamError::with_text(StreamErrorCondition::PolicyViolation, text);
+                self.c2s.fail(&mut context, error, &mut self.out);
+                return Err(());
+            }
             let mut entropy = core.entropy.borrow_mut();
             let mut context = Context { settings: &settings, entropy: &mut *entropy };
             match self.c2s.handle_frame(&mut context, frame, &mut self.out) {
