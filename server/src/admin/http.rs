@@ -34,6 +34,9 @@ pub const ARRIVING_MAX: usize = 256;
 /// Time a client has to send its whole request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time a worker spends writing one response at most.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Largest request head (request line and headers).
 pub const HEAD_BYTES_MAX: usize = 16 * 1024;
 
@@ -76,17 +79,39 @@ impl Response {
         Response { status, content_type, body }
     }
 
-    fn write_to(&self, stream: &mut TcpStream) -> std::io::Result<()> {
-        let head = format!(
+    fn head(&self) -> String {
+        format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.status,
             reason(self.status),
             self.content_type,
             self.body.len()
-        );
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(&self.body)?;
-        stream.flush()
+        )
+    }
+
+    /// Writes the response within `WRITE_TIMEOUT` in all: a client that does not read
+    /// holds a worker no longer (the second breaker's four non-reading clients had
+    /// kept the CLI waiting 25 s).
+    fn write_to(&self, stream: &mut TcpStream) -> std::io::Result<()> {
+        let head = self.head();
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        for part in [head.as_bytes(), &self.body] {
+            let mut rest = part;
+            while !rest.is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                stream.set_write_timeout(Some(left))?;
+                match stream.write(rest) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -195,6 +220,9 @@ enum Progress {
 
 fn progress(bytes: &[u8]) -> Progress {
     let (used, mut request) = match parse_head(bytes) {
+        // A head that arrived whole is held to the limit too (the second breaker sent
+        // an 809 KB request line in one write).
+        Ok(Some((used, _))) if used > HEAD_BYTES_MAX => return Progress::Failed(ReadError::HeadTooLarge),
         Ok(Some(parsed)) => parsed,
         Ok(None) if bytes.len() > HEAD_BYTES_MAX => return Progress::Failed(ReadError::HeadTooLarge),
         Ok(None) => return Progress::More,
@@ -218,7 +246,14 @@ fn read_some(arriving: &mut Arriving) -> Option<Progress> {
     let mut chunk = [0u8; 4096];
     loop {
         match arriving.stream.read(&mut chunk) {
-            Ok(0) => return Some(Progress::Failed(ReadError::Gone)),
+            // The client closed its side: answer what it sent, if it is whole (an
+            // HTTP/1.0-style client such as `nc -N` does this).
+            Ok(0) => {
+                return Some(match progress(&arriving.bytes) {
+                    Progress::More => Progress::Failed(ReadError::Gone),
+                    done => done,
+                })
+            }
             Ok(n) => arriving.bytes.extend_from_slice(chunk.get(..n).unwrap_or_default()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -234,12 +269,14 @@ fn read_some(arriving: &mut Arriving) -> Option<Progress> {
     }
 }
 
-/// Sends `response` on a connection that is non-blocking (a small answer fits the
-/// socket buffer; what does not is dropped with the connection).
+/// Sends a small `response` from the accept thread without blocking it (what does not
+/// fit the socket buffer is dropped with the connection).
 fn answer_now(mut stream: TcpStream, response: &Response) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-    let _ = response.write_to(&mut stream);
+    // One attempt, never blocking the accept thread: a small answer fits the socket.
+    let _ = stream.set_nonblocking(true);
+    let mut bytes = response.head().into_bytes();
+    bytes.extend_from_slice(&response.body);
+    let _ = stream.write(&bytes);
 }
 
 /// The accept thread: takes connections and reads their requests with `poll(2)`, so
@@ -349,7 +386,6 @@ impl Server {
             threads.push(std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
                 for (mut stream, request) in receiver {
                     let response = handler(&request);
-                    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
                     let _ = response.write_to(&mut stream);
                 }
             })?);
