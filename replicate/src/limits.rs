@@ -44,6 +44,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// and bounds what strangers can hold (64 x 1 KiB, no CPU while idle).
 pub const HANDSHAKES_PER_CORE_MAX: usize = 64;
 
+/// Of those, the places one source address may hold; past it that address's own
+/// oldest is closed. A peer node opens one link per core of its own to each node, and
+/// they spread over our cores, so a peer needs one or two places per core at a time.
+pub const HANDSHAKES_PER_ADDRESS_MAX: usize = 8;
+
 /// Delay before reconnecting a link that failed (doubles to the maximum).
 pub const RECONNECT_MIN: Duration = Duration::from_millis(200);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);

@@ -67,12 +67,26 @@ impl Node {
     }
 
     fn start_with(dir: &Path, name: &str, db: &Db, netns: Option<(&str, &str)>, secret: &str) -> Node {
+        Node::start_on(dir, name, db, netns, secret, None)
+    }
+
+    /// With `via`: replication on port `.0`, advertised to the others as `.1` (a
+    /// proxy in front of it, say).
+    fn start_on(
+        dir: &Path,
+        name: &str,
+        db: &Db,
+        netns: Option<(&str, &str)>,
+        secret: &str,
+        via: Option<(u16, String)>,
+    ) -> Node {
         let c2s_port = free_port();
         let admin_port = free_port();
-        let cets_port = free_port();
-        let (listen_ip, advertise) = match netns {
-            Some((_, ip)) => ("0.0.0.0".to_owned(), format!("{ip}:{cets_port}")),
-            None => ("127.0.0.1".to_owned(), format!("127.0.0.1:{cets_port}")),
+        let cets_port = via.as_ref().map_or_else(free_port, |(port, _)| *port);
+        let (listen_ip, advertise) = match (netns, via) {
+            (_, Some((_, advertise))) => ("127.0.0.1".to_owned(), advertise),
+            (Some((_, ip)), None) => ("0.0.0.0".to_owned(), format!("{ip}:{cets_port}")),
+            (None, None) => ("127.0.0.1".to_owned(), format!("127.0.0.1:{cets_port}")),
         };
         let data = dir.join(name);
         std::fs::create_dir_all(&data).unwrap();
@@ -596,6 +610,7 @@ fn strangers_holding_the_replication_port_do_not_keep_a_node_out() {
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let holding = stop.clone();
     let target = n1.cets;
+    // From an address of their own, as strangers on a network are.
     let holder = std::thread::spawn(move || {
         let mut held: Vec<TcpStream> = Vec::new();
         let mut opened = 0u64;
@@ -610,7 +625,7 @@ fn strangers_holding_the_replication_port_do_not_keep_a_node_out() {
                 }
             });
             while held.len() < 200 {
-                let Ok(stream) = TcpStream::connect(target) else { break };
+                let Ok(stream) = connect_from("127.0.0.77", target) else { break };
                 stream.set_nonblocking(true).unwrap();
                 held.push(stream);
                 opened += 1;
@@ -628,4 +643,91 @@ fn strangers_holding_the_replication_port_do_not_keep_a_node_out() {
     stop.store(true, Ordering::Relaxed);
     let opened = holder.join().unwrap();
     assert!(opened >= 200, "the strangers held their connections ({opened} opened)");
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let local: SocketAddr = format!("{from}:0").parse().expect("an address");
+    socket.bind(&local.into())?;
+    socket.connect(&to.into())?;
+    Ok(socket.into())
+}
+
+/// A TCP proxy on a free port to `target` that holds every chunk `delay` in each
+/// direction (a peer farther away); runs until the process ends.
+fn delaying_proxy(target: SocketAddr, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(target) else { continue };
+            for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 65536];
+                    loop {
+                        match from.read(&mut buffer) {
+                            Ok(0) | Err(_) => {
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            Ok(n) => {
+                                std::thread::sleep(delay);
+                                if to.write_all(&buffer[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    });
+    address
+}
+
+/// Regression (second breaker): a stranger churning connections to the replication
+/// port from one address (1,275 a second) evicted the handshake of a peer 50 ms away
+/// every time, and the peer never linked while it lasted. One address now holds at
+/// most 8 handshake places, so its churn evicts only its own connections.
+#[test]
+fn a_stranger_churning_connections_does_not_keep_a_distant_peer_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::Sqlite(dir.path().join("cluster.db"));
+    let cets = free_port();
+    let proxy = delaying_proxy(format!("127.0.0.1:{cets}").parse().unwrap(), Duration::from_millis(25));
+    let n1 = Node::start_on(dir.path(), "n1@localhost", &db, None, "sesame", Some((cets, proxy.to_string())));
+    db.register(&["alice", "bob"]);
+    wait_for(Duration::from_secs(20), "n1's admin port", || {
+        n1.system_info().map(|_| ()).ok_or_else(|| "no answer".to_string())
+    });
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let churning = stop.clone();
+    let target = n1.cets;
+    let churner = std::thread::spawn(move || {
+        let mut held = std::collections::VecDeque::new();
+        let mut opened = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !churning.load(Ordering::Relaxed) && Instant::now() < deadline {
+            if let Ok(stream) = connect_from("127.0.0.78", target) {
+                held.push_back(stream);
+                opened += 1;
+            }
+            if held.len() > 300 {
+                held.pop_front();
+            }
+        }
+        opened
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let n2 = Node::start(dir.path(), "n2@localhost", &db, None);
+    wait_for(Duration::from_secs(30), "n2 to link with n1 through the slow path during the churn", || {
+        formed(&[&n1, &n2], &["n1@localhost", "n2@localhost"])
+    });
+    stop.store(true, Ordering::Relaxed);
+    let opened = churner.join().unwrap();
+    eprintln!("churn: {opened} connections opened");
+    assert!(opened > 1000, "the churn ran ({opened} connections)");
 }

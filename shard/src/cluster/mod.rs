@@ -27,7 +27,8 @@ use futures_lite::{AsyncRead, AsyncWrite, Future};
 use glommio::net::{TcpListener, TcpStream};
 use starling_replicate::frame::{Frame, Table};
 use starling_replicate::limits::{
-    HANDSHAKES_PER_CORE_MAX, LINK_QUEUE_BYTES_MAX, OWNER_GRACE, RECONNECT_MAX, RECONNECT_MIN,
+    HANDSHAKES_PER_ADDRESS_MAX, HANDSHAKES_PER_CORE_MAX, LINK_QUEUE_BYTES_MAX, OWNER_GRACE, RECONNECT_MAX,
+    RECONNECT_MIN,
 };
 use starling_replicate::link::{InEvent, InLink, LinkSettings, OutEvent, OutLink};
 use starling_replicate::membership::DiscoveredNode;
@@ -173,7 +174,7 @@ pub(crate) struct Cluster {
     pub routes_dropped: Cell<u64>,
     /// In-links of this core still in their handshake, oldest first: link id and
     /// socket (`HANDSHAKES_PER_CORE_MAX`).
-    handshaking: RefCell<VecDeque<(u64, std::os::fd::RawFd)>>,
+    handshaking: RefCell<VecDeque<Handshake>>,
     /// Refused and failed links: one log line per interval.
     refused_log: crate::guard::LogEvery,
 }
@@ -531,7 +532,11 @@ async fn wait(
 /// per 10 s): strangers that hold connections open cannot keep a peer out, since a
 /// peer's handshake needs only a round trip while theirs never ends. Refusing the
 /// newest instead let 200 idle connections keep a restarted node out of the cluster
-/// (found by a breaker).
+/// (found by a breaker). And one source address holds at most
+/// `HANDSHAKES_PER_ADDRESS_MAX` places: past it, its own oldest is closed, so a
+/// stranger churning connections from one address cannot evict the handshake of a
+/// peer that is farther away than its churn is fast (found by the second breaker: a
+/// peer 50 ms away never linked under 1,275 connections/s).
 pub(crate) async fn accept(core: Rc<Core>, listener: TcpListener) {
     // Invariant: the replication listener exists only with clustering on.
     let cluster = core.cluster.as_ref().expect("clustering on");
@@ -548,15 +553,25 @@ pub(crate) async fn accept(core: Rc<Core>, listener: TcpListener) {
             }
         };
         let id = core.next_id();
+        let from = stream.peer_addr().ok().map(|a| a.ip());
         {
             let mut handshaking = cluster.handshaking.borrow_mut();
-            if handshaking.len() >= HANDSHAKES_PER_CORE_MAX {
-                if let Some((_, oldest)) = handshaking.pop_front() {
-                    // SAFETY: `oldest` is the socket of an in-link task of this core
-                    // that has not ended: a task removes its entry (`Handshaking`)
-                    // before its stream is dropped, and this core runs one task at a
-                    // time, so the descriptor is open and still that socket.
-                    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(oldest) };
+            let same_address = handshaking.iter().filter(|h| h.from == from).count();
+            let evict = if same_address >= HANDSHAKES_PER_ADDRESS_MAX {
+                handshaking.iter().position(|h| h.from == from)
+            } else if handshaking.len() >= HANDSHAKES_PER_CORE_MAX {
+                Some(0)
+            } else {
+                None
+            };
+            if let Some(oldest) = evict.and_then(|at| handshaking.remove(at)) {
+                {
+                    // SAFETY: `oldest.fd` is the socket of an in-link task of this
+                    // core that has not ended: a task removes its entry
+                    // (`Handshaking`) before its stream is dropped, and this core runs
+                    // one task at a time, so the descriptor is open and still that
+                    // socket.
+                    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(oldest.fd) };
                     let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Both);
                     core.count("cluster_handshakes_evicted", 1);
                     if let Some(left_out) = log.tick(Instant::now()) {
@@ -567,11 +582,18 @@ pub(crate) async fn accept(core: Rc<Core>, listener: TcpListener) {
                     }
                 }
             }
-            handshaking.push_back((id, stream.as_raw_fd()));
+            handshaking.push_back(Handshake { id, from, fd: stream.as_raw_fd() });
         }
         let _ = stream.set_nodelay(true);
         crate::contain::spawn(core.clone(), "a replication link", serve(core.clone(), stream, id));
     }
+}
+
+/// An in-link still in its handshake: its id, source address and socket.
+struct Handshake {
+    id: u64,
+    from: Option<std::net::IpAddr>,
+    fd: std::os::fd::RawFd,
 }
 
 /// Holds an in-link's place among the handshaking until it is established or gone.
@@ -583,7 +605,7 @@ struct Handshaking<'a> {
 impl Handshaking<'_> {
     fn done(&mut self) {
         let id = self.id;
-        self.cluster.handshaking.borrow_mut().retain(|(each, _)| *each != id);
+        self.cluster.handshaking.borrow_mut().retain(|each| each.id != id);
     }
 }
 
