@@ -35,7 +35,7 @@ step "black-box: slixmpp against a real server process"
 cargo build -p starling-server --bin starling
 scripts/blackbox/run.sh
 
-step "fuzz smoke (framer, stanza, SASL, negotiation, replication frames, a whole core)"
+step "fuzz smoke (framer, stanza, SASL, negotiation, replication frames, an altered link, a whole core)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz.sh
 
 step "all tests passed"
