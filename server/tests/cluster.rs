@@ -141,6 +141,13 @@ impl Node {
         Some(answer["data"]["cets"]["systemInfo"].clone())
     }
 
+    /// Waits (20 s at most) until the admin port answers.
+    fn wait_answering(&self) {
+        wait_for(Duration::from_secs(20), &format!("{}'s admin port", self.name), || {
+            self.system_info().map(|_| ()).ok_or_else(|| "no answer".to_string())
+        });
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -559,9 +566,7 @@ fn unauthenticated_replication_connections_cost_no_cpu() {
     let db = Db::Sqlite(dir.path().join("cluster.db"));
     let node = Node::start(dir.path(), "n1@localhost", &db, None);
     db.register(&["alice", "bob"]);
-    wait_for(Duration::from_secs(20), "the node's admin port", || {
-        node.system_info().map(|_| ()).ok_or_else(|| "no answer".to_string())
-    });
+    node.wait_answering();
     let before = cpu_ticks(node.child.id());
     let started = Instant::now();
     let mut strangers = Vec::new();
@@ -604,9 +609,7 @@ fn strangers_holding_the_replication_port_do_not_keep_a_node_out() {
     let db = Db::Sqlite(dir.path().join("cluster.db"));
     let n1 = Node::start(dir.path(), "n1@localhost", &db, None);
     db.register(&["alice", "bob"]);
-    wait_for(Duration::from_secs(20), "n1's admin port", || {
-        n1.system_info().map(|_| ()).ok_or_else(|| "no answer".to_string())
-    });
+    n1.wait_answering();
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let holding = stop.clone();
     let target = n1.cets;
@@ -700,9 +703,7 @@ fn a_stranger_churning_connections_does_not_keep_a_distant_peer_out() {
     let proxy = delaying_proxy(format!("127.0.0.1:{cets}").parse().unwrap(), Duration::from_millis(25));
     let n1 = Node::start_on(dir.path(), "n1@localhost", &db, None, "sesame", Some((cets, proxy.to_string())));
     db.register(&["alice", "bob"]);
-    wait_for(Duration::from_secs(20), "n1's admin port", || {
-        n1.system_info().map(|_| ()).ok_or_else(|| "no answer".to_string())
-    });
+    n1.wait_answering();
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let churning = stop.clone();
     let target = n1.cets;

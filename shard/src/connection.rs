@@ -253,14 +253,6 @@ async fn negotiate(
         while let Some(action) = next {
             next = match action {
                 Action::Bind { user, resource } => return Some((user, resource)),
-                Action::FetchCredentials { .. } | Action::VerifyPassword { .. } if conn.banned(core) => {
-                    // Regression (a breaker sent 920 guesses from one address on
-                    // connections opened before its ban): a banned address gets no
-                    // more password checks on any connection.
-                    let text = "too many failed authentications from this address; try again later";
-                    conn.fail(core, StreamError::with_text(StreamErrorCondition::PolicyViolation, text));
-                    return None;
-                }
                 other => conn.perform(core, other).await.ok()?,
             };
             conn.count_failures(core)?;
@@ -271,11 +263,6 @@ async fn negotiate(
 impl Negotiating {
     fn settings(&self, core: &Core) -> std::sync::Arc<starling_wire::c2s::C2sSettings> {
         core.shared.settings.listeners[self.listener].c2s.clone()
-    }
-
-    /// Whether the client's address is banned now (by failures on any connection).
-    fn banned(&self, core: &Core) -> bool {
-        self.address.is_some_and(|address| core.shared.guard.is_banned(address, Instant::now()))
     }
 
     /// Counts new SASL failures against the client's address (mod_fail2ban); `None`
@@ -294,12 +281,11 @@ impl Negotiating {
             core.count("c2s_auth_bans", 1);
             log::warn!("c2s: {address} banned after too many failed authentications");
             if !self.c2s.is_closed() {
-                let text = "too many failed authentications from this address; try again later";
-                self.fail(core, StreamError::with_text(StreamErrorCondition::PolicyViolation, text));
+                self.fail(core, banned_error());
             }
             return None;
         }
-        (!banned).then_some(())
+        Some(())
     }
 
     /// Closes the stream with `error` (the bytes go to `out`).
@@ -361,17 +347,15 @@ impl Negotiating {
                     return Err(());
                 }
             };
-            // Regression (second breaker): a SCRAM exchange that had its challenge
-            // before the ban had its proof checked after it (500 guesses from one
-            // address, and a right one succeeded). Nothing of a banned address's
-            // negotiation is handled.
+            // Regressions (breakers): connections opened before a ban each had a
+            // password checked after it (920 guesses from one address), and so did
+            // SCRAM exchanges that had their challenge before it (500; a right proof
+            // succeeded). Nothing of a banned address's negotiation is handled.
             let banned = self.address.is_some_and(|address| core.shared.guard.is_banned(address, Instant::now()));
             if banned && matches!(frame, Frame::Element(_)) {
-                let text = "too many failed authentications from this address; try again later";
                 let mut entropy = core.entropy.borrow_mut();
                 let mut context = Context { settings: &settings, entropy: &mut *entropy };
-                let error = StreamError::with_text(StreamErrorCondition::PolicyViolation, text);
-                self.c2s.fail(&mut context, error, &mut self.out);
+                self.c2s.fail(&mut context, banned_error(), &mut self.out);
                 return Err(());
             }
             let mut entropy = core.entropy.borrow_mut();
@@ -449,6 +433,12 @@ impl Negotiating {
         }
         self.pump(core, &[])
     }
+}
+
+/// What a banned address's streams are closed with (RFC 6120 section 4.9.3.14).
+fn banned_error() -> StreamError {
+    let text = "too many failed authentications from this address; try again later";
+    StreamError::with_text(StreamErrorCondition::PolicyViolation, text)
 }
 
 /// XEP-0077: creates `user` unless this client's address registered an account less

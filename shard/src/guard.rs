@@ -231,7 +231,7 @@ impl LogEvery {
 /// within its open-file limit: `(RLIMIT_NOFILE soft - reserve) / cores`, where the
 /// reserve keeps room for listeners, replication links, the database and logs.
 pub fn connections_per_core_for_fd_limit(cores: usize) -> Option<usize> {
-    let mut limit = libc_rlimit();
+    let mut limit = soft_open_file_limit();
     if limit == 0 {
         return None;
     }
@@ -244,14 +244,14 @@ pub fn connections_per_core_for_fd_limit(cores: usize) -> Option<usize> {
 /// connections, log and data files. 1,000 covers a 64-core node in a 4-node cluster.
 pub const FD_RESERVE: u64 = 1000;
 
-fn libc_rlimit() -> u64 {
-    // /proc/self/limits: "Max open files  <soft>  <hard>  files"; std has no getrlimit.
-    let Ok(text) = std::fs::read_to_string("/proc/self/limits") else { return 0 };
-    text.lines()
-        .find(|line| line.starts_with("Max open files"))
-        .and_then(|line| line.split_whitespace().nth(3))
-        .and_then(|soft| soft.parse().ok())
-        .unwrap_or(0)
+/// The soft open-file limit (0 when it cannot be read).
+fn soft_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer to a local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    limit.rlim_cur
 }
 
 #[cfg(test)]

@@ -181,13 +181,14 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
             io.queue(&std::mem::take(&mut state.out));
         }
         let mut limit = core.limits().queued_bytes_per_connection_max;
-        let now = Instant::now();
-        let mut shaper_timer = match (shaped > 0).then(|| instant(core, shaped)).filter(|until| *until > now) {
-            Some(until) => {
+        // The clock is read only while a shaper holds the session.
+        let pause = (shaped > 0).then(|| instant(core, shaped).saturating_duration_since(Instant::now()));
+        let mut shaper_timer = match pause.filter(|pause| !pause.is_zero()) {
+            Some(pause) => {
                 // Reading nothing (a limit of 0) until the shaper allows it; mail and
                 // output go on meanwhile.
                 limit = 0;
-                Some(glommio::timer::Timer::new(until - now))
+                Some(glommio::timer::Timer::new(pause))
             }
             None => None,
         };
