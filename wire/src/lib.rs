@@ -4,8 +4,10 @@
 pub mod c2s;
 pub mod error;
 pub mod framer;
+pub mod http;
 pub mod jid;
 pub mod limits;
 pub mod sasl;
 pub mod stanza;
+pub mod websocket;
 pub mod xml;

@@ -1,0 +1,296 @@
+//! The HTTP side of the client listeners (`[[listen.http]]`), sans-IO: one request
+//! head in, what to do and the response bytes out. Heads are parsed by `httparse`.
+//!
+//! Served: the RFC 6455 upgrade to the RFC 7395 `xmpp` subprotocol at the WebSocket
+//! path, and XEP-0156 `/.well-known/host-meta` (XRD) and `host-meta.json` (JRD)
+//! naming the WebSocket endpoint. Anything else is answered `404`, `405` or `400`
+//! and the connection closed.
+
+use base64::Engine;
+
+/// Largest request head accepted, in bytes (RFC 9112 leaves it to the server;
+/// browsers send well under 8 KiB for an upgrade).
+pub const HEAD_BYTES_MAX: usize = 8 * 1024;
+
+/// Headers read per request head; more is `431`.
+const HEADERS_MAX: usize = 32;
+
+/// RFC 6455 section 1.3: appended to the client's key before hashing.
+const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Where a listener serves what (the listener's configured handlers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routes {
+    /// `mod_websockets`' path (RFC 7395), e.g. `/ws-xmpp`; `None`: not served.
+    pub websocket: Option<String>,
+    /// Whether the listener is behind TLS (`wss://` in host-meta).
+    pub tls: bool,
+}
+
+/// What a complete request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// An RFC 6455 upgrade at the WebSocket path; `response` is the `101` to send,
+    /// after which the connection speaks WebSocket frames.
+    WebSocket { response: Vec<u8> },
+    /// Anything answered with one response, after which the connection is closed
+    /// (host-meta, errors).
+    Respond { response: Vec<u8> },
+}
+
+/// Reads one request head from `bytes`.
+///
+/// `Ok(None)`: the head is not complete yet (read more, up to [`HEAD_BYTES_MAX`]).
+/// `Ok(Some((request, n)))`: `n` bytes were the head; anything after them is the
+/// client's first WebSocket bytes. Errors are answered too: `Request::Respond`
+/// carries the `400`/`431` to send.
+pub fn read_head(bytes: &[u8], routes: &Routes) -> Option<(Request, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let refuse = |status, reason| Some((Request::Respond { response: respond(status, reason, "") }, bytes.len()));
+    let used = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) if bytes.len() < HEAD_BYTES_MAX => return None,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            return refuse(431, "Request Header Fields Too Large")
+        }
+        Err(_) => return refuse(400, "Bad Request"),
+    };
+    let method = request.method.unwrap_or_default();
+    let path = request.path.unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default();
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let host = header("host").filter(|h| valid_host(h));
+    if routes.websocket.as_deref() == Some(path) {
+        return Some((upgrade(method, &header), used));
+    }
+    let answer = match path {
+        "/.well-known/host-meta" | "/.well-known/host-meta.json" if method == "GET" || method == "HEAD" => {
+            match (host, &routes.websocket) {
+                (Some(host), Some(ws)) => {
+                    let scheme = if routes.tls { "wss" } else { "ws" };
+                    let url = format!("{scheme}://{host}{ws}");
+                    let (body, kind) = if path.ends_with(".json") {
+                        (host_meta_json(&url), "application/json")
+                    } else {
+                        (host_meta_xrd(&url), "application/xrd+xml")
+                    };
+                    let body = if method == "HEAD" { String::new() } else { body };
+                    ok(kind, &body)
+                }
+                (None, _) => respond(400, "Bad Request", "a Host header is needed\n"),
+                (_, None) => respond(404, "Not Found", ""),
+            }
+        }
+        "/.well-known/host-meta" | "/.well-known/host-meta.json" => respond(405, "Method Not Allowed", ""),
+        _ => respond(404, "Not Found", ""),
+    };
+    Some((Request::Respond { response: answer }, used))
+}
+
+/// RFC 6455 section 4.2: the server's answer to an opening handshake.
+fn upgrade<'a>(method: &str, header: &impl Fn(&str) -> Option<&'a str>) -> Request {
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if method != "GET" {
+        return Request::Respond { response: respond(405, "Method Not Allowed", "") };
+    }
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Request::Respond { response: respond(426, "Upgrade Required", "use WebSocket (RFC 7395)\n") };
+    }
+    if header("sec-websocket-version").map(str::trim) != Some("13") {
+        // RFC 6455 section 4.4: say which version we speak.
+        let response = respond_with(426, "Upgrade Required", "Sec-WebSocket-Version: 13\r\n", "");
+        return Request::Respond { response };
+    }
+    let key = header("sec-websocket-key").map(str::trim).unwrap_or_default();
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key).unwrap_or_default();
+    if decoded.len() != 16 {
+        return Request::Respond { response: respond(400, "Bad Request", "bad Sec-WebSocket-Key\n") };
+    }
+    let mut response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+        accept_key(key)
+    );
+    // RFC 7395 section 3.1: the server agrees to `xmpp` when offered. A client that
+    // offered nothing gets no subprotocol header (a browser would refuse one).
+    if has_token("sec-websocket-protocol", crate::websocket::SUBPROTOCOL) {
+        response.push_str("Sec-WebSocket-Protocol: xmpp\r\n");
+    }
+    response.push_str("\r\n");
+    Request::WebSocket { response: response.into_bytes() }
+}
+
+/// RFC 6455 section 4.2.2: `Sec-WebSocket-Accept` for a client's key.
+pub fn accept_key(key: &str) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    context.update(key.as_bytes());
+    context.update(WEBSOCKET_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(context.finish())
+}
+
+/// A host name or IP literal with an optional port: what we echo into host-meta.
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+/// XEP-0156 section 3.3: host-meta in XRD.
+fn host_meta_xrd(url: &str) -> String {
+    format!(
+        "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n  \
+         <Link rel='urn:xmpp:alt-connections:websocket' href='{}'/>\n</XRD>\n",
+        crate::xml::escaped(url)
+    )
+}
+
+/// XEP-0156 section 3.3: host-meta in JRD (JSON).
+fn host_meta_json(url: &str) -> String {
+    // `url` holds only host characters, the scheme and the configured path.
+    let url = url.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("{{\"links\":[{{\"rel\":\"urn:xmpp:alt-connections:websocket\",\"href\":\"{url}\"}}]}}\n")
+}
+
+fn ok(kind: &str, body: &str) -> Vec<u8> {
+    // XEP-0156 section 3.2.1: host-meta may be read cross-origin.
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn respond(status: u16, reason: &str, body: &str) -> Vec<u8> {
+    respond_with(status, reason, "", body)
+}
+
+/// A response that closes the connection; `headers` are extra lines, each ending in CRLF.
+fn respond_with(status: u16, reason: &str, headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {reason}\r\n{headers}Content-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn routes() -> Routes {
+        Routes { websocket: Some("/ws-xmpp".into()), tls: false }
+    }
+
+    fn text(request: &Request) -> String {
+        match request {
+            Request::WebSocket { response } | Request::Respond { response } => String::from_utf8_lossy(response).into(),
+        }
+    }
+
+    /// RFC 6455 section 1.3's worked example.
+    #[test]
+    fn accept_key_matches_the_rfc_example() {
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn an_upgrade_with_the_xmpp_subprotocol_is_accepted() {
+        let head = "GET /ws-xmpp HTTP/1.1\r\nHost: localhost:5280\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: xmpp\r\n\r\nrest";
+        let (request, used) = read_head(head.as_bytes(), &routes()).expect("complete");
+        assert_eq!(used, head.len() - 4);
+        assert!(matches!(request, Request::WebSocket { .. }));
+        let text = text(&request);
+        assert!(text.starts_with("HTTP/1.1 101 "));
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(text.contains("Sec-WebSocket-Protocol: xmpp\r\n"));
+    }
+
+    #[test]
+    fn bad_upgrades_get_their_status() {
+        let base =
+            "Host: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        let cases = [
+            (format!("POST /ws-xmpp HTTP/1.1\r\n{base}Sec-WebSocket-Version: 13\r\n\r\n"), "405"),
+            (format!("GET /ws-xmpp HTTP/1.1\r\n{base}Sec-WebSocket-Version: 8\r\n\r\n"), "426"),
+            ("GET /ws-xmpp HTTP/1.1\r\nHost: h\r\n\r\n".to_owned(), "426"),
+            (
+                "GET /ws-xmpp HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: short\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n"
+                    .to_owned(),
+                "400",
+            ),
+            ("GET /other HTTP/1.1\r\n\r\n".to_owned(), "404"),
+            ("GARBAGE\0\r\n\r\n".to_owned(), "400"),
+        ];
+        for (head, status) in cases {
+            let (request, _) = read_head(head.as_bytes(), &routes()).expect("complete");
+            assert!(matches!(request, Request::Respond { .. }), "{head:?}");
+            assert!(text(&request).starts_with(&format!("HTTP/1.1 {status} ")), "{head:?}: {}", text(&request));
+        }
+        let wrong_version =
+            read_head(format!("GET /ws-xmpp HTTP/1.1\r\n{base}Sec-WebSocket-Version: 8\r\n\r\n").as_bytes(), &routes());
+        assert!(text(&wrong_version.expect("complete").0).contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    #[test]
+    fn host_meta_names_the_websocket_endpoint() {
+        let (xrd, _) = read_head(b"GET /.well-known/host-meta HTTP/1.1\r\nHost: chat.example:5280\r\n\r\n", &routes())
+            .expect("complete");
+        assert!(text(&xrd).contains("href='ws://chat.example:5280/ws-xmpp'"), "{}", text(&xrd));
+        let tls = Routes { tls: true, ..routes() };
+        let (json, _) =
+            read_head(b"GET /.well-known/host-meta.json HTTP/1.1\r\nHost: h\r\n\r\n", &tls).expect("complete");
+        let body = text(&json);
+        let body = body.split("\r\n\r\n").nth(1).expect("body");
+        let parsed: serde_json_probe::Value = serde_json_probe::parse(body);
+        assert_eq!(parsed.href, "wss://h/ws-xmpp");
+        let (hostile, _) =
+            read_head(b"GET /.well-known/host-meta HTTP/1.1\r\nHost: h'><x\r\n\r\n", &routes()).expect("complete");
+        assert!(text(&hostile).starts_with("HTTP/1.1 400 "));
+    }
+
+    /// A tiny check of the JRD without a JSON dependency in `wire`.
+    mod serde_json_probe {
+        pub struct Value {
+            pub href: String,
+        }
+        pub fn parse(body: &str) -> Value {
+            let start = body.find("\"href\":\"").expect("href") + 8;
+            let end = body[start..].find('"').expect("end") + start;
+            Value { href: body[start..end].to_owned() }
+        }
+    }
+
+    #[test]
+    fn heads_are_bounded() {
+        let partial = "GET / HTTP/1.1\r\nX: y\r\n";
+        assert!(read_head(partial.as_bytes(), &routes()).is_none());
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "y".repeat(HEAD_BYTES_MAX));
+        let (request, _) = read_head(huge.as_bytes(), &routes()).expect("refused");
+        assert!(text(&request).starts_with("HTTP/1.1 431 "));
+        let many: String = (0..40).map(|i| format!("X{i}: y\r\n")).collect();
+        let (request, _) = read_head(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes(), &routes()).expect("refused");
+        assert!(text(&request).starts_with("HTTP/1.1 431 "));
+    }
+
+    proptest! {
+        /// Arbitrary bytes get an answer or a request for more, never a panic.
+        #[test]
+        fn read_head_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = read_head(&bytes, &routes());
+        }
+    }
+}
