@@ -231,6 +231,10 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
             c2s: Arc::new(c2s_settings(&config, listener.tls, decoy_secret.clone(), &stream_features)),
             tls: if listener.tls == TlsMode::Direct { ListenerTls::Direct } else { ListenerTls::StartTls },
             shaper: listener.shaper,
+            http: listener.http.as_ref().map(|http| starling_wire::http::Routes {
+                websocket: http.websockets.clone(),
+                tls: listener.tls == TlsMode::Direct,
+            }),
         })
         .collect();
     let cpus = core_cpus(&config);
@@ -268,6 +272,7 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
         },
         tls_starttls: tls.as_ref().map(|t| t.starttls.clone()),
         tls_direct: tls.as_ref().map(|t| t.direct.clone()),
+        tls_http: tls.as_ref().map(|t| t.http.clone()),
         tls_server_end_point: tls.as_ref().and_then(|t| t.server_end_point.clone()),
         modules: starling_modules::build(config.modules.clone(), db.clone()),
     };

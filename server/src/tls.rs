@@ -25,6 +25,10 @@ pub enum TlsError {
 pub struct TlsMaterial {
     pub starttls: Arc<rustls::ServerConfig>,
     pub direct: Arc<rustls::ServerConfig>,
+    /// HTTPS listeners (`[[listen.http]]` with TLS): ALPN `http/1.1`, which browsers
+    /// offer for a WebSocket upgrade (a config offering only `xmpp-client` made
+    /// Node's WebSocket refuse the handshake).
+    pub http: Arc<rustls::ServerConfig>,
     /// RFC 5929 `tls-server-end-point` (only for the generated certificate, whose
     /// signature hash is known to be SHA-256).
     pub server_end_point: Option<Vec<u8>>,
@@ -72,7 +76,13 @@ pub fn load(
         }
         Ok(Arc::new(config))
     };
-    Ok(TlsMaterial { starttls: build(None)?, direct: build(Some(b"xmpp-client"))?, server_end_point, certfile })
+    Ok(TlsMaterial {
+        starttls: build(None)?,
+        direct: build(Some(b"xmpp-client"))?,
+        http: build(Some(b"http/1.1"))?,
+        server_end_point,
+        certfile,
+    })
 }
 
 /// Writes `ca.pem`, `cert.pem` (server certificate then CA) and `key.pem` (mode 0600).

@@ -116,8 +116,12 @@ impl TlsClient {
 
 fn tls_node() -> TestNode {
     TestNode::start_with(|config| {
-        config.c2s =
-            vec![C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::StartTlsRequired, shaper: None }];
+        config.c2s = vec![C2sListener {
+            address: "127.0.0.1:0".parse().unwrap(),
+            tls: TlsMode::StartTlsRequired,
+            shaper: None,
+            http: None,
+        }];
     })
 }
 

@@ -61,6 +61,7 @@ impl RouteBench {
                 c2s: Arc::new(C2sSettings::for_tests()),
                 tls: ListenerTls::StartTls,
                 shaper: None,
+                http: None,
             }],
             limits: Limits { queued_bytes_per_connection_max: usize::MAX / 2, ..Limits::for_tests() },
             ..Settings::one_core(modules)

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use starling_wire::websocket::{WebSocket, WsError};
+
 use crate::core::Core;
 use crate::flow::Congestion;
 use crate::mailbox::Mailbox;
@@ -53,6 +55,15 @@ pub(crate) enum Wake {
     Stalled,
     /// Every queue the caller waited for drained: handle any input it stashed.
     Resumed,
+}
+
+/// Why input could not be unwrapped into the XML stream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unwrapped {
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
+    #[error("{0}")]
+    WebSocket(WsError),
 }
 
 /// Bytes waiting to leave, consumed from the front without moving the rest each time.
@@ -121,11 +132,12 @@ struct Blocked {
     timer: glommio::timer::Timer,
 }
 
-/// What travels with a connection moved to another core: its TLS state and every
-/// byte still queued for it.
+/// What travels with a connection moved to another core: its TLS and WebSocket state
+/// and every byte still queued for it.
 #[derive(Default)]
 pub(crate) struct Moving {
     tls: Option<Box<Tls>>,
+    websocket: Option<Box<WebSocket>>,
     wire: OutQueue,
     /// The connection's place in its source address's count (`guard.rs`).
     pub admitted: Option<crate::guard::Admitted>,
@@ -136,6 +148,7 @@ impl Moving {
     pub fn tls(connection: rustls::ServerConnection) -> Moving {
         Moving {
             tls: Some(Box::new(Tls { connection, plain: OutQueue::default() })),
+            websocket: None,
             wire: OutQueue::default(),
             admitted: None,
         }
@@ -145,6 +158,9 @@ impl Moving {
 pub(crate) struct Io {
     pub stream: TcpStream,
     tls: Option<Box<Tls>>,
+    /// RFC 7395 framing, on a WebSocket connection after the upgrade: what is queued
+    /// is XML and leaves as text frames; what is read is frames and comes out as XML.
+    websocket: Option<Box<WebSocket>>,
     /// Bytes for the socket (ciphertext when TLS is on).
     wire: OutQueue,
     /// Set while output waits for the socket.
@@ -155,12 +171,75 @@ pub(crate) struct Io {
 
 impl Io {
     pub fn new(stream: TcpStream, moving: Moving) -> Io {
-        Io { stream, tls: moving.tls, wire: moving.wire, blocked: None, admitted: moving.admitted }
+        Io {
+            stream,
+            tls: moving.tls,
+            websocket: moving.websocket,
+            wire: moving.wire,
+            blocked: None,
+            admitted: moving.admitted,
+        }
     }
 
-    /// The TLS state and queued output, for a connection that moves to another core.
+    /// The TLS and WebSocket state and queued output, for a connection that moves to
+    /// another core.
     pub fn take_moving(&mut self) -> Moving {
-        Moving { tls: self.tls.take(), wire: std::mem::take(&mut self.wire), admitted: self.admitted.take() }
+        Moving {
+            tls: self.tls.take(),
+            websocket: self.websocket.take(),
+            wire: std::mem::take(&mut self.wire),
+            admitted: self.admitted.take(),
+        }
+    }
+
+    /// From now on, queued XML leaves as RFC 7395 WebSocket messages and input is
+    /// read as WebSocket frames (after the `101` was queued).
+    pub fn start_websocket(&mut self, websocket: WebSocket) {
+        self.websocket = Some(Box::new(websocket));
+    }
+
+    /// True when input bytes are the XML stream itself: no TLS, no WebSocket.
+    pub fn is_plain(&self) -> bool {
+        self.tls.is_none() && self.websocket.is_none()
+    }
+
+    /// Turns bytes read from the socket into the XML stream: decrypts them (TLS) and
+    /// unframes them (WebSocket), appending to `xml`. Handshake records, pongs and
+    /// the close handshake are queued.
+    ///
+    /// # Errors
+    /// The connection cannot go on (a TLS alert, a WebSocket protocol error or close);
+    /// what the peer should still get (a WebSocket close frame) is queued.
+    pub fn unwrap_input(&mut self, read: &[u8], xml: &mut Vec<u8>) -> Result<(), Unwrapped> {
+        if self.websocket.is_none() {
+            return self.decrypt(read, xml).map_err(Unwrapped::Tls);
+        }
+        let mut frames = Vec::new();
+        let input: &[u8] = if self.tls.is_some() {
+            self.decrypt(read, &mut frames).map_err(Unwrapped::Tls)?;
+            &frames
+        } else {
+            read
+        };
+        self.unframe(input, xml)
+    }
+
+    /// Unframes WebSocket bytes already decrypted (those that came with the upgrade
+    /// request); see [`Io::unwrap_input`]. Without a WebSocket they are the XML.
+    pub fn unframe(&mut self, input: &[u8], xml: &mut Vec<u8>) -> Result<(), Unwrapped> {
+        let Some(websocket) = &mut self.websocket else {
+            xml.extend_from_slice(input);
+            return Ok(());
+        };
+        let mut replies = Vec::new();
+        let result = websocket.decode(input, xml, &mut replies);
+        if let Err(error) = &result {
+            if *error != WsError::Closed {
+                websocket.close(error.close_code(), &mut replies);
+            }
+        }
+        self.queue_transport(&replies);
+        result.map_err(Unwrapped::WebSocket)
     }
 
     /// The TLS connection, when TLS is on.
@@ -173,9 +252,23 @@ impl Io {
         self.tls.as_ref().map_or(0, |tls| tls.plain.len()) + self.wire.len()
     }
 
-    /// Queues plaintext for sending (through TLS when it is on). Never fails: the
-    /// bytes leave as the peer reads them.
+    /// Queues XML for sending (in WebSocket frames on a WebSocket, through TLS when
+    /// it is on). Never fails: the bytes leave as the peer reads them.
     pub fn queue(&mut self, plaintext: &[u8]) {
+        if plaintext.is_empty() {
+            return;
+        }
+        if let Some(websocket) = &mut self.websocket {
+            let mut frames = Vec::new();
+            websocket.encode(plaintext, &mut frames);
+            self.queue_transport(&frames);
+            return;
+        }
+        self.queue_transport(plaintext);
+    }
+
+    /// Queues bytes below the XML stream: through TLS when it is on.
+    fn queue_transport(&mut self, plaintext: &[u8]) {
         if plaintext.is_empty() {
             return;
         }
@@ -363,6 +456,12 @@ impl Io {
     /// Sends what is queued and a TLS close_notify (if TLS is on), waiting briefly;
     /// dropping the `Io` afterwards closes the socket.
     pub async fn close(&mut self) {
+        if let Some(websocket) = &mut self.websocket {
+            // RFC 7395 section 3.6: the server ends the WebSocket after <close/>.
+            let mut frame = Vec::new();
+            websocket.close(1000, &mut frame);
+            self.queue_transport(&frame);
+        }
         self.flush(Duration::from_secs(1)).await;
         if let Some(tls) = &mut self.tls {
             tls.connection.send_close_notify();

@@ -44,6 +44,9 @@ enum End {
     ClientClosed,
     /// The socket closed or failed.
     Gone,
+    /// The WebSocket closed or failed under the stream: what is queued (a close
+    /// frame) is sent before the connection closes.
+    Unframed,
     /// We close the stream with this error.
     Error(StreamError),
 }
@@ -132,6 +135,7 @@ impl Task {
         crate::router::reroute_undelivered(&self.core, &self.state.jid, undelivered);
         match end {
             End::Gone => return,
+            End::Unframed => {}
             End::ClientClosed => self.io.queue(b"</stream:stream>"),
             End::Error(error) => {
                 log::debug!("c2s: closing {} with {:?}", self.state.jid, error.condition);
@@ -285,13 +289,16 @@ type Handled = Result<Next, End>;
 
 fn pump_read(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State, n: usize) -> Handled {
     let read = core.read_buffer.borrow();
-    if io.tls().is_none() {
+    if io.is_plain() {
         return pump(core, framer, state, &read[..n]);
     }
     let mut plain = core.plain_buffer.borrow_mut();
     plain.clear();
-    if io.decrypt(&read[..n], &mut plain).is_err() {
-        return Err(End::Gone);
+    match io.unwrap_input(&read[..n], &mut plain) {
+        Ok(()) => {}
+        Err(crate::io::Unwrapped::Tls(_)) => return Err(End::Gone),
+        // The close frame for the client is queued.
+        Err(crate::io::Unwrapped::WebSocket(_)) => return Err(End::Unframed),
     }
     drop(read);
     pump(core, framer, state, &plain)

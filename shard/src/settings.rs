@@ -26,6 +26,9 @@ pub struct Listener {
     /// Bytes per second each bound session of this listener may send (MongooseIM's
     /// listener `shaper`); `None`: unshaped.
     pub shaper: Option<crate::guard::Shaper>,
+    /// `Some` for an HTTP listener (`[[listen.http]]`): a connection sends a request
+    /// head first and speaks XMPP only after an RFC 7395 WebSocket upgrade.
+    pub http: Option<starling_wire::http::Routes>,
 }
 
 /// Listening sockets: `[core][listener]`.
@@ -43,6 +46,8 @@ pub struct Settings {
     /// TLS for STARTTLS (no ALPN) and direct TLS (ALPN `xmpp-client`).
     pub tls_starttls: Option<Arc<rustls::ServerConfig>>,
     pub tls_direct: Option<Arc<rustls::ServerConfig>>,
+    /// TLS for HTTPS listeners (ALPN `http/1.1`).
+    pub tls_http: Option<Arc<rustls::ServerConfig>>,
     /// RFC 5929 `tls-server-end-point` data for our certificate.
     pub tls_server_end_point: Option<Vec<u8>>,
     /// Clustering, when configured.
@@ -64,6 +69,7 @@ impl Settings {
             limits: Limits::for_tests(),
             tls_starttls: None,
             tls_direct: None,
+            tls_http: None,
             tls_server_end_point: None,
             cluster: None,
             modules,

@@ -36,6 +36,8 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub general: General,
+    /// Client listeners: `[[listen.c2s]]` first, then `[[listen.http]]` (those have
+    /// `http` set), in file order.
     pub c2s: Vec<C2sListener>,
     pub admin: Option<AdminListener>,
     /// `[listen.metrics]`: a port serving only `/metrics`, without credentials (for
@@ -110,6 +112,16 @@ pub struct C2sListener {
     /// Bytes per second each bound session may send (`shaper`, naming a
     /// `[shaper.*]`); `None` for `"none"`.
     pub shaper: Option<Shaper>,
+    /// `Some` for a `[[listen.http]]` listener: clients speak HTTP first (RFC 7395
+    /// WebSocket, XEP-0156 host-meta); `None` for `[[listen.c2s]]`.
+    pub http: Option<HttpHandlers>,
+}
+
+/// What a `[[listen.http]]` listener serves (MongooseIM's `listen.http.handlers`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpHandlers {
+    /// `[[listen.http.handlers.mod_websockets]] path`: RFC 7395 XMPP over WebSocket.
+    pub websockets: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -176,8 +188,12 @@ impl Config {
         let mut config = Config::defaults();
         config.general.data_dir = data_dir.to_owned();
         config.general.cores = NonZeroUsize::new(2);
-        config.c2s =
-            vec![C2sListener { address: "127.0.0.1:0".parse().expect("address"), tls: TlsMode::None, shaper: None }];
+        config.c2s = vec![C2sListener {
+            address: "127.0.0.1:0".parse().expect("address"),
+            tls: TlsMode::None,
+            shaper: None,
+            http: None,
+        }];
         config.admin = Some(AdminListener { address: "127.0.0.1:0".parse().expect("address"), credentials: None });
         config.auth.scram_iterations = NonZeroU32::new(64).expect("nonzero");
         config.database =
@@ -379,8 +395,13 @@ mod raw {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Listen {
-        #[serde(default = "default_c2s")]
-        c2s: Vec<C2s>,
+        /// `None`: the default listeners (5222, 5223).
+        #[serde(default)]
+        c2s: Option<Vec<C2s>>,
+        /// `None`: the default HTTP listeners (5280, 5443) when `c2s` is also
+        /// the default, none otherwise (a config naming its listeners gets only those).
+        #[serde(default)]
+        http: Option<Vec<Http>>,
         #[serde(default = "default_admin")]
         admin: Option<Admin>,
         #[serde(default)]
@@ -389,7 +410,7 @@ mod raw {
 
     impl Default for Listen {
         fn default() -> Self {
-            Listen { c2s: default_c2s(), admin: default_admin(), metrics: None }
+            Listen { c2s: None, http: None, admin: default_admin(), metrics: None }
         }
     }
 
@@ -426,6 +447,109 @@ mod raw {
                 shaper: default_c2s_shaper(),
             },
         ]
+    }
+
+    fn default_http() -> Vec<Http> {
+        let websockets = || Handlers { mod_websockets: vec![WebSockets { host: "_".into(), path: "/ws-xmpp".into() }] };
+        vec![
+            Http {
+                port: 5280,
+                ip_address: default_ip(),
+                tls: Tls { mode: "none".to_owned() },
+                shaper: default_c2s_shaper(),
+                handlers: websockets(),
+            },
+            Http {
+                port: 5443,
+                ip_address: default_ip(),
+                tls: Tls { mode: "tls".to_owned() },
+                shaper: default_c2s_shaper(),
+                handlers: websockets(),
+            },
+        ]
+    }
+
+    /// `[[listen.http]]`: MongooseIM's HTTP listener for web clients.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Http {
+        port: u16,
+        #[serde(default = "default_ip")]
+        ip_address: String,
+        /// `none` (plain HTTP, `ws://`) or `tls` (HTTPS, `wss://`).
+        #[serde(default = "default_http_tls")]
+        tls: Tls,
+        #[serde(default = "default_c2s_shaper")]
+        shaper: String,
+        #[serde(default)]
+        handlers: Handlers,
+    }
+
+    fn default_http_tls() -> Tls {
+        Tls { mode: "none".to_owned() }
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Handlers {
+        #[serde(default)]
+        mod_websockets: Vec<WebSockets>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WebSockets {
+        /// MongooseIM's `host`; only `"_"` (any) is served.
+        #[serde(default = "default_any_host")]
+        host: String,
+        #[serde(default = "default_ws_path")]
+        path: String,
+    }
+
+    fn default_any_host() -> String {
+        "_".to_owned()
+    }
+
+    fn default_ws_path() -> String {
+        "/ws-xmpp".to_owned()
+    }
+
+    impl Http {
+        fn convert(
+            self,
+            index: usize,
+            shapers: &std::collections::BTreeMap<String, RawShaper>,
+        ) -> Result<super::C2sListener, ConfigError> {
+            let key = format!("listen.http[{index}]");
+            let shaper = shaper(shapers, &format!("{key}.shaper"), &self.shaper)?;
+            let tls = match self.tls.mode.as_str() {
+                "tls" => TlsMode::Direct,
+                "none" => TlsMode::None,
+                other => {
+                    return Err(invalid(&format!("{key}.tls.mode"), format!("{other:?} is not \"none\" or \"tls\"")))
+                }
+            };
+            let websockets = match &self.handlers.mod_websockets[..] {
+                [] => None,
+                [one] => {
+                    if one.host != "_" {
+                        let key = format!("{key}.handlers.mod_websockets.host");
+                        return Err(invalid(&key, "only \"_\" (every host) is supported"));
+                    }
+                    if !one.path.starts_with('/') {
+                        return Err(invalid(&format!("{key}.handlers.mod_websockets.path"), "must start with /"));
+                    }
+                    Some(one.path.clone())
+                }
+                _ => return Err(invalid(&format!("{key}.handlers.mod_websockets"), "give one at most")),
+            };
+            Ok(super::C2sListener {
+                address: socket_address(&format!("{key}.ip_address"), &self.ip_address, self.port)?,
+                tls,
+                shaper,
+                http: Some(super::HttpHandlers { websockets }),
+            })
+        }
     }
 
     fn default_ip() -> String {
@@ -665,13 +789,17 @@ mod raw {
                     log_level: log_level(&self.general.loglevel)?,
                     data_dir: data_dir.clone(),
                 },
-                c2s: self
-                    .listen
-                    .c2s
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, c2s)| c2s.convert(i, &shapers))
-                    .collect::<Result<_, _>>()?,
+                c2s: {
+                    let http = match (self.listen.http, &self.listen.c2s) {
+                        (Some(http), _) => http,
+                        (None, None) => default_http(),
+                        (None, Some(_)) => Vec::new(),
+                    };
+                    let c2s = self.listen.c2s.unwrap_or_else(default_c2s).into_iter().enumerate();
+                    let c2s = c2s.map(|(i, c2s)| c2s.convert(i, &shapers));
+                    let http = http.into_iter().enumerate().map(|(i, http)| http.convert(i, &shapers));
+                    c2s.chain(http).collect::<Result<_, _>>()?
+                },
                 admin: self.listen.admin.filter(|admin| admin.enabled).map(Admin::convert).transpose()?,
                 metrics: self
                     .listen
@@ -748,6 +876,7 @@ mod raw {
                 address: socket_address(&format!("{key}.ip_address"), &self.ip_address, self.port)?,
                 tls,
                 shaper,
+                http: None,
             })
         }
     }
@@ -890,13 +1019,47 @@ mod tests {
     fn defaults_are_the_documented_ones() {
         let config = Config::defaults();
         assert_eq!(config.general.hosts, vec!["localhost"]);
-        assert_eq!(config.c2s.len(), 2);
+        assert_eq!(config.c2s.len(), 4);
         assert_eq!(config.c2s[0].address.port(), 5222);
         assert_eq!(config.c2s[0].tls, TlsMode::StartTlsRequired);
         assert_eq!(config.c2s[1].tls, TlsMode::Direct);
+        let ws = Some(HttpHandlers { websockets: Some("/ws-xmpp".into()) });
+        assert_eq!((config.c2s[2].address.port(), config.c2s[2].tls, &config.c2s[2].http), (5280, TlsMode::None, &ws));
+        assert_eq!(
+            (config.c2s[3].address.port(), config.c2s[3].tls, &config.c2s[3].http),
+            (5443, TlsMode::Direct, &ws)
+        );
         assert_eq!(config.admin.unwrap().address, "127.0.0.1:5551".parse().unwrap());
         assert_eq!(config.auth.scram_iterations.get(), 10_000);
         assert!(matches!(config.database, Database::Sqlite { .. }));
+    }
+
+    /// A file naming its c2s listeners gets no HTTP listener it did not name; named
+    /// ones parse with MongooseIM's keys, and bad values name their key.
+    #[test]
+    fn http_listeners() {
+        let named = Config::parse("[[listen.c2s]]\nport = 5222").expect("valid");
+        assert!(named.c2s.iter().all(|l| l.http.is_none()));
+        let http = Config::parse(
+            "[[listen.http]]\nport = 15280\n[[listen.http.handlers.mod_websockets]]\nhost = '_'\npath = '/ws'",
+        )
+        .expect("valid");
+        let last = http.c2s.last().expect("listener");
+        assert_eq!((last.address.port(), &last.http), (15280, &Some(HttpHandlers { websockets: Some("/ws".into()) })));
+        for (text, key) in [
+            ("[[listen.http]]\nport = 1\ntls.mode = 'starttls'", "listen.http[0].tls.mode"),
+            (
+                "[[listen.http]]\nport = 1\n[[listen.http.handlers.mod_websockets]]\npath = 'ws'",
+                "listen.http[0].handlers",
+            ),
+            (
+                "[[listen.http]]\nport = 1\n[[listen.http.handlers.mod_websockets]]\nhost = 'a'",
+                "listen.http[0].handlers",
+            ),
+        ] {
+            let error = Config::parse(text).expect_err(text).to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
     }
 
     /// The example file in the repository parses and equals the defaults it documents.

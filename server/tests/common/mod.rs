@@ -58,8 +58,8 @@ impl TestNode {
     pub fn start_tls_with(adjust: impl FnOnce(&mut Config)) -> TestNode {
         TestNode::start_with(|config| {
             config.c2s = vec![
-                C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::None, shaper: None },
-                C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::Direct, shaper: None },
+                C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::None, shaper: None, http: None },
+                C2sListener { address: "127.0.0.1:0".parse().unwrap(), tls: TlsMode::Direct, shaper: None, http: None },
             ];
             adjust(config);
         })
