@@ -16,11 +16,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r starttls_port direct_port admin_port < <("$python" - <<'PY'
+read -r starttls_port direct_port admin_port ws_port wss_port < <("$python" - <<'PY'
 import socket
 ports = []
 sockets = []
-for _ in range(3):
+for _ in range(5):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); ports.append(s.getsockname()[1]); sockets.append(s)
 print(*ports)
 PY
@@ -37,6 +37,17 @@ cat > "$work/starling.toml" <<TOML
   port = $direct_port
   ip_address = "127.0.0.1"
   tls.mode = "tls"
+[[listen.http]]
+  port = $ws_port
+  ip_address = "127.0.0.1"
+  [[listen.http.handlers.mod_websockets]]
+    path = "/ws-xmpp"
+[[listen.http]]
+  port = $wss_port
+  ip_address = "127.0.0.1"
+  tls.mode = "tls"
+  [[listen.http.handlers.mod_websockets]]
+    path = "/ws-xmpp"
 [listen.admin]
   port = $admin_port
 TOML
@@ -68,6 +79,15 @@ if [ "$status" -eq 0 ]; then
 fi
 if [ "$status" -eq 0 ]; then
   timeout 120 "$root/scripts/blackbox/poezio.sh" 127.0.0.1 "$starttls_port" "$work/data/ca.pem" "$bin" "$work/starling.toml" || status=$?
+fi
+
+# xmpp.js 0.14 (npm) over WebSocket, plain and TLS, chatting with a TCP client.
+if [ "$status" -eq 0 ]; then
+  echo "--- xmpp.js $(node -p 'require("'"$root"'/target/npm/node_modules/@xmpp/client/package.json").version') ---"
+  cp "$root/scripts/blackbox/js/"*.mjs "$root/target/npm/"
+  NODE_EXTRA_CA_CERTS="$work/data/ca.pem" timeout 90 node --experimental-websocket --no-warnings \
+    "$root/target/npm/xmppjs.mjs" "ws://127.0.0.1:$ws_port/ws-xmpp" "wss://localhost:$wss_port/ws-xmpp" "$starttls_port" \
+    || status=$?
 fi
 
 kill -TERM "$server_pid"

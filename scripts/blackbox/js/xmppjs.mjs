@@ -1,0 +1,63 @@
+// xmpp.js 0.14 against a real Starling process: alice over WebSocket (ws:// and
+// wss://), bob over TCP with STARTTLS; they exchange messages both ways and see each
+// other's presence. Node 20 needs --experimental-websocket (run.sh passes it).
+// Usage: node --experimental-websocket xmppjs.mjs WS_URL WSS_URL TCP_PORT
+import { client, xml } from "@xmpp/client";
+
+const [wsUrl, wssUrl, tcpPort] = process.argv.slice(2);
+const deadline = setTimeout(() => fail("timed out"), 60_000);
+
+function fail(why) {
+  console.error(`FAILED: ${why}`);
+  process.exit(1);
+}
+
+function connect(service, username, resource) {
+  const xmpp = client({ service, domain: "localhost", username, password: "secret", resource });
+  xmpp.on("error", (error) => fail(`${username} over ${service}: ${error}`));
+  return xmpp;
+}
+
+function waitFor(xmpp, predicate, what) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => fail(`no ${what}`), 20_000);
+    const onStanza = (stanza) => {
+      if (predicate(stanza)) {
+        clearTimeout(timer);
+        xmpp.removeListener("stanza", onStanza);
+        resolve(stanza);
+      }
+    };
+    xmpp.on("stanza", onStanza);
+  });
+}
+
+async function chat(aliceService, label) {
+  const alice = connect(aliceService, "alice", `xmppjs-${label}`);
+  const bob = connect(`xmpp://127.0.0.1:${tcpPort}`, "bob", `xmppjs-tcp-${label}`);
+  const aliceOnline = new Promise((resolve) => alice.on("online", resolve));
+  const bobOnline = new Promise((resolve) => bob.on("online", resolve));
+  await alice.start();
+  await bob.start();
+  const aliceJid = (await aliceOnline).toString();
+  const bobJid = (await bobOnline).toString();
+  const body = (s) => s.is("message") && s.getChildText("body");
+  const gotByAlice = waitFor(alice, (s) => body(s) === `hello ${label}`, `message to alice over ${label}`);
+  await bob.send(xml("message", { to: aliceJid, type: "chat" }, xml("body", {}, `hello ${label}`)));
+  const received = await gotByAlice;
+  if (received.attrs.from !== bobJid) fail(`from was ${received.attrs.from}, expected ${bobJid}`);
+  const gotByBob = waitFor(bob, (s) => body(s) === `back ${label}`, `message to bob from ${label}`);
+  await alice.send(xml("message", { to: bobJid, type: "chat" }, xml("body", {}, `back ${label}`)));
+  await gotByBob;
+  // Presence: bob's directed presence reaches alice.
+  const presence = waitFor(alice, (s) => s.is("presence") && s.attrs.from === bobJid, `presence over ${label}`);
+  await bob.send(xml("presence", { to: aliceJid }));
+  await presence;
+  await alice.stop();
+  await bob.stop();
+  console.log(`xmpp.js over ${label}: messages both ways and presence ok`);
+}
+
+await chat(wsUrl, "ws");
+await chat(wssUrl, "wss");
+clearTimeout(deadline);
