@@ -8,6 +8,8 @@ pub mod http;
 pub mod jid;
 pub mod limits;
 pub mod sasl;
+pub mod sm;
+pub mod split;
 pub mod stanza;
 pub mod websocket;
 pub mod xml;

@@ -76,6 +76,8 @@ pub struct C2sSettings {
     pub bind_features_extra: Vec<u8>,
     /// XEP-0077 in-band registration offered before authentication.
     pub registration: bool,
+    /// XEP-0198 resumption: `<resume/>` is accepted in place of a bind request.
+    pub resumption: bool,
 }
 
 impl C2sSettings {
@@ -97,6 +99,7 @@ impl C2sSettings {
             decoy_secret: b"test decoy secret".to_vec(),
             bind_features_extra: Vec::new(),
             registration: false,
+            resumption: false,
         }
     }
 }
@@ -134,6 +137,10 @@ pub enum Action {
     /// Bind a resource for `user` (`None`: the server picks one), replacing any session
     /// with the same full JID, then call [`C2s::handle_bound`].
     Bind { user: BareJid, resource: Option<String> },
+    /// XEP-0198 section 5: take over `user`'s session `previd`, whose client handled
+    /// `h` of the server's stanzas; then call [`C2s::handle_resumed`] (the session
+    /// writes `<resumed/>`) or [`C2s::handle_resume_failed`].
+    Resume { user: BareJid, previd: String, h: u32 },
     /// The client closed the stream; our close is in `out`. Close the connection.
     Closed,
 }
@@ -188,6 +195,9 @@ enum State {
     },
     ExpectBindResult {
         id: Box<str>,
+    },
+    ExpectResumeResult {
+        user: BareJid,
     },
     Established,
     Failed,
@@ -337,6 +347,24 @@ impl C2s {
         out.extend_from_slice(b"</jid></bind></iq>");
     }
 
+    /// The shell handed the connection to the session it resumed, which writes
+    /// `<resumed/>` and goes on. The negotiation is over.
+    pub fn handle_resumed(&mut self) {
+        let State::ExpectResumeResult { .. } = std::mem::replace(&mut self.state, State::Established) else {
+            panic!("handle_resumed without Resume");
+        };
+    }
+
+    /// No session to resume (XEP-0198 section 5: unknown, timed out, or another
+    /// account's): `<failed/>` with `item-not-found`; the client may bind instead.
+    pub fn handle_resume_failed(&mut self, out: &mut Vec<u8>) {
+        let State::ExpectResumeResult { user } = std::mem::replace(&mut self.state, State::Failed) else {
+            panic!("handle_resume_failed without Resume");
+        };
+        self.state = State::ExpectBind { user };
+        crate::sm::write_failed("item-not-found", None, out);
+    }
+
     /// The shell could not bind (for example the session table is full).
     pub fn handle_bind_refused(&mut self, user: BareJid, error: StanzaError, out: &mut Vec<u8>) {
         let State::ExpectBindResult { id } = std::mem::replace(&mut self.state, State::ExpectBind { user }) else {
@@ -419,12 +447,16 @@ impl C2s {
                 (sasl::NS, "abort") => self.abort_sasl(context, out),
                 _ => Err(not_authorized("SASL negotiation in progress")),
             },
+            State::ExpectBind { user } if namespace == crate::sm::NS_SM => {
+                Ok(self.expect_bind_sm(context.settings.resumption, user, root, name, out))
+            }
             State::ExpectBind { user } => self.expect_bind(user, root, namespace, name, out),
             State::ExpectStreamHeader { .. }
             | State::ExpectCredentials { .. }
             | State::ExpectPlainVerdict { .. }
             | State::ExpectRegistered { .. }
-            | State::ExpectBindResult { .. } => Err(StreamError::with_text(
+            | State::ExpectBindResult { .. }
+            | State::ExpectResumeResult { .. } => Err(StreamError::with_text(
                 StreamErrorCondition::PolicyViolation,
                 "element sent while the server was still answering",
             )),
@@ -639,6 +671,34 @@ impl C2s {
         };
         self.state = State::ExpectBindResult { id: id.into() };
         Ok(Action::Bind { user, resource })
+    }
+
+    /// XEP-0198 before a resource is bound: `<resume/>` (section 5) when resumption
+    /// is on; anything else is `<failed/>` and the stream goes on.
+    fn expect_bind_sm(
+        &mut self,
+        resumption: bool,
+        user: BareJid,
+        root: roxmltree::Node<'_, '_>,
+        name: &str,
+        out: &mut Vec<u8>,
+    ) -> Action {
+        if name != "resume" || !resumption {
+            // Section 3: enabling before binding is `unexpected-request`.
+            let condition = if name == "resume" { "feature-not-implemented" } else { "unexpected-request" };
+            crate::sm::write_failed(condition, None, out);
+            self.state = State::ExpectBind { user };
+            return Action::Continue;
+        }
+        let previd = root.attribute("previd").filter(|p| !p.is_empty() && p.len() <= 256);
+        let h = root.attribute("h").and_then(|h| h.parse::<u32>().ok());
+        let (Some(previd), Some(h)) = (previd, h) else {
+            crate::sm::write_failed("bad-request", None, out);
+            self.state = State::ExpectBind { user };
+            return Action::Continue;
+        };
+        self.state = State::ExpectResumeResult { user: user.clone() };
+        Action::Resume { user, previd: previd.to_owned(), h }
     }
 }
 

@@ -441,3 +441,36 @@ fn supported_binding_type_still_checked() {
     .unwrap();
     assert!(h.output().contains("<not-authorized/>"), "a wrong tls-exporter binding must fail");
 }
+
+/// XEP-0198 section 5: `<resume/>` in place of a bind asks the shell to resume; a
+/// failed resumption is `item-not-found` and the client may bind after it. Without
+/// resumption, and for `<enable/>` before binding, `<failed/>` and the stream goes on.
+#[test]
+fn resume_in_place_of_bind() {
+    let settings = C2sSettings { resumption: true, ..C2sSettings::for_tests() };
+    let mut h = Harness::new(settings);
+    h.send(HEADER).unwrap();
+    h.send(&plain("alice", "secret")).unwrap();
+    h.send(HEADER).unwrap();
+    h.output();
+    let alice: BareJid = "alice@localhost".parse().unwrap();
+    let actions = h.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>").unwrap();
+    assert!(actions.is_empty());
+    assert!(h.output().contains("<unexpected-request "));
+    assert!(h.send("<resume xmlns='urn:xmpp:sm:3' h='x' previd='p'/>").unwrap().is_empty());
+    assert!(h.output().contains("<bad-request "));
+    let actions = h.send("<resume xmlns='urn:xmpp:sm:3' h='4' previd='abc'/>").unwrap();
+    assert_eq!(actions, vec![Action::Resume { user: alice.clone(), previd: "abc".into(), h: 4 }]);
+    h.c2s.handle_resume_failed(&mut h.out);
+    assert!(h.output().contains("<failed xmlns='urn:xmpp:sm:3'><item-not-found "));
+    let actions = h.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>").unwrap();
+    assert_eq!(actions, vec![Action::Bind { user: alice, resource: None }]);
+
+    let mut off = Harness::new(C2sSettings::for_tests());
+    off.send(HEADER).unwrap();
+    off.send(&plain("alice", "secret")).unwrap();
+    off.send(HEADER).unwrap();
+    off.output();
+    assert!(off.send("<resume xmlns='urn:xmpp:sm:3' h='4' previd='abc'/>").unwrap().is_empty());
+    assert!(off.output().contains("<feature-not-implemented "));
+}
