@@ -273,6 +273,7 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
         tls_starttls: tls.as_ref().map(|t| t.starttls.clone()),
         tls_direct: tls.as_ref().map(|t| t.direct.clone()),
         tls_http: tls.as_ref().map(|t| t.http.clone()),
+        stream_management: config.modules.stream_management,
         tls_server_end_point: tls.as_ref().and_then(|t| t.server_end_point.clone()),
         modules: starling_modules::build(config.modules.clone(), db.clone()),
     };
@@ -378,6 +379,7 @@ fn c2s_settings(config: &Config, mode: TlsMode, decoy_secret: Vec<u8>, stream_fe
         decoy_secret,
         bind_features_extra: stream_features.as_bytes().to_vec(),
         registration: config.registration.is_some(),
+        resumption: config.modules.stream_management.is_some_and(|sm| !sm.resume_timeout.is_zero()),
     }
 }
 

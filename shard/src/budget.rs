@@ -95,10 +95,13 @@ mod tests {
         // a drop guard that unbinds the session even when a panic unwinds it (+40 B).
         // Issue 10 (+32 B): the connection's place in its address's count (16 B), the
         // listener's shaper bucket (8 B, µs) and the shaper's pause (8 B, µs).
-        assert!(future_bytes <= 848, "session future grew to {future_bytes} bytes");
+        // Issue 12: +8 B for a WebSocket's framing (a pointer in `Io`), +8 B for stream
+        // management (a pointer in `State`); the end of a session (parking, closing)
+        // moved into a boxed future made at the end, which took 32 B out: 816.
+        assert!(future_bytes <= 816, "session future grew to {future_bytes} bytes");
         // 1,600 until 2026-11-29, when the poll source was measured at 496 B, not 256,
         // and the task's own 48 B were first counted: the same session, counted right.
         // Issue 10's shaper and address count: +32 B (see above). Issue 16 owes the cut.
-        assert!(total <= 1912, "idle session budget exceeded: {total} bytes");
+        assert!(total <= 1880, "idle session budget exceeded: {total} bytes");
     }
 }

@@ -23,6 +23,19 @@ use crate::mailbox::Mailbox;
 use crate::sessions::{Bound, Session, SessionId};
 use crate::settings::ListenerTls;
 
+/// What a negotiated connection asks of its home core.
+pub(crate) enum Request {
+    /// Bind a resource (`None`: the server picks one).
+    Bind(Option<String>),
+    /// Resume the session `previd`, whose client handled `h` of its stanzas
+    /// (XEP-0198 section 5, `resume.rs`).
+    Resume { previd: String, h: u32 },
+}
+
+/// A failed resumption answered `item-not-found` is followed by a bind or another
+/// resumption; after this many the client is refused.
+const RESUMPTIONS_MAX: usize = 3;
+
 /// A connection still negotiating.
 struct Negotiating {
     io: Io,
@@ -90,7 +103,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize, ad
     // The attempt that ended the stream counts too.
     let _ = conn.count_failures(&core);
     drop(live);
-    let Some((user, resource)) = negotiated else {
+    let Some((user, request)) = negotiated else {
         core.stats.login_failures.set(core.stats.login_failures.get() + 1);
         conn.io.queue(&conn.out);
         conn.io.close().await;
@@ -100,15 +113,15 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize, ad
     if home == core.id {
         let bound =
             Negotiated { io: conn.io, framer: conn.framer, c2s: conn.c2s, out: conn.out, listener: conn.listener };
-        establish(core, bound, user, resource).await;
+        establish(core, bound, user, request).await;
         return;
     }
-    move_to(&core, home, conn, user, resource);
+    move_to(&core, home, conn, user, request);
 }
 
 /// Hands the connection to its home core. The socket is duplicated so this core's
 /// handle can be dropped without closing the connection.
-fn move_to(core: &Core, home: usize, mut conn: Negotiating, user: BareJid, resource: Option<String>) {
+fn move_to(core: &Core, home: usize, mut conn: Negotiating, user: BareJid, request: Request) {
     // SAFETY: the fd is open: `conn.io.stream` owns it for the duration of this borrow.
     let borrowed = unsafe { BorrowedFd::borrow_raw(conn.io.stream.as_raw_fd()) };
     let fd = match borrowed.try_clone_to_owned() {
@@ -126,19 +139,19 @@ fn move_to(core: &Core, home: usize, mut conn: Negotiating, user: BareJid, resou
         c2s: conn.c2s,
         listener: conn.listener,
         user,
-        resource,
+        request,
     };
     core.adopt_on(home, transfer);
 }
 
 /// Serves a connection another core moved here.
 pub(crate) async fn adopt(core: Rc<Core>, transfer: Box<Transfer>) {
-    let Transfer { fd, moving, framer, c2s, listener, user, resource } = *transfer;
+    let Transfer { fd, moving, framer, c2s, listener, user, request } = *transfer;
     // SAFETY: `fd` is an open socket we own; ownership passes to the socket.
     let socket = unsafe { socket2::Socket::from_raw_fd(fd.into_raw_fd()) };
     let io = Io::new(TcpStream::from(socket), moving);
     core.stats.moved_in.set(core.stats.moved_in.get() + 1);
-    establish(core, Negotiated { io, framer, c2s, out: Vec::new(), listener }, user, resource).await;
+    establish(core, Negotiated { io, framer, c2s, out: Vec::new(), listener }, user, request).await;
 }
 
 /// The parts of a connection that survive negotiation.
@@ -150,10 +163,68 @@ struct Negotiated {
     listener: usize,
 }
 
+/// On the user's home core (this one): binds a new session, or hands the connection
+/// to the session it resumes. After a failed resumption (`item-not-found`) the
+/// negotiation goes on here until the client binds, resumes or leaves.
+async fn establish(core: Rc<Core>, mut connection: Negotiated, user: BareJid, mut request: Request) {
+    debug_assert_eq!(core.home_of(user.as_str()), core.id);
+    for _ in 0..RESUMPTIONS_MAX {
+        let (previd, h) = match request {
+            Request::Bind(resource) => return bind_session(core, connection, user, resource).await,
+            Request::Resume { previd, h } => (previd, h),
+        };
+        let Negotiated { io, framer, mut c2s, mut out, listener } = connection;
+        // The new connection's answers so far go out before <resumed/>.
+        let mut io = io;
+        io.queue(&out);
+        out.clear();
+        let listener16 = u16::try_from(listener).unwrap_or(u16::MAX);
+        let resumption = Box::new(crate::resume::Resumption { io, framer, h, listener: listener16 });
+        let back = match crate::resume::hand_over(&core, user.as_str(), &previd, resumption) {
+            Ok(()) => {
+                c2s.handle_resumed();
+                log::debug!("c2s: {user} resumes {previd}");
+                return;
+            }
+            Err(back) => back,
+        };
+        c2s.handle_resume_failed(&mut out);
+        let address = back.io.stream.peer_addr().ok().map(|a| a.ip());
+        let mut conn = Negotiating {
+            io: back.io,
+            framer: back.framer,
+            c2s,
+            out,
+            listener,
+            tls_reported: true,
+            address,
+            failures_counted: 0,
+        };
+        let mailbox = Rc::new(Mailbox::default());
+        let id = core.next_id();
+        let live = core.register_live_guarded(id, mailbox.clone());
+        let deadline = Instant::now() + core.limits().pre_auth_timeout;
+        let negotiated = negotiate(&core, &mut conn, &mailbox, deadline, &[]).await;
+        drop(live);
+        let Some((_, next)) = negotiated else {
+            conn.io.queue(&conn.out);
+            conn.io.close().await;
+            return;
+        };
+        connection = Negotiated { io: conn.io, framer: conn.framer, c2s: conn.c2s, out: conn.out, listener };
+        request = next;
+    }
+    let Negotiated { mut io, .. } = connection;
+    let mut out = Vec::new();
+    StreamError::with_text(StreamErrorCondition::PolicyViolation, "too many resumption attempts")
+        .write_closing(&mut out);
+    io.queue(&out);
+    io.close().await;
+}
+
 /// Binds the session on its home core (this one) and starts its own task, so an
 /// established session's task holds only what the session needs (see `budget.rs`).
-async fn establish(core: Rc<Core>, connection: Negotiated, user: BareJid, resource: Option<String>) {
-    debug_assert_eq!(core.home_of(user.as_str()), core.id);
+async fn bind_session(core: Rc<Core>, connection: Negotiated, user: BareJid, resource: Option<String>) {
     let Negotiated { mut io, framer, mut c2s, mut out, listener } = connection;
     let id = core.next_id();
     let mailbox = Rc::new(Mailbox::default());
@@ -285,7 +356,7 @@ async fn negotiate(
     mailbox: &Mailbox,
     deadline: Instant,
     initial: &[u8],
-) -> Option<(BareJid, Option<String>)> {
+) -> Option<(BareJid, Request)> {
     let limit = core.limits().queued_bytes_per_connection_max;
     let mut timer = glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()));
     // A negotiating stream sends nothing to anyone else, so it never waits for others.
@@ -298,7 +369,8 @@ async fn negotiate(
             let mut next = conn.pump(core, bytes).ok()?;
             while let Some(action) = next {
                 next = match action {
-                    Action::Bind { user, resource } => return Some((user, resource)),
+                    Action::Bind { user, resource } => return Some((user, Request::Bind(resource))),
+                    Action::Resume { user, previd, h } => return Some((user, Request::Resume { previd, h })),
                     other => conn.perform(core, other).await.ok()?,
                 };
             }
@@ -331,7 +403,8 @@ async fn negotiate(
         conn.count_failures(core)?;
         while let Some(action) = next {
             next = match action {
-                Action::Bind { user, resource } => return Some((user, resource)),
+                Action::Bind { user, resource } => return Some((user, Request::Bind(resource))),
+                Action::Resume { user, previd, h } => return Some((user, Request::Resume { previd, h })),
                 other => conn.perform(core, other).await.ok()?,
             };
             conn.count_failures(core)?;

@@ -36,7 +36,7 @@ pub(crate) struct Transfer {
     pub moving: crate::io::Moving,
     pub listener: usize,
     pub user: BareJid,
-    pub resource: Option<String>,
+    pub request: crate::connection::Request,
 }
 
 /// Stamped stanzas in one buffer: one allocation (and one cross-core free) per batch,
@@ -183,6 +183,8 @@ pub struct Core {
     pub(crate) account_shapers: RefCell<HashMap<Box<str>, std::time::Instant>>,
     /// Refused or failed accepts: one log line per interval.
     pub(crate) accept_log: crate::guard::LogEvery,
+    /// Resumable sessions homed here, by resumption id (`resume.rs`).
+    pub(crate) resumable: RefCell<HashMap<Box<str>, Rc<crate::resume::Resumable>>>,
 }
 
 impl Core {
@@ -213,6 +215,7 @@ impl Core {
             waiting_accounts: RefCell::new(HashMap::new()),
             account_shapers: RefCell::new(HashMap::new()),
             accept_log: crate::guard::LogEvery::new(std::time::Duration::from_secs(10)),
+            resumable: RefCell::new(HashMap::new()),
         })
     }
 

@@ -354,7 +354,7 @@ impl Io {
         let send_timeout = core.limits().send_timeout;
         let was_paused = !paused.is_empty();
         futures_lite::future::poll_fn(|cx| {
-            if mailbox.kicked().is_some() {
+            if mailbox.kicked().is_some() || mailbox.interrupted() {
                 return Poll::Ready(Wake::Mail);
             }
             if self.poll_flush(cx).is_err() {

@@ -40,6 +40,7 @@ pub mod limits;
 mod mailbox;
 pub mod module;
 mod node;
+pub mod resume;
 mod router;
 mod session;
 mod sessions;

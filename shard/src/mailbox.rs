@@ -38,6 +38,9 @@ pub(crate) struct Mailbox {
     ends: RefCell<VecDeque<(u64, bool)>>,
     /// The session ended: nothing more is queued.
     closed: Cell<bool>,
+    /// Another connection took this session over (stream resumption): the current
+    /// connection stops at its next wake (`resume.rs`).
+    interrupted: Cell<bool>,
 }
 
 /// Who waits for output to reach the socket.
@@ -118,6 +121,23 @@ impl Mailbox {
 
     pub fn kicked(&self) -> Option<StreamErrorCondition> {
         self.kick.get()
+    }
+
+    /// Tells the session's task that another connection takes it over (it finds the
+    /// connection in its resumption slot, `resume.rs`).
+    pub fn interrupt(&self) {
+        self.interrupted.set(true);
+        self.wake();
+    }
+
+    /// Whether [`Mailbox::interrupt`] was called since the last [`Mailbox::resume`].
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.get()
+    }
+
+    /// The takeover was handled.
+    pub fn resume(&self) {
+        self.interrupted.set(false);
     }
 
     pub fn has_mail(&self) -> bool {

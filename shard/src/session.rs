@@ -19,6 +19,7 @@ use crate::io::{Io, Wake, WIRE_BYTES_HIGH};
 use crate::limits::READS_PER_WAKEUP_MAX;
 use crate::mailbox::Mailbox;
 use crate::module::{Flow, IqScope, Pending, Reply, Sender};
+use crate::resume::{Acks, Resumable};
 use crate::sessions::SessionId;
 
 /// The session is gone: unbind it, tell the other nodes, then the modules (presence
@@ -49,6 +50,19 @@ enum End {
     Unframed,
     /// We close the stream with this error.
     Error(StreamError),
+    /// Another connection resumed this session (XEP-0198 section 5).
+    TakenOver,
+}
+
+impl End {
+    /// The connection was lost rather than closed: a resumable session parks.
+    fn lost(&self) -> bool {
+        match self {
+            End::Gone | End::Unframed | End::TakenOver => true,
+            End::Error(error) => error.condition == StreamErrorCondition::ConnectionTimeout,
+            End::ClientClosed => false,
+        }
+    }
 }
 
 /// The per-session state the stanza handlers use.
@@ -62,6 +76,8 @@ pub(crate) struct State {
     /// The shaper's bucket (`guard.rs`), in µs since the core started: 8 bytes, not
     /// an `Instant`'s 16, in every idle session (`budget.rs`).
     pub shaper_tat_us: u64,
+    /// XEP-0198 state once the client enabled stream management (`resume.rs`).
+    pub acks: Option<Box<Acks>>,
 }
 
 /// µs since the core started (the session's compact clock).
@@ -97,8 +113,8 @@ pub(crate) fn run(
     mailbox: Rc<Mailbox>,
     listener: u16,
 ) -> impl std::future::Future<Output = ()> {
-    let state = State { jid, id, out: Vec::new(), listener, shaper_tat_us: 0 };
-    let mut task = Task { core, io, framer, state, mailbox, ended: false };
+    let state = State { jid, id, out: Vec::new(), listener, shaper_tat_us: 0, acks: None };
+    let mut task = Task { core, io: Some(io), framer, state, mailbox, ended: false };
     async move { task.run().await }
 }
 
@@ -107,7 +123,8 @@ pub(crate) fn run(
 /// the connection unregistered.
 struct Task {
     core: Rc<Core>,
-    io: Io,
+    /// `None` while the session is parked (its connection lost, `resume.rs`).
+    io: Option<Io>,
     framer: Framer,
     state: State,
     mailbox: Rc<Mailbox>,
@@ -128,29 +145,142 @@ impl Task {
         for work in opening {
             Box::pin(work).await;
         }
-        let end = serve(&self.core, &mut self.io, &mut self.framer, &mut self.state, &self.mailbox).await;
-        let undelivered = self.mailbox.close();
-        session_ended(&self.core, &self.state);
-        self.ended = true;
-        crate::router::reroute_undelivered(&self.core, &self.state.jid, undelivered);
-        match end {
-            End::Gone => return,
-            End::Unframed => {}
-            End::ClientClosed => self.io.queue(b"</stream:stream>"),
-            End::Error(error) => {
-                log::debug!("c2s: closing {} with {:?}", self.state.jid, error.condition);
-                let mut bytes = Vec::new();
-                error.write_closing(&mut bytes);
-                self.io.queue(&bytes);
+        let end = match self.io.as_mut() {
+            Some(io) => serve(&self.core, io, &mut self.framer, &mut self.state, &self.mailbox).await,
+            None => End::Gone,
+        };
+        // Boxed: an idle session's task carries room for neither parking nor closing
+        // (`budget.rs`).
+        self.end(end).await;
+    }
+
+    /// After the connection ended: parks a resumable session whose connection was
+    /// lost (and serves the one that resumes it), then ends the session and closes.
+    fn end(&mut self, end: End) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+        Box::pin(async move {
+            let end = if end.lost() { self.after_loss(end).await } else { end };
+            let undelivered = self.undelivered();
+            session_ended(&self.core, &self.state);
+            self.ended = true;
+            crate::router::reroute_undelivered(&self.core, &self.state.jid, undelivered);
+            let Some(io) = self.io.as_mut() else { return };
+            match end {
+                End::Gone | End::TakenOver => return,
+                End::Unframed => {}
+                End::ClientClosed => io.queue(b"</stream:stream>"),
+                End::Error(error) => {
+                    log::debug!("c2s: closing {} with {:?}", self.state.jid, error.condition);
+                    let mut bytes = Vec::new();
+                    error.write_closing(&mut bytes);
+                    io.queue(&bytes);
+                }
+            }
+            io.close().await;
+        })
+    }
+
+    /// The connection was lost: a resumable session parks and goes on with the
+    /// connection that resumes it, as often as that happens.
+    async fn after_loss(&mut self, mut end: End) -> End {
+        while end.lost() {
+            let Some(resumption) = self.wait_for_resumption(&end).await else { return end };
+            end = match self.resume(resumption) {
+                Ok(()) => self.serve().await,
+                Err(error) => End::Error(error),
+            };
+        }
+        end
+    }
+
+    async fn serve(&mut self) -> End {
+        let Some(io) = self.io.as_mut() else { return End::Gone };
+        serve(&self.core, io, &mut self.framer, &mut self.state, &self.mailbox).await
+    }
+
+    /// The session's entry in the core's resumable table, when it has one.
+    fn resumable(&self) -> Option<Rc<Resumable>> {
+        let id = self.state.acks.as_ref()?.id.as_ref()?;
+        self.core.resumable.borrow().get(id).cloned()
+    }
+
+    /// After a lost connection: the connection that took the session over, or one
+    /// that resumes it while it is parked (`None`: not resumable, or it timed out).
+    async fn wait_for_resumption(&mut self, end: &End) -> Option<Box<crate::resume::Resumption>> {
+        let entry = self.resumable()?;
+        if let End::TakenOver = end {
+            self.mailbox.resume();
+            if let Some(taken) = entry.taken.borrow_mut().take() {
+                return Some(taken);
             }
         }
-        self.io.close().await;
+        // Parked: the lost connection is closed now; mail waits in the mailbox.
+        self.io = None;
+        let seconds = self.state.acks.as_ref().map_or(0, |acks| acks.resume_seconds);
+        let timeout = std::time::Duration::from_secs(u64::from(seconds));
+        crate::resume::park(&self.core, &self.mailbox, &entry, timeout).await
     }
+
+    /// Takes over `resumption`'s connection: `<resumed/>`, then every stanza the
+    /// client did not acknowledge, again (XEP-0198 section 5).
+    fn resume(&mut self, resumption: Box<crate::resume::Resumption>) -> Result<(), StreamError> {
+        let crate::resume::Resumption { io, framer, h, listener } = *resumption;
+        self.io = Some(io);
+        self.framer = framer;
+        self.state.listener = listener;
+        let Some(acks) = self.state.acks.as_mut() else {
+            return Err(StreamError::new(StreamErrorCondition::InternalServerError));
+        };
+        let sent = acks.sent();
+        if acks.ack(h).is_err() {
+            return Err(handled_count_too_high(h, sent));
+        }
+        let mut out = Vec::new();
+        starling_wire::sm::write_resumed(acks.id.as_deref().unwrap_or_default(), acks.inbound, &mut out);
+        for stanza in &acks.unacked {
+            out.extend_from_slice(stanza);
+        }
+        if !acks.unacked.is_empty() {
+            out.extend_from_slice(starling_wire::sm::ACK_REQUEST);
+        }
+        if let Some(io) = self.io.as_mut() {
+            io.queue(&out);
+        }
+        self.core.count("sm_resumed", 1);
+        log::debug!("c2s: {} resumed with {} stanzas sent again", self.state.jid, acks.unacked.len());
+        Ok(())
+    }
+
+    /// Everything this session was given and its client did not take: stanzas it did
+    /// not acknowledge, then what waits in the mailbox. The session's resumption entry
+    /// goes with it.
+    fn undelivered(&mut self) -> Vec<Vec<u8>> {
+        let mut undelivered = Vec::new();
+        if let Some(acks) = self.state.acks.as_mut() {
+            if let Some(id) = &acks.id {
+                self.core.resumable.borrow_mut().remove(id);
+            }
+            undelivered.extend(acks.unacked.drain(..).map(Vec::from));
+        }
+        undelivered.extend(self.mailbox.close());
+        undelivered
+    }
+}
+
+/// XEP-0198 section 4: the client acknowledged more stanzas than were sent.
+fn handled_count_too_high(h: u32, sent: u32) -> StreamError {
+    StreamError::with_text(
+        StreamErrorCondition::UndefinedCondition,
+        format!("handled-count-too-high: h {h} acknowledges more than the {sent} stanzas sent"),
+    )
 }
 
 impl Drop for Task {
     fn drop(&mut self) {
-        let undelivered = self.mailbox.close();
+        let undelivered = if self.ended {
+            self.mailbox.close()
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.undelivered())).unwrap_or_default()
+        };
         if !self.ended {
             let (core, state) = (&self.core, &self.state);
             let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -180,9 +310,8 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
     // the core started; 0: not held).
     let mut shaped: u64 = 0;
     loop {
-        if !state.out.is_empty() {
-            // Taken, not cleared: an idle session keeps no reply buffer (`budget.rs`).
-            io.queue(&std::mem::take(&mut state.out));
+        if let Err(end) = flush_out(core, io, state) {
+            return end;
         }
         let mut limit = core.limits().queued_bytes_per_connection_max;
         // The clock is read only while a shaper holds the session.
@@ -206,12 +335,17 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
             // Input stashed when this session had to wait is handled now.
             Wake::Resumed => pump(core, framer, state, &[]),
             Wake::Mail => {
+                if mailbox.interrupted() {
+                    return End::TakenOver;
+                }
                 if let Some(condition) = mailbox.kicked() {
                     return End::Error(StreamError::new(condition));
                 }
                 let mut mail = Vec::new();
                 mailbox.drain_into(&mut mail, WIRE_BYTES_HIGH, core.limits().queued_bytes_per_connection_max);
-                io.queue(&mail);
+                if let Err(end) = send(core, io, state, &mail) {
+                    return end;
+                }
                 continue;
             }
             Wake::Closed => return End::Gone,
@@ -256,10 +390,7 @@ async fn finish(
 ) -> Result<Option<Instant>, End> {
     let mut handled = Next::Wait(work);
     while let Next::Wait(work) = handled {
-        if !state.out.is_empty() {
-            // Taken, not cleared: an idle session keeps no reply buffer (`budget.rs`).
-            io.queue(&std::mem::take(&mut state.out));
-        }
+        flush_out(core, io, state)?;
         let Ok(reply) = crate::contain::wait(core, "a request waiting for storage", work).await else {
             return Err(internal_error());
         };
@@ -270,6 +401,32 @@ async fn finish(
         Next::Shaped(until) => Some(until),
         _ => None,
     })
+}
+
+/// Writes the replies handling input produced.
+fn flush_out(core: &Core, io: &mut Io, state: &mut State) -> Result<(), End> {
+    if state.out.is_empty() {
+        return Ok(());
+    }
+    // Taken, not cleared: an idle session keeps no reply buffer (`budget.rs`).
+    let out = std::mem::take(&mut state.out);
+    send(core, io, state, &out)
+}
+
+/// Writes whole elements to the client; with stream management on, keeps a copy of
+/// each stanza until the client acknowledges it, and asks it to (`resume.rs`).
+fn send(core: &Core, io: &mut Io, state: &mut State, bytes: &[u8]) -> Result<(), End> {
+    io.queue(bytes);
+    let (Some(acks), Some(sm)) = (state.acks.as_mut(), core.shared.settings.stream_management) else { return Ok(()) };
+    if acks.record(bytes, sm.ack_freq) {
+        io.queue(starling_wire::sm::ACK_REQUEST);
+    }
+    if acks.unacked.len() > sm.buffer_max {
+        // What it holds is routed again when the session ends: nothing is lost.
+        let text = "too many unacknowledged stanzas";
+        return Err(End::Error(StreamError::with_text(StreamErrorCondition::ResourceConstraint, text)));
+    }
+    Ok(())
 }
 
 /// What handling input came to.
@@ -376,6 +533,10 @@ pub(crate) fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Re
         Err(StanzaParseError::Malformed) => return Err(StreamError::new(StreamErrorCondition::NotWellFormed)),
     };
     check_from(&stanza, &state.jid)?;
+    if let Some(acks) = state.acks.as_mut() {
+        // XEP-0198 section 4: every stanza from the client counts as handled.
+        acks.inbound = acks.inbound.wrapping_add(1);
+    }
     let to = match stanza.to.map(|to| to.value().ok_or(()).and_then(|text| JidRef::parse(text).map_err(|_| ()))) {
         None => None,
         Some(Ok(to)) => Some(to),
@@ -399,6 +560,11 @@ pub(crate) fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Re
 /// A top-level element that is not a stanza: a module's (XEP-0352 `<active/>`, ...),
 /// or `unsupported-stanza-type`.
 fn nonza(core: &Core, state: &mut State, bytes: &[u8]) -> Result<(), StreamError> {
+    if let Some(sm) = core.shared.settings.stream_management {
+        if let Some(request) = starling_wire::sm::parse(bytes) {
+            return stream_management(core, state, sm, request);
+        }
+    }
     let mut sender = Sender { jid: &state.jid, session: state.id, out: &mut state.out };
     for module in core.module_list() {
         if module.on_nonza(core, &mut sender, bytes) {
@@ -406,6 +572,50 @@ fn nonza(core: &Core, state: &mut State, bytes: &[u8]) -> Result<(), StreamError
         }
     }
     Err(StreamError::new(StreamErrorCondition::UnsupportedStanzaType))
+}
+
+/// XEP-0198 elements from a bound client.
+fn stream_management(
+    core: &Core,
+    state: &mut State,
+    sm: crate::resume::StreamManagement,
+    request: Result<starling_wire::sm::Request, starling_wire::sm::SmError>,
+) -> Result<(), StreamError> {
+    use starling_wire::sm::{self, Request};
+    let out = &mut state.out;
+    match (request, state.acks.as_mut()) {
+        (Ok(Request::Enable { resume, max }), None) => {
+            let allowed = u32::try_from(sm.resume_timeout.as_secs()).unwrap_or(u32::MAX);
+            let resumable = resume && allowed > 0;
+            let seconds = if resumable { max.map_or(allowed, |max| max.clamp(1, allowed)) } else { 0 };
+            let mailbox = core.live.borrow().get(&state.id.0).cloned();
+            let id = match (resumable, mailbox) {
+                (true, Some(mailbox)) => {
+                    let id = crate::resume::new_id(core);
+                    let entry =
+                        Resumable { user: state.jid.bare_str().into(), mailbox, taken: std::cell::RefCell::new(None) };
+                    core.resumable.borrow_mut().insert(id.clone(), Rc::new(entry));
+                    Some(id)
+                }
+                _ => None,
+            };
+            sm::write_enabled(id.as_deref(), id.is_some().then_some(seconds), out);
+            state.acks = Some(Box::new(Acks::new(id, seconds)));
+        }
+        // Section 3: enabling twice, or resuming from a bound stream.
+        (Ok(Request::Enable { .. } | Request::Resume { .. }), _) => sm::write_failed("unexpected-request", None, out),
+        (Ok(Request::AckRequest), Some(acks)) => sm::write_ack(acks.inbound, out),
+        (Ok(Request::Ack { h }), Some(acks)) => {
+            let sent = acks.sent();
+            acks.ack(h).map_err(|()| handled_count_too_high(h, sent))?;
+        }
+        // Before enabling, <r/> and <a/> mean nothing: refused like any unknown element.
+        (Ok(Request::AckRequest | Request::Ack { .. }), None) => {
+            return Err(StreamError::new(StreamErrorCondition::UnsupportedStanzaType))
+        }
+        (Err(_), _) => sm::write_failed("bad-request", None, out),
+    }
+    Ok(())
 }
 
 /// Where a client's stamped stanza goes: an IQ request for the server or the

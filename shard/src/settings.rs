@@ -52,6 +52,9 @@ pub struct Settings {
     pub tls_server_end_point: Option<Vec<u8>>,
     /// Clustering, when configured.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// XEP-0198 acknowledgements and resumption (`[modules.mod_stream_management]`);
+    /// `None`: off.
+    pub stream_management: Option<crate::resume::StreamManagement>,
     /// Builds each core's feature modules (`module.rs`), in hook order.
     pub modules: Arc<crate::module::ModuleFactory>,
 }
@@ -70,6 +73,7 @@ impl Settings {
             tls_starttls: None,
             tls_direct: None,
             tls_http: None,
+            stream_management: None,
             tls_server_end_point: None,
             cluster: None,
             modules,

@@ -30,6 +30,22 @@ pub(super) struct Modules {
     mod_version: Option<ModVersion>,
     mod_register: Option<ModRegister>,
     mod_fail2ban: Option<ModFail2Ban>,
+    mod_stream_management: Option<ModStreamManagement>,
+}
+
+/// MongooseIM's mod_stream_management options.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModStreamManagement {
+    /// Unacknowledged stanzas a session may have (MongooseIM: 100).
+    #[serde(default)]
+    buffer_max: Option<usize>,
+    /// Stanzas between the server's ack requests (MongooseIM: 1).
+    #[serde(default)]
+    ack_freq: Option<u32>,
+    /// Seconds a lost session waits to be resumed; 0: resumption off (MongooseIM: 600).
+    #[serde(default)]
+    resume_timeout: Option<u64>,
 }
 
 /// ejabberd's mod_fail2ban, with its option names.
@@ -233,6 +249,25 @@ pub(super) fn convert(raw: Option<Modules>) -> Result<Converted, ConfigError> {
         ping: raw.mod_ping.is_some(),
         version: raw.mod_version.map(|v| starling_modules::VersionConfig { os_info: v.os_info }),
         register: registration.is_some(),
+        stream_management: match raw.mod_stream_management {
+            None => None,
+            Some(sm) => {
+                let defaults = starling_modules::STREAM_MANAGEMENT_DEFAULTS;
+                let ack_freq = sm.ack_freq.unwrap_or(defaults.ack_freq);
+                if ack_freq == 0 {
+                    return Err(invalid("modules.mod_stream_management.ack_freq", "must be at least 1"));
+                }
+                Some(starling_shard::resume::StreamManagement {
+                    buffer_max: positive(
+                        "modules.mod_stream_management.buffer_max",
+                        sm.buffer_max,
+                        defaults.buffer_max,
+                    )?,
+                    ack_freq,
+                    resume_timeout: sm.resume_timeout.map_or(defaults.resume_timeout, Duration::from_secs),
+                })
+            }
+        },
     };
     Ok((config, registration, fail2ban))
 }

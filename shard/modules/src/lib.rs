@@ -35,6 +35,7 @@ pub mod presence;
 pub mod private;
 pub mod roster;
 pub mod store;
+pub mod stream_management;
 pub mod subscription;
 pub mod vcard;
 pub mod version;
@@ -79,7 +80,15 @@ pub struct Config {
     /// XEP-0077 in-band registration (`[modules.mod_register]`) is offered: the
     /// stream negotiation does it; disco lists `jabber:iq:register` then.
     pub register: bool,
+    /// XEP-0198 (`[modules.mod_stream_management]`): the runtime does it
+    /// (`Settings::stream_management`); the module advertises it.
+    pub stream_management: Option<starling_shard::resume::StreamManagement>,
 }
+
+/// MongooseIM's `mod_stream_management` defaults: 100 unacknowledged stanzas, an
+/// `<r/>` after every stanza, 600 s to resume.
+pub const STREAM_MANAGEMENT_DEFAULTS: starling_shard::resume::StreamManagement =
+    starling_shard::resume::StreamManagement { buffer_max: 100, ack_freq: 1, resume_timeout: Duration::from_secs(600) };
 
 /// `[modules.mod_roster]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +162,7 @@ impl Config {
             ping: true,
             version: Some(VersionConfig { os_info: false }),
             register: false,
+            stream_management: Some(STREAM_MANAGEMENT_DEFAULTS),
         }
     }
 
@@ -173,6 +183,7 @@ impl Config {
             ping: false,
             version: None,
             register: false,
+            stream_management: None,
         }
     }
 }
@@ -267,6 +278,9 @@ fn modules(config: Arc<Config>, db: DbPool<dyn Store>) -> Modules {
     }
     if let Some(version) = &config.version {
         list.push(Rc::new(version::Version::new(version.clone())));
+    }
+    if config.stream_management.is_some() {
+        list.push(Rc::new(stream_management::StreamManagement));
     }
     if config.disco {
         let disco = disco::Disco::new(&list, config.register);

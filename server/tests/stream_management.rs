@@ -1,0 +1,170 @@
+//! XEP-0198 stream management against a real node: acknowledgements, a session
+//! resumed after its socket was killed (nothing lost, nothing twice, in order),
+//! resumption refused for the wrong account, after the timeout, and with a bad `h`.
+
+mod common;
+
+use std::net::Shutdown;
+use std::time::Duration;
+
+use common::{Client, TestNode};
+use starling_wire::error::StreamErrorCondition;
+
+fn attribute(element: &str, name: &str) -> String {
+    let start =
+        element.find(&format!(" {name}='")).unwrap_or_else(|| panic!("no {name} in {element}")) + name.len() + 3;
+    element[start..].split('\'').next().unwrap().to_owned()
+}
+
+/// Enables resumable stream management; returns the resumption id.
+fn enable(client: &mut Client) -> String {
+    client.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+    let enabled = client.expect("<enabled");
+    assert_eq!(attribute(&enabled, "resume"), "true", "{enabled}");
+    attribute(&enabled, "id")
+}
+
+fn message(to: &str, body: &str) -> String {
+    format!("<message to='{to}' type='chat'><body>{body}</body></message>")
+}
+
+/// Kills the connection without `</stream:stream>`, as a phone losing its network.
+fn kill(client: Client) {
+    let _ = client.stream.tcp().shutdown(Shutdown::Both);
+}
+
+/// Logs in again and sends `<resume/>` instead of binding; returns the answer.
+fn resume(node: &TestNode, user: &str, previd: &str, h: u32) -> (Client, String) {
+    let mut client = Client::connect(node.c2s);
+    client.open();
+    client.scram(user, "secret").expect("login");
+    let features = client.open();
+    assert!(features.contains("<sm xmlns='urn:xmpp:sm:3'/>"), "{features}");
+    client.send(&format!("<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='{h}'/>"));
+    let answer = client.expect("xmlns='urn:xmpp:sm:3'");
+    (client, answer)
+}
+
+/// The bodies of the next messages, until `count` arrived.
+fn bodies(client: &mut Client, count: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    while bodies.len() < count {
+        let frame = client.expect("<message");
+        bodies.push(frame.split("<body>").nth(1).unwrap().split("</body>").next().unwrap().to_owned());
+    }
+    bodies
+}
+
+#[test]
+fn acks_count_stanzas_both_ways() {
+    let node = TestNode::start();
+    let mut alice = Client::login(node.c2s, "alice", "secret", "phone");
+    enable(&mut alice);
+    let mut bob = Client::login(node.c2s, "bob", "secret", "pc");
+    for i in 1..=3 {
+        bob.send(&message("alice@localhost/phone", &format!("m{i}")));
+    }
+    assert_eq!(bodies(&mut alice, 3), ["m1", "m2", "m3"]);
+    // The server asks for acknowledgements (ack_freq 1).
+    alice.expect("<r xmlns='urn:xmpp:sm:3'/>");
+    // Alice's stanzas are counted: two pings, then <r/>.
+    alice.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>");
+    alice.send("<iq type='get' id='p2'><ping xmlns='urn:xmpp:ping'/></iq>");
+    alice.send("<r xmlns='urn:xmpp:sm:3'/>");
+    let a = alice.expect("<a xmlns='urn:xmpp:sm:3'");
+    assert_eq!(attribute(&a, "h"), "2", "{a}");
+    // Acknowledging what was sent is fine; more than that ends the stream.
+    alice.send("<a xmlns='urn:xmpp:sm:3' h='5'/>");
+    alice.send("<a xmlns='urn:xmpp:sm:3' h='6'/>");
+    assert_eq!(alice.expect_stream_error(), StreamErrorCondition::UndefinedCondition);
+}
+
+/// Regression target of the issue: a phone's socket dies; messages sent meanwhile
+/// and those it never acknowledged arrive once, in order, after it resumes.
+#[test]
+fn a_killed_socket_resumes_with_nothing_lost_or_repeated() {
+    let node = TestNode::start();
+    let mut alice = Client::login(node.c2s, "alice", "secret", "phone");
+    let previd = enable(&mut alice);
+    let mut bob = Client::login(node.c2s, "bob", "secret", "pc");
+    for i in 1..=3 {
+        bob.send(&message("alice@localhost/phone", &format!("m{i}")));
+    }
+    assert_eq!(bodies(&mut alice, 3), ["m1", "m2", "m3"]);
+    // Alice handled only the first two when her network went.
+    alice.send("<a xmlns='urn:xmpp:sm:3' h='1'/>");
+    alice.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>");
+    alice.expect("id='p1'");
+    kill(alice);
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 4..=5 {
+        bob.send(&message("alice@localhost/phone", &format!("m{i}")));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut alice, resumed) = resume(&node, "alice", &previd, 2);
+    assert!(resumed.starts_with("<resumed"), "{resumed}");
+    assert_eq!(attribute(&resumed, "previd"), previd);
+    assert_eq!(attribute(&resumed, "h"), "1", "the server handled alice's one ping: {resumed}");
+    // h=2 covers m1 and m2: m3 and the pong are sent again, then m4 and m5.
+    let got = bodies(&mut alice, 3);
+    assert_eq!(got, ["m3", "m4", "m5"]);
+    assert!(alice.next_within(Duration::from_millis(500)).is_none_or(|f| !f.contains("<message")));
+    // The session is the same one: still alice@localhost/phone, reachable.
+    bob.send(&message("alice@localhost/phone", "m6"));
+    assert_eq!(bodies(&mut alice, 1), ["m6"]);
+}
+
+/// A resumption while the old connection still looks alive takes the session over
+/// (the client noticed the loss before the server did).
+#[test]
+fn a_resumption_takes_over_a_live_connection() {
+    let node = TestNode::start();
+    let mut old = Client::login(node.c2s, "alice", "secret", "phone");
+    let previd = enable(&mut old);
+    let mut bob = Client::login(node.c2s, "bob", "secret", "pc");
+    bob.send(&message("alice@localhost/phone", "m1"));
+    assert_eq!(bodies(&mut old, 1), ["m1"]);
+    let (mut alice, resumed) = resume(&node, "alice", &previd, 0);
+    assert!(resumed.starts_with("<resumed"), "{resumed}");
+    assert_eq!(bodies(&mut alice, 1), ["m1"], "unacknowledged: sent again");
+    old.expect_closed();
+    bob.send(&message("alice@localhost/phone", "m2"));
+    assert_eq!(bodies(&mut alice, 1), ["m2"]);
+}
+
+/// Another account's previd, an unknown one, or one past the timeout: item-not-found,
+/// and the client may bind a fresh session; what the timed-out session never got
+/// was kept as offline messages.
+#[test]
+fn resumption_is_refused_for_the_wrong_account_and_after_the_timeout() {
+    let node = TestNode::start_with(|config| {
+        if let Some(sm) = config.modules.stream_management.as_mut() {
+            sm.resume_timeout = Duration::from_secs(1);
+        }
+    });
+    let mut alice = Client::login(node.c2s, "alice", "secret", "phone");
+    let previd = enable(&mut alice);
+    let (_, refused) = resume(&node, "bob", &previd, 0);
+    assert!(refused.contains("<failed") && refused.contains("item-not-found"), "{refused}");
+    let (_, unknown) = resume(&node, "alice", "nonsense", 0);
+    assert!(unknown.contains("item-not-found"), "{unknown}");
+    // Alice's session did not notice.
+    alice.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>");
+    alice.expect("id='p1'");
+
+    let mut bob = Client::login(node.c2s, "bob", "secret", "pc");
+    bob.send(&message("alice@localhost/phone", "kept"));
+    assert_eq!(bodies(&mut alice, 1), ["kept"]);
+    kill(alice);
+    std::thread::sleep(Duration::from_millis(2_500));
+    let (mut again, late) = resume(&node, "alice", &previd, 0);
+    assert!(late.contains("item-not-found"), "{late}");
+    // After <failed/>, binding works on the same stream, and the unacknowledged
+    // message is waiting offline.
+    again.send(
+        "<iq type='set' id='b2'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>new</resource></bind></iq>",
+    );
+    again.expect("<jid>alice@localhost/new</jid>");
+    again.presence();
+    assert_eq!(bodies(&mut again, 1), ["kept"]);
+}
