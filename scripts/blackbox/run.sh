@@ -71,11 +71,18 @@ for test in chat im; do
     timeout 90 "$python" "$root/scripts/blackbox/$test.py" 127.0.0.1 "$starttls_port" "$direct_port" "$work/data/ca.pem" || status=$?
   fi
 done
+# XEP-0198: a killed socket, resumed (slixmpp 1.17's xep_0198).
+if [ "$status" -eq 0 ]; then
+  timeout 90 "$python" "$root/scripts/blackbox/sm.py" 127.0.0.1 "$starttls_port" "$work/data/ca.pem" || status=$?
+fi
 # Debian 12's packaged slixmpp 1.8.3 (the library inside poezio), with the system
 # Python: it tries SCRAM-*-PLUS with tls-unique first (issue 9).
 if [ "$status" -eq 0 ]; then
   echo "--- Debian python3-slixmpp $(/usr/bin/python3 -c 'import slixmpp; print(slixmpp.__version__)') ---"
   DEBIAN_SLIXMPP=1 timeout 90 /usr/bin/python3 "$root/scripts/blackbox/chat.py" 127.0.0.1 "$starttls_port" "$direct_port" "$work/data/ca.pem" || status=$?
+fi
+if [ "$status" -eq 0 ]; then
+  timeout 90 /usr/bin/python3 "$root/scripts/blackbox/sm.py" 127.0.0.1 "$starttls_port" "$work/data/ca.pem" || status=$?
 fi
 if [ "$status" -eq 0 ]; then
   timeout 120 "$root/scripts/blackbox/poezio.sh" 127.0.0.1 "$starttls_port" "$work/data/ca.pem" "$bin" "$work/starling.toml" || status=$?
