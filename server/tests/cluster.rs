@@ -732,3 +732,70 @@ fn a_stranger_churning_connections_does_not_keep_a_distant_peer_out() {
     eprintln!("churn: {opened} connections opened");
     assert!(opened > 1000, "the churn ran ({opened} connections)");
 }
+
+/// XEP-0198 across the cluster: alice's socket on node 1 is killed with one message
+/// unacknowledged; bob (node 2) writes to her meanwhile; she resumes on node 2 and
+/// gets everything once, in order, as the same full JID; node 1 forgets her session;
+/// her contacts saw no unavailable presence. A resumption for a previd no node has is
+/// item-not-found.
+#[test]
+fn a_session_resumes_on_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::Sqlite(dir.path().join("shared.db"));
+    let (n1, n2, mut alice, mut bob) = alice_here_bob_there(dir.path(), &db, ["sm1@localhost", "sm2@localhost"]);
+    // Directed presence: bob would be told "unavailable" if alice's session ended.
+    alice.send("<presence to='bob@localhost/b'/>");
+    bob.expect("from='alice@localhost/a'");
+    alice.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+    let enabled = alice.expect("<enabled");
+    let previd = enabled.split("id='").nth(1).unwrap().split('\'').next().unwrap().to_owned();
+    for body in ["m1", "m2"] {
+        bob.send(&format!("<message to='alice@localhost/a' type='chat'><body>{body}</body></message>"));
+        alice.expect(body);
+    }
+    alice.send("<a xmlns='urn:xmpp:sm:3' h='1'/>");
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = alice.stream.tcp().shutdown(std::net::Shutdown::Both);
+    std::thread::sleep(Duration::from_millis(300));
+    for body in ["m3", "m4"] {
+        bob.send(&format!("<message to='alice@localhost/a' type='chat'><body>{body}</body></message>"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut resumed = Client::connect(n2.c2s);
+    resumed.open();
+    resumed.scram("alice", "secret").unwrap();
+    resumed.open();
+    // h=1: m1 handled; m2 (unacknowledged) and what came meanwhile follow.
+    resumed.send(&format!("<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='1'/>"));
+    let answer = resumed.expect("urn:xmpp:sm:3");
+    assert!(answer.starts_with("<resumed"), "{answer}");
+    let mut bodies = Vec::new();
+    while bodies.len() < 3 {
+        let frame = resumed.expect("<message");
+        bodies.push(frame.split("<body>").nth(1).unwrap().split("</body>").next().unwrap().to_owned());
+    }
+    assert_eq!(bodies, ["m2", "m3", "m4"]);
+    // The same session, now on node 2: reachable as alice@localhost/a from both nodes.
+    bob.send("<message to='alice@localhost/a' type='chat'><body>m5</body></message>");
+    resumed.expect("m5");
+    let mut carol_side = Client::login(n1.c2s, "bob", "secret", "other");
+    carol_side.send("<message to='alice@localhost/a' type='chat'><body>m6 via node 1</body></message>");
+    resumed.expect("m6 via node 1");
+    assert!(
+        bob.next_within(Duration::from_millis(300)).is_none_or(|f| !f.contains("type='unavailable'")),
+        "bob was told alice went away"
+    );
+    // The directed presence moved with the session: ending it now tells bob.
+    resumed.send("</stream:stream>");
+    assert!(bob.expect("type='unavailable'").contains("from='alice@localhost/a'"));
+
+    let mut stranger = Client::connect(n1.c2s);
+    stranger.open();
+    stranger.scram("alice", "secret").unwrap();
+    stranger.open();
+    stranger.send("<resume xmlns='urn:xmpp:sm:3' previd='nobody-has-this' h='0'/>");
+    assert!(stranger.expect("urn:xmpp:sm:3").contains("item-not-found"));
+    drop(n1);
+    drop(n2);
+}

@@ -120,8 +120,7 @@ impl RouteBench {
         self.node.ask(0, move |core: &Core| {
             let mut framer = Framer::new(FramerLimits::DEFAULT);
             let jid = "sender@localhost/bench".parse().expect("valid JID");
-            let mut state =
-                State { jid, id: SessionId(0), out: Vec::new(), listener: u16::MAX, shaper_tat_us: 0, acks: None };
+            let mut state = State::new(jid, SessionId(0), u16::MAX, None);
             for chunk in bytes.chunks(16 * 1024) {
                 let mut input = chunk;
                 while let Ok(Some(frame)) = framer.next(&mut input) {

@@ -59,10 +59,8 @@ mod tests {
                 core.clone(),
                 io,
                 Framer::new(FramerLimits::DEFAULT),
-                jid,
-                SessionId(1),
+                crate::session::State::new(jid, SessionId(1), 0, None),
                 Rc::new(Mailbox::default()),
-                0,
             );
             let bytes = std::mem::size_of_val(&future);
             // What the task itself holds: `contain::spawn` boxes the session's future.

@@ -188,6 +188,18 @@ async fn establish(core: Rc<Core>, mut connection: Negotiated, user: BareJid, mu
             }
             Err(back) => back,
         };
+        // Not on this node: the session may be parked on another one.
+        let back = match crate::resume::take_from_peers(&core, user.as_str(), &previd, h).await {
+            Some(handed) => match adopt_handed(&core, back, &user, &previd, *handed) {
+                Ok(()) => {
+                    c2s.handle_resumed();
+                    log::debug!("c2s: {user} resumes {previd}, moved here from another node");
+                    return;
+                }
+                Err(back) => back,
+            },
+            None => back,
+        };
         c2s.handle_resume_failed(&mut out);
         let address = back.io.stream.peer_addr().ok().map(|a| a.ip());
         let mut conn = Negotiating {
@@ -222,6 +234,65 @@ async fn establish(core: Rc<Core>, mut connection: Negotiated, user: BareJid, mu
     io.close().await;
 }
 
+/// A session moved here from another node for the connection in `back` (XEP-0198
+/// resumption there, `resume.rs`): binds it with its state, answers `<resumed/>`,
+/// queues its stanzas, and serves it. `Err` gives the connection back when it
+/// cannot be bound; the stanzas are routed again then.
+fn adopt_handed(
+    core: &Rc<Core>,
+    back: Box<crate::resume::Resumption>,
+    user: &BareJid,
+    previd: &str,
+    handed: crate::resume::Handed,
+) -> Result<(), Box<crate::resume::Resumption>> {
+    let Ok(full) = handed.jid.parse::<FullJid>() else { return Err(back) };
+    if full.bare_str() != user.as_str() {
+        return Err(back);
+    }
+    let id = core.next_id();
+    let mailbox = Rc::new(Mailbox::default());
+    let jid = match bind(core, user, Some(full.resource().to_owned()), SessionId(id), mailbox.clone()) {
+        Ok(jid) => jid,
+        Err(_) => {
+            crate::router::reroute_undelivered(core, &full, handed.stanzas);
+            return Err(back);
+        }
+    };
+    if handed.available {
+        core.set_availability(jid.as_str(), true, handed.priority);
+    }
+    core.set_session_flag(jid.as_str(), handed.flags, true);
+    for (name, state) in &handed.exports {
+        if let Some(module) = core.module_list().iter().find(|m| m.name() == name) {
+            module.import_session(core, &jid, SessionId(id), state);
+        }
+    }
+    let crate::resume::Resumption { mut io, framer, listener, .. } = *back;
+    let mut acks = crate::resume::Acks::new(Some(previd.into()), handed.resume_seconds);
+    acks.resumed_from(handed.inbound, handed.acked);
+    let entry = crate::resume::Resumable {
+        user: user.as_str().into(),
+        mailbox: mailbox.clone(),
+        taken: std::cell::RefCell::new(None),
+    };
+    core.resumable.borrow_mut().insert(previd.into(), Rc::new(entry));
+    let mut resumed = Vec::new();
+    starling_wire::sm::write_resumed(previd, handed.inbound, &mut resumed);
+    io.queue(&resumed);
+    // Sent (and counted) from the client's h on, like any new stanza.
+    let limit = usize::MAX / 2;
+    for stanza in &handed.stanzas {
+        mailbox.push(stanza, limit, true);
+    }
+    core.stats.logins.set(core.stats.logins.get() + 1);
+    core.count("sm_resumed", 1);
+    core.register_live(id, mailbox.clone());
+    let state = crate::session::State::new(jid, SessionId(id), listener, Some(Box::new(acks)));
+    let session = crate::session::run(core.clone(), io, framer, state, mailbox);
+    crate::contain::spawn(core.clone(), "a session", session);
+    Ok(())
+}
+
 /// Binds the session on its home core (this one) and starts its own task, so an
 /// established session's task holds only what the session needs (see `budget.rs`).
 async fn bind_session(core: Rc<Core>, connection: Negotiated, user: BareJid, resource: Option<String>) {
@@ -252,7 +323,8 @@ async fn bind_session(core: Rc<Core>, connection: Negotiated, user: BareJid, res
     core.register_live(id, mailbox.clone());
     log::debug!("c2s: {jid} bound on core {}", core.id);
     let listener = u16::try_from(listener).unwrap_or(u16::MAX);
-    let session = crate::session::run(core.clone(), io, framer, jid, SessionId(id), mailbox, listener);
+    let state = crate::session::State::new(jid, SessionId(id), listener, None);
+    let session = crate::session::run(core.clone(), io, framer, state, mailbox);
     crate::contain::spawn(core.clone(), "a session", session);
 }
 

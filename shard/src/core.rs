@@ -185,6 +185,10 @@ pub struct Core {
     pub(crate) accept_log: crate::guard::LogEvery,
     /// Resumable sessions homed here, by resumption id (`resume.rs`).
     pub(crate) resumable: RefCell<HashMap<Box<str>, Rc<crate::resume::Resumable>>>,
+    /// Resumptions waiting for other nodes' answers, by token (`resume.rs`).
+    pub(crate) handovers: RefCell<HashMap<u64, crate::resume::Pending>>,
+    /// Stanzas of sessions handed to other nodes, until they confirm (`resume.rs`).
+    pub(crate) handed_out: RefCell<HashMap<u64, Vec<Vec<u8>>>>,
 }
 
 impl Core {
@@ -216,6 +220,8 @@ impl Core {
             account_shapers: RefCell::new(HashMap::new()),
             accept_log: crate::guard::LogEvery::new(std::time::Duration::from_secs(10)),
             resumable: RefCell::new(HashMap::new()),
+            handovers: RefCell::new(HashMap::new()),
+            handed_out: RefCell::new(HashMap::new()),
         })
     }
 

@@ -162,8 +162,7 @@ impl CoreHarness {
         self.executor.run(async move {
             // Invariant: constant, valid JID.
             let jid = "fuzz@localhost/a".parse().expect("a valid JID");
-            let mut state =
-                State { jid, id: SessionId(1), out: Vec::new(), listener: u16::MAX, shaper_tat_us: 0, acks: None };
+            let mut state = State::new(jid, SessionId(1), u16::MAX, None);
             let mut framer = Framer::new(FramerLimits::DEFAULT);
             let mut header: &[u8] = HEADER;
             let _ = framer.next(&mut header);

@@ -91,6 +91,16 @@ impl Mailbox {
     /// never took, in order, for routing again (what it took went to the socket's
     /// buffers: lost with the connection unless stream management says otherwise).
     pub fn close(&self) -> Vec<Vec<u8>> {
+        self.close_keeping(false)
+    }
+
+    /// [`Mailbox::close`], returning every stanza the connection never took, those
+    /// pushed without `reroute` too: for a session that moves to another node.
+    pub fn close_all(&self) -> Vec<Vec<u8>> {
+        self.close_keeping(true)
+    }
+
+    fn close_keeping(&self, all: bool) -> Vec<Vec<u8>> {
         self.kick(StreamErrorCondition::Reset);
         self.closed.set(true);
         let queue = std::mem::take(&mut *self.queue.borrow_mut());
@@ -106,7 +116,7 @@ impl Mailbox {
         let mut start = drained;
         let mut undelivered = Vec::new();
         for (end, reroute) in ends {
-            if reroute {
+            if reroute || all {
                 let range = (usize::try_from(start - drained).ok(), usize::try_from(end - drained).ok());
                 if let (Some(from), Some(to)) = range {
                     if let Some(stanza) = bytes.get(from..to) {

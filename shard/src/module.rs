@@ -344,6 +344,22 @@ pub trait Module {
         let _ = (core, jid, session, was_available);
     }
 
+    /// The session moves to another node (a client resumed it there, XEP-0198):
+    /// return what this module keeps for it, and forget it here. Nothing is told to
+    /// anyone: for its contacts the session goes on. What a module holds to deliver
+    /// later goes to the session now ([`Core::push_raw`]): it travels with its mail.
+    fn export_session(&self, core: &Core, jid: &FullJid, session: SessionId) -> Vec<u8> {
+        let _ = (core, jid, session);
+        Vec::new()
+    }
+
+    /// The session moved here from another node: `state` is what
+    /// [`Module::export_session`] returned there (from peer input: parse it
+    /// defensively).
+    fn import_session(&self, core: &Core, jid: &FullJid, session: SessionId, state: &[u8]) {
+        let _ = (core, jid, session, state);
+    }
+
     /// Before a stanza is delivered to an account with no session on this node:
     /// load what `on_deliver` will need. [`Module::release`] follows.
     fn prepare(&self, core: &Core, account: &str) -> Option<Background> {

@@ -19,7 +19,7 @@ use crate::io::{Io, Wake, WIRE_BYTES_HIGH};
 use crate::limits::READS_PER_WAKEUP_MAX;
 use crate::mailbox::Mailbox;
 use crate::module::{Flow, IqScope, Pending, Reply, Sender};
-use crate::resume::{Acks, Resumable};
+use crate::resume::{Acks, Resumable, Takeover};
 use crate::sessions::SessionId;
 
 /// The session is gone: unbind it, tell the other nodes, then the modules (presence
@@ -52,6 +52,9 @@ enum End {
     Error(StreamError),
     /// Another connection resumed this session (XEP-0198 section 5).
     TakenOver,
+    /// The session moved to another node, whose client resumed it there: it ended
+    /// here already, quietly.
+    Moved,
 }
 
 impl End {
@@ -60,7 +63,7 @@ impl End {
         match self {
             End::Gone | End::Unframed | End::TakenOver => true,
             End::Error(error) => error.condition == StreamErrorCondition::ConnectionTimeout,
-            End::ClientClosed => false,
+            End::ClientClosed | End::Moved => false,
         }
     }
 }
@@ -78,6 +81,13 @@ pub(crate) struct State {
     pub shaper_tat_us: u64,
     /// XEP-0198 state once the client enabled stream management (`resume.rs`).
     pub acks: Option<Box<Acks>>,
+}
+
+impl State {
+    /// A bound session's state: `acks` when it resumed one moved from another node.
+    pub fn new(jid: FullJid, id: SessionId, listener: u16, acks: Option<Box<Acks>>) -> State {
+        State { jid, id, out: Vec::new(), listener, shaper_tat_us: 0, acks }
+    }
 }
 
 /// µs since the core started (the session's compact clock).
@@ -108,12 +118,9 @@ pub(crate) fn run(
     core: Rc<Core>,
     io: Io,
     framer: Framer,
-    jid: FullJid,
-    id: SessionId,
+    state: State,
     mailbox: Rc<Mailbox>,
-    listener: u16,
 ) -> impl std::future::Future<Output = ()> {
-    let state = State { jid, id, out: Vec::new(), listener, shaper_tat_us: 0, acks: None };
     let mut task = Task { core, io: Some(io), framer, state, mailbox, ended: false };
     async move { task.run().await }
 }
@@ -159,13 +166,20 @@ impl Task {
     fn end(&mut self, end: End) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
         Box::pin(async move {
             let end = if end.lost() { self.after_loss(end).await } else { end };
+            if let End::Moved = end {
+                // Already ended (`hand_to_node`); an old connection still open closes.
+                if let Some(io) = self.io.as_mut() {
+                    io.close().await;
+                }
+                return;
+            }
             let undelivered = self.undelivered();
             session_ended(&self.core, &self.state);
             self.ended = true;
             crate::router::reroute_undelivered(&self.core, &self.state.jid, undelivered);
             let Some(io) = self.io.as_mut() else { return };
             match end {
-                End::Gone | End::TakenOver => return,
+                End::Gone | End::TakenOver | End::Moved => return,
                 End::Unframed => {}
                 End::ClientClosed => io.queue(b"</stream:stream>"),
                 End::Error(error) => {
@@ -183,13 +197,66 @@ impl Task {
     /// connection that resumes it, as often as that happens.
     async fn after_loss(&mut self, mut end: End) -> End {
         while end.lost() {
-            let Some(resumption) = self.wait_for_resumption(&end).await else { return end };
-            end = match self.resume(resumption) {
-                Ok(()) => self.serve().await,
-                Err(error) => End::Error(error),
+            end = match self.wait_for_resumption(&end).await {
+                None => return end,
+                Some(Takeover::Local(resumption)) => match self.resume(resumption) {
+                    Ok(()) => self.serve().await,
+                    Err(error) => End::Error(error),
+                },
+                Some(Takeover::Remote { node, token, h }) => return self.hand_to_node(node, token, h),
             };
         }
         end
+    }
+
+    /// A client resumed this session on node `node` (waiting under `token`; it
+    /// handled `h` of our stanzas): its state, unacknowledged stanzas and mail go
+    /// there, and the session ends here without a word to its contacts.
+    fn hand_to_node(&mut self, node: u16, token: u64, h: u32) -> End {
+        let core = self.core.clone();
+        let (jid, id) = (self.state.jid.clone(), self.state.id);
+        let Some(acks) = self.state.acks.as_mut() else { return End::Gone };
+        let sent = acks.sent();
+        if acks.ack(h).is_err() {
+            return End::Error(handled_count_too_high(h, sent));
+        }
+        let (inbound, resume_seconds) = (acks.inbound, acks.resume_seconds);
+        // Modules first: what they hold for the session goes to its mailbox.
+        let exports: Vec<(String, Vec<u8>)> = core
+            .module_list()
+            .iter()
+            .map(|module| (module.name().to_owned(), module.export_session(&core, &jid, id)))
+            .filter(|(_, state)| !state.is_empty())
+            .collect();
+        let stanzas = self.take_undelivered(true);
+        let session = core.sessions.borrow_mut().unbind(&jid, id);
+        if core.sessions.borrow().sessions(jid.bare_str()).is_empty() {
+            core.account_shapers.borrow_mut().remove(jid.bare_str());
+        }
+        if let Some(cluster) = &core.cluster {
+            cluster.publish(jid.as_str(), None);
+        }
+        self.ended = true;
+        let (available, priority, flags) = session.map_or((false, 0, 0), |s| (s.available, s.priority, s.flags.0));
+        let me = core.cluster.as_ref().map_or(0, |c| c.node_num());
+        let handed = crate::resume::Handed {
+            from: me,
+            to: node,
+            token,
+            jid: jid.as_str().to_owned(),
+            inbound,
+            acked: h,
+            resume_seconds,
+            available,
+            priority,
+            flags,
+            exports,
+            stanzas: Vec::new(),
+        };
+        log::debug!("c2s: {jid} resumed on node {node}: handed over with {} stanzas", stanzas.len());
+        crate::resume::hand_to(&core, jid.bare_str(), handed, stanzas);
+        core.count("sm_handed_over", 1);
+        End::Moved
     }
 
     async fn serve(&mut self) -> End {
@@ -205,7 +272,7 @@ impl Task {
 
     /// After a lost connection: the connection that took the session over, or one
     /// that resumes it while it is parked (`None`: not resumable, or it timed out).
-    async fn wait_for_resumption(&mut self, end: &End) -> Option<Box<crate::resume::Resumption>> {
+    async fn wait_for_resumption(&mut self, end: &End) -> Option<Takeover> {
         let entry = self.resumable()?;
         if let End::TakenOver = end {
             self.mailbox.resume();
@@ -254,6 +321,12 @@ impl Task {
     /// not acknowledge, then what waits in the mailbox. The session's resumption entry
     /// goes with it.
     fn undelivered(&mut self) -> Vec<Vec<u8>> {
+        self.take_undelivered(false)
+    }
+
+    /// [`Task::undelivered`]; with `all`, what modules pushed raw too (a session that
+    /// moves takes everything with it).
+    fn take_undelivered(&mut self, all: bool) -> Vec<Vec<u8>> {
         let mut undelivered = Vec::new();
         if let Some(acks) = self.state.acks.as_mut() {
             if let Some(id) = &acks.id {
@@ -261,7 +334,7 @@ impl Task {
             }
             undelivered.extend(acks.unacked.drain(..).map(Vec::from));
         }
-        undelivered.extend(self.mailbox.close());
+        undelivered.extend(if all { self.mailbox.close_all() } else { self.mailbox.close() });
         undelivered
     }
 }

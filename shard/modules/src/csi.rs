@@ -49,6 +49,13 @@ impl Module for Csi {
         "mod_csi"
     }
 
+    /// What waited for an inactive client goes to the session now, so it moves
+    /// with the session's mail; the client starts active on the other node.
+    fn export_session(&self, core: &Core, _jid: &FullJid, session: SessionId) -> Vec<u8> {
+        self.release(core, session);
+        Vec::new()
+    }
+
     fn stream_features(&self) -> String {
         format!("<csi xmlns='{NS_CSI}'/>")
     }

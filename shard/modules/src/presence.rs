@@ -85,6 +85,40 @@ impl Module for Presence {
         Flow::Stop
     }
 
+    /// Its last presence and directed-presence recipients, as length-prefixed
+    /// fields: `[u32 len][presence]` then `[u32 len][jid]` per recipient.
+    fn export_session(&self, _core: &Core, _jid: &FullJid, session: SessionId) -> Vec<u8> {
+        let kept = self.ctx.presence.borrow_mut().remove(&session).unwrap_or_default();
+        let mut out = Vec::new();
+        let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        };
+        field(&mut out, kept.presence.as_deref().unwrap_or_default());
+        for jid in &kept.directed {
+            field(&mut out, jid.as_bytes());
+        }
+        out
+    }
+
+    fn import_session(&self, _core: &Core, _jid: &FullJid, session: SessionId, state: &[u8]) {
+        let mut fields = Vec::new();
+        let mut rest = state;
+        while let Some((len, after)) = rest.split_first_chunk::<4>() {
+            let len = u32::from_be_bytes(*len) as usize;
+            let Some((field, after)) = after.split_at_checked(len) else { break };
+            fields.push(field);
+            rest = after;
+        }
+        let mut fields = fields.into_iter();
+        let presence = fields.next().filter(|p| !p.is_empty() && Stanza::parse(p).is_ok()).map(Box::from);
+        let directed: Vec<Box<str>> =
+            fields.filter_map(|jid| std::str::from_utf8(jid).ok()).take(DIRECTED_PRESENCE_MAX).map(Box::from).collect();
+        if presence.is_some() || !directed.is_empty() {
+            self.ctx.presence.borrow_mut().insert(session, Kept { presence, directed });
+        }
+    }
+
     fn on_session_close(&self, core: &Core, jid: &FullJid, session: SessionId, was_available: bool) {
         let kept = self.ctx.presence.borrow_mut().remove(&session).unwrap_or_default();
         if was_available {

@@ -91,6 +91,9 @@ impl Inbound {
 pub(crate) fn dispatch(core: &Core, inbound: Inbound) {
     match inbound {
         Inbound::Deliver { stanza, .. } => crate::router::deliver_forwarded(core, &stanza),
+        Inbound::Event { module, account, payload } if &*module == crate::resume::RESUME_EVENT => {
+            crate::resume::on_event(core, &account, &payload);
+        }
         Inbound::Event { module, account, payload } => {
             for candidate in core.module_list() {
                 if candidate.name() == &*module {
@@ -247,6 +250,19 @@ impl Cluster {
         for link in self.links.borrow().values() {
             link.push(Outgoing::Event { module, account: account.into(), payload: payload.clone() });
         }
+    }
+
+    /// Sends an event about `account` to node `node_num` only; false if this core's
+    /// link to it is down.
+    pub(crate) fn event_to(&self, node_num: u16, module: &'static str, account: &str, payload: Vec<u8>) -> bool {
+        let link = self.links.borrow().get(&node_num).cloned();
+        let Some(link) = link else { return false };
+        link.push(Outgoing::Event { module, account: account.into(), payload: payload.into() })
+    }
+
+    /// Peer nodes this core's links reach now.
+    pub(crate) fn reachable_peers(&self) -> usize {
+        self.links.borrow().values().filter(|link| link.established.get()).count()
     }
 
     /// Sends a stanza to `recipient` on node `node_num`; false if that link is down.
