@@ -33,6 +33,9 @@ impl Features {
                     out.extend_from_slice(b"</mechanism>");
                 }
                 out.extend_from_slice(b"</mechanisms>");
+                if settings.sasl2 {
+                    write_sasl2(settings, secured, bindings, out);
+                }
                 write_channel_binding_types(secured, bindings, out);
                 if settings.registration {
                     out.extend_from_slice(b"<register xmlns='http://jabber.org/features/iq-register'/>");
@@ -60,6 +63,27 @@ pub fn offered_mechanisms(settings: &C2sSettings, secured: bool, bindings: &Chan
         .filter(|m| !m.is_plus() || (secured && bindings.any()))
         .filter(|m| *m != Mechanism::Plain || secured || settings.tls == TlsPolicy::Disabled)
         .collect()
+}
+
+/// XEP-0388 section 2.1 and XEP-0386 section 2: SASL2 with its mechanisms and what
+/// may come inline: Bind 2 and the features it can enable.
+fn write_sasl2(settings: &C2sSettings, secured: bool, bindings: &ChannelBindings, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"<authentication xmlns='urn:xmpp:sasl:2'>");
+    for mechanism in offered_mechanisms(settings, secured, bindings) {
+        out.extend_from_slice(b"<mechanism>");
+        out.extend_from_slice(mechanism.name().as_bytes());
+        out.extend_from_slice(b"</mechanism>");
+    }
+    if settings.bind2 {
+        out.extend_from_slice(b"<inline><bind xmlns='urn:xmpp:bind:0'><inline>");
+        for feature in &settings.bind2_inline {
+            out.extend_from_slice(b"<feature");
+            crate::stanza::write_attribute(out, "var", feature);
+            out.extend_from_slice(b"/>");
+        }
+        out.extend_from_slice(b"</inline></bind></inline>");
+    }
+    out.extend_from_slice(b"</authentication>");
 }
 
 /// XEP-0440: which channel-binding types this connection supports.

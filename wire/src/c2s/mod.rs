@@ -78,6 +78,12 @@ pub struct C2sSettings {
     pub registration: bool,
     /// XEP-0198 resumption: `<resume/>` is accepted in place of a bind request.
     pub resumption: bool,
+    /// XEP-0388 SASL2 offered beside SASL.
+    pub sasl2: bool,
+    /// XEP-0386 Bind 2 inside SASL2 (without it a `<bind/>` there is ignored).
+    pub bind2: bool,
+    /// Namespaces a Bind 2 request may enable inline (`<inline><feature var/>`).
+    pub bind2_inline: Vec<String>,
 }
 
 impl C2sSettings {
@@ -100,6 +106,9 @@ impl C2sSettings {
             bind_features_extra: Vec::new(),
             registration: false,
             resumption: false,
+            sasl2: true,
+            bind2: true,
+            bind2_inline: Vec::new(),
         }
     }
 }
@@ -137,6 +146,11 @@ pub enum Action {
     /// Bind a resource for `user` (`None`: the server picks one), replacing any session
     /// with the same full JID, then call [`C2s::handle_bound`].
     Bind { user: BareJid, resource: Option<String> },
+    /// XEP-0386: SASL2 succeeded with a Bind 2 request. Bind `resource` for `user`
+    /// (chosen by the machine), enable each `inline` element (raw XML: XEP-0280's
+    /// `<enable/>`, XEP-0198's `<enable/>`, XEP-0352's `<inactive/>`, ...), then call
+    /// [`C2s::handle_bound`] with what goes into `<bound/>`. No stream restart.
+    Bind2 { user: BareJid, resource: String, inline: Vec<Vec<u8>> },
     /// XEP-0198 section 5: take over `user`'s session `previd`, whose client handled
     /// `h` of the server's stanzas; then call [`C2s::handle_resumed`] (the session
     /// writes `<resumed/>`) or [`C2s::handle_resume_failed`].
@@ -162,7 +176,28 @@ pub struct C2s {
     binding_unshared: bool,
     /// Whether our header for the current stream was sent.
     header_sent: bool,
+    /// The XEP-0388 `<authenticate/>` in progress (its answers are SASL2's).
+    sasl2: Option<Box<Sasl2Request>>,
 }
+
+/// What a SASL2 `<authenticate/>` asked for besides authentication.
+#[derive(Debug, Default)]
+struct Sasl2Request {
+    /// `<user-agent id/>` (XEP-0388 section 2.3): a stable id for the client install.
+    user_agent: Option<String>,
+    /// `<bind xmlns='urn:xmpp:bind:0'/>` (XEP-0386).
+    bind: Option<Bind2Request>,
+}
+
+#[derive(Debug, Default)]
+struct Bind2Request {
+    tag: Option<String>,
+    /// Each child element but `<tag/>`, as raw XML.
+    inline: Vec<Vec<u8>>,
+}
+
+/// XEP-0386's namespace.
+pub const NS_BIND2: &str = "urn:xmpp:bind:0";
 
 #[derive(Debug)]
 enum State {
@@ -199,6 +234,11 @@ enum State {
     ExpectResumeResult {
         user: BareJid,
     },
+    /// SASL2 succeeded; the shell binds for Bind 2 (`additional`: SCRAM's
+    /// server-final message for `<additional-data/>`).
+    ExpectBind2Result {
+        additional: Option<Vec<u8>>,
+    },
     Established,
     Failed,
 }
@@ -214,6 +254,7 @@ impl C2s {
             sasl_failures: 0,
             binding_unshared: false,
             header_sent: false,
+            sasl2: None,
         }
     }
 
@@ -289,7 +330,7 @@ impl C2s {
         });
         let nonce = nonce(context.entropy);
         let (server, challenge) = first.challenge(&credentials, &nonce);
-        sasl::write_element("challenge", Some(&challenge), out);
+        self.write_challenge(&challenge, out);
         self.state = State::ExpectScramFinal { server: Box::new(server), user };
     }
 
@@ -304,10 +345,7 @@ impl C2s {
             panic!("handle_password_verdict without VerifyPassword");
         };
         if correct {
-            sasl::write_element("success", None, out);
-            self.state = State::ExpectStreamHeader { authenticated: Some(user.clone()) };
-            self.header_sent = false;
-            return Ok(Action::Authenticated { user });
+            return Ok(self.authenticated(context, user, None, out));
         }
         self.state = State::ExpectAuth;
         let settings = context.settings;
@@ -322,7 +360,7 @@ impl C2s {
             State::ExpectCredentials { .. } | State::ExpectPlainVerdict { .. } => {}
             other => panic!("handle_store_failure in state {other:?}"),
         }
-        SaslFailure::TemporaryAuthFailure.write(out);
+        self.write_failure(SaslFailure::TemporaryAuthFailure, None, out);
     }
 
     /// The outcome of an in-band registration (`Err`: `conflict` for a taken name,
@@ -335,10 +373,17 @@ impl C2s {
         register::write_outcome(&id, outcome, out);
     }
 
-    /// The shell bound `jid`; answers the bind IQ. The session is established.
-    pub fn handle_bound(&mut self, jid: &FullJid, out: &mut Vec<u8>) {
-        let State::ExpectBindResult { id } = std::mem::replace(&mut self.state, State::Established) else {
-            panic!("handle_bound without Bind");
+    /// The shell bound `jid`; answers the bind IQ, or for Bind 2 the SASL2
+    /// `<success/>` with `bound` (what the inline enables produced) in `<bound/>`.
+    /// The session is established.
+    pub fn handle_bound(&mut self, jid: &FullJid, bound: &[u8], out: &mut Vec<u8>) {
+        let id = match std::mem::replace(&mut self.state, State::Established) {
+            State::ExpectBindResult { id } => id,
+            State::ExpectBind2Result { additional, .. } => {
+                write_sasl2_success(additional.as_deref(), jid.as_str(), Some(bound), out);
+                return;
+            }
+            _ => panic!("handle_bound without Bind"),
         };
         out.extend_from_slice(b"<iq type='result'");
         write_attribute(out, "id", &id);
@@ -365,12 +410,17 @@ impl C2s {
         crate::sm::write_failed("item-not-found", None, out);
     }
 
-    /// The shell could not bind (for example the session table is full).
+    /// The shell could not bind (for example the session table is full). After a
+    /// Bind 2 request the stream fails: SASL2 has no way back.
     pub fn handle_bind_refused(&mut self, user: BareJid, error: StanzaError, out: &mut Vec<u8>) {
-        let State::ExpectBindResult { id } = std::mem::replace(&mut self.state, State::ExpectBind { user }) else {
-            panic!("handle_bind_refused without Bind");
-        };
-        write_iq_error(&id, &error, out);
+        match std::mem::replace(&mut self.state, State::ExpectBind { user }) {
+            State::ExpectBindResult { id } => write_iq_error(&id, &error, out),
+            State::ExpectBind2Result { .. } => {
+                self.state = State::Failed;
+                SaslFailure::NotAuthorized.write2(Some("the session could not be bound"), out);
+            }
+            _ => panic!("handle_bind_refused without Bind"),
+        }
     }
 
     fn handle_header(
@@ -436,15 +486,17 @@ impl C2s {
             State::ExpectStartTls => self.expect_starttls(namespace, name, out),
             State::ExpectAuth => self.expect_auth(context, root, namespace, name, out),
             State::ExpectInitialResponse { mechanism } => match (namespace, name) {
-                (sasl::NS, "response") => {
+                (sasl::NS | sasl::NS2, "response") if self.profile_ns() == namespace => {
                     self.start_sasl(context, mechanism, root.text().unwrap_or("").as_bytes(), out)
                 }
-                (sasl::NS, "abort") => self.abort_sasl(context, out),
+                (sasl::NS | sasl::NS2, "abort") => self.abort_sasl(context, out),
                 _ => Err(not_authorized("SASL negotiation in progress")),
             },
             State::ExpectScramFinal { server, user } => match (namespace, name) {
-                (sasl::NS, "response") => self.finish_scram(context, *server, user, root.text().unwrap_or(""), out),
-                (sasl::NS, "abort") => self.abort_sasl(context, out),
+                (sasl::NS | sasl::NS2, "response") if self.profile_ns() == namespace => {
+                    self.finish_scram(context, *server, user, root.text().unwrap_or(""), out)
+                }
+                (sasl::NS | sasl::NS2, "abort") => self.abort_sasl(context, out),
                 _ => Err(not_authorized("SASL negotiation in progress")),
             },
             State::ExpectBind { user } if namespace == crate::sm::NS_SM => {
@@ -456,6 +508,7 @@ impl C2s {
             | State::ExpectPlainVerdict { .. }
             | State::ExpectRegistered { .. }
             | State::ExpectBindResult { .. }
+            | State::ExpectBind2Result { .. }
             | State::ExpectResumeResult { .. } => Err(StreamError::with_text(
                 StreamErrorCondition::PolicyViolation,
                 "element sent while the server was still answering",
@@ -491,17 +544,33 @@ impl C2s {
         out: &mut Vec<u8>,
     ) -> Result<Action, StreamError> {
         match (namespace, name) {
-            (sasl::NS, "auth") => {
+            (sasl::NS, "auth") | (sasl::NS2, "authenticate") => {
+                // XEP-0388 section 2.3: SASL2 carries its extras in <authenticate/>.
+                let initial = if namespace == sasl::NS2 && context.settings.sasl2 {
+                    let mut request = sasl2_request(root);
+                    if !context.settings.bind2 {
+                        request.bind = None;
+                    }
+                    self.sasl2 = Some(Box::new(request));
+                    root.children()
+                        .find(|c| c.is_element() && c.tag_name().name() == "initial-response")
+                        .and_then(|c| c.text())
+                } else if namespace == sasl::NS2 {
+                    return Err(not_authorized("SASL2 is not offered"));
+                } else {
+                    self.sasl2 = None;
+                    root.text()
+                };
                 let offered = features::offered_mechanisms(context.settings, self.secured, &self.bindings);
                 let mechanism = root.attribute("mechanism").and_then(|m| Mechanism::from_name(m.as_bytes()));
                 let Some(mechanism) = mechanism.filter(|m| offered.contains(m)) else {
                     self.state = State::ExpectAuth;
                     return self.sasl_failed(SaslFailure::InvalidMechanism, context.settings, out);
                 };
-                match root.text() {
+                match initial {
                     None | Some("") => {
                         // No initial response: an empty challenge asks for it.
-                        sasl::write_element("challenge", Some(b""), out);
+                        self.write_challenge(b"", out);
                         self.state = State::ExpectInitialResponse { mechanism };
                         Ok(Action::Continue)
                     }
@@ -514,7 +583,7 @@ impl C2s {
                 self.state = State::Failed;
                 Err(StreamError::with_text(StreamErrorCondition::PolicyViolation, "STARTTLS not offered"))
             }
-            (sasl::NS, "abort") => self.abort_sasl(context, out),
+            (sasl::NS | sasl::NS2, "abort") => self.abort_sasl(context, out),
             (NS_CLIENT, "iq") if context.settings.registration => self.register(root, out),
             _ => Err(not_authorized("authenticate first")),
         }
@@ -570,7 +639,7 @@ impl C2s {
                         // a type we share. It is not counted as a failed attempt.
                         self.binding_unshared = true;
                         let text = format!("unsupported channel-binding type {name}");
-                        SaslFailure::NotAuthorized.write_with_text(Some(&text), out);
+                        self.write_failure(SaslFailure::NotAuthorized, Some(&text), out);
                         return Ok(Action::Continue);
                     }
                 }
@@ -595,7 +664,7 @@ impl C2s {
 
     fn finish_scram(
         &mut self,
-        context: &Context<'_>,
+        context: &mut Context<'_>,
         server: ExpectClientFinal,
         user: BareJid,
         payload: &str,
@@ -604,12 +673,7 @@ impl C2s {
         self.state = State::ExpectAuth;
         let verdict = sasl::decode_payload(payload.as_bytes()).and_then(|message| server.finish(&message));
         match verdict {
-            Ok(server_final) => {
-                sasl::write_element("success", Some(&server_final), out);
-                self.state = State::ExpectStreamHeader { authenticated: Some(user.clone()) };
-                self.header_sent = false;
-                Ok(Action::Authenticated { user })
-            }
+            Ok(server_final) => Ok(self.authenticated(context, user, Some(server_final), out)),
             Err(failure) => self.sasl_failed(failure, context.settings, out),
         }
     }
@@ -627,7 +691,7 @@ impl C2s {
         settings: &C2sSettings,
         out: &mut Vec<u8>,
     ) -> Result<Action, StreamError> {
-        failure.write(out);
+        self.write_failure(failure, None, out);
         self.sasl_failures += 1;
         if self.sasl_failures >= settings.sasl_attempts_max {
             return Err(StreamError::with_text(
@@ -636,6 +700,52 @@ impl C2s {
             ));
         }
         Ok(Action::Continue)
+    }
+
+    /// The namespace of this exchange's SASL elements.
+    fn profile_ns(&self) -> &'static str {
+        if self.sasl2.is_some() {
+            sasl::NS2
+        } else {
+            sasl::NS
+        }
+    }
+
+    fn write_challenge(&self, data: &[u8], out: &mut Vec<u8>) {
+        sasl::write_element_in(self.profile_ns(), "challenge", Some(data), out);
+    }
+
+    fn write_failure(&self, failure: SaslFailure, text: Option<&str>, out: &mut Vec<u8>) {
+        match self.sasl2 {
+            Some(_) => failure.write2(text, out),
+            None => failure.write_with_text(text, out),
+        }
+    }
+
+    /// Authentication succeeded. SASL: `<success/>` and a stream restart. SASL2: no
+    /// restart; with a Bind 2 request the shell binds first (`<success/>` comes with
+    /// `<bound/>`), without one `<success/>` names the account and a bind follows.
+    fn authenticated(
+        &mut self,
+        context: &mut Context<'_>,
+        user: BareJid,
+        additional: Option<Vec<u8>>,
+        out: &mut Vec<u8>,
+    ) -> Action {
+        let Some(request) = self.sasl2.take() else {
+            sasl::write_element("success", additional.as_deref(), out);
+            self.state = State::ExpectStreamHeader { authenticated: Some(user.clone()) };
+            self.header_sent = false;
+            return Action::Authenticated { user };
+        };
+        let Some(bind) = request.bind else {
+            write_sasl2_success(additional.as_deref(), user.as_str(), None, out);
+            self.state = State::ExpectBind { user };
+            return Action::Continue;
+        };
+        let resource = bind2_resource(bind.tag.as_deref(), request.user_agent.as_deref(), &user, context.entropy);
+        self.state = State::ExpectBind2Result { additional };
+        Action::Bind2 { user, resource, inline: bind.inline }
     }
 
     fn expect_bind(
@@ -700,6 +810,82 @@ impl C2s {
         self.state = State::ExpectResumeResult { user: user.clone() };
         Action::Resume { user, previd: previd.to_owned(), h }
     }
+}
+
+/// The extras of a SASL2 `<authenticate/>` (XEP-0388 section 2.3, XEP-0386).
+fn sasl2_request(authenticate: roxmltree::Node<'_, '_>) -> Sasl2Request {
+    let mut request = Sasl2Request::default();
+    for child in authenticate.children().filter(|c| c.is_element()) {
+        match (child.tag_name().namespace(), child.tag_name().name()) {
+            (Some(sasl::NS2), "user-agent") => {
+                request.user_agent =
+                    child.attribute("id").filter(|id| !id.is_empty() && id.len() <= 128).map(str::to_owned);
+            }
+            (Some(NS_BIND2), "bind") => {
+                let mut bind = Bind2Request::default();
+                for part in child.children().filter(|c| c.is_element()) {
+                    if part.tag_name().namespace() == Some(NS_BIND2) && part.tag_name().name() == "tag" {
+                        bind.tag = part.text().map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
+                    } else if bind.inline.len() < 16 {
+                        let source = part.document().input_text();
+                        if let Some(raw) = source.get(part.range()) {
+                            bind.inline.push(raw.as_bytes().to_vec());
+                        }
+                    }
+                }
+                request.bind = Some(bind);
+            }
+            _ => {}
+        }
+    }
+    request
+}
+
+/// XEP-0386 section 3: the resource for a Bind 2 request: the client's tag (if a
+/// valid resource, at most 32 characters) and a suffix that is stable for one
+/// user-agent id of one account (so a reconnecting client gets its resource back and
+/// replaces its old session), random without an id.
+fn bind2_resource(tag: Option<&str>, user_agent: Option<&str>, user: &BareJid, entropy: &mut dyn Entropy) -> String {
+    let suffix: String = match user_agent {
+        Some(id) => {
+            let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+            context.update(user.as_str().as_bytes());
+            context.update(b"\0");
+            context.update(id.as_bytes());
+            context.finish().as_ref().iter().take(8).map(|b| format!("{b:02x}")).collect()
+        }
+        None => {
+            let mut bytes = [0u8; 8];
+            entropy.fill(&mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    };
+    let tag =
+        tag.filter(|t| t.chars().count() <= 32).and_then(|t| jid::normalise_resource(t).ok()).map(|t| t.into_owned());
+    match tag {
+        Some(tag) => format!("{tag}.{suffix}"),
+        None => suffix,
+    }
+}
+
+/// XEP-0388 section 2.6.3: `<success/>` with the SCRAM server-final message, the
+/// authorization identifier, and (Bind 2) `<bound/>`.
+fn write_sasl2_success(additional: Option<&[u8]>, identifier: &str, bound: Option<&[u8]>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"<success xmlns='urn:xmpp:sasl:2'>");
+    if let Some(additional) = additional {
+        out.extend_from_slice(b"<additional-data>");
+        out.extend_from_slice(sasl::encode_payload(additional).as_bytes());
+        out.extend_from_slice(b"</additional-data>");
+    }
+    out.extend_from_slice(b"<authorization-identifier>");
+    xml::escape(identifier, out);
+    out.extend_from_slice(b"</authorization-identifier>");
+    if let Some(bound) = bound {
+        out.extend_from_slice(b"<bound xmlns='urn:xmpp:bind:0'>");
+        out.extend_from_slice(bound);
+        out.extend_from_slice(b"</bound>");
+    }
+    out.extend_from_slice(b"</success>");
 }
 
 /// Checks a client's stream header (RFC 6120 section 4.7) and returns the domain.

@@ -126,7 +126,7 @@ fn scram_login_binds_a_resource() {
     let actions = h.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>").unwrap();
     let user: BareJid = "alice@localhost".parse().unwrap();
     assert_eq!(actions, vec![Action::Bind { user: user.clone(), resource: None }]);
-    h.c2s.handle_bound(&user.with_resource("abc").unwrap(), &mut h.out);
+    h.c2s.handle_bound(&user.with_resource("abc").unwrap(), b"", &mut h.out);
     assert_eq!(h.output(), "<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@localhost/abc</jid></bind></iq>");
     assert!(h.c2s.is_established());
 }
@@ -473,4 +473,57 @@ fn resume_in_place_of_bind() {
     off.output();
     assert!(off.send("<resume xmlns='urn:xmpp:sm:3' h='4' previd='abc'/>").unwrap().is_empty());
     assert!(off.output().contains("<feature-not-implemented "));
+}
+
+/// XEP-0388 and XEP-0386: SASL2 is offered with Bind 2's inline features; an
+/// `<authenticate/>` with PLAIN and a Bind 2 request asks the shell to bind a
+/// resource made of the tag and a suffix stable for the user-agent id, with the
+/// inline elements; `<success/>` (no stream restart) carries `<bound/>`. A wrong
+/// password is a SASL2 failure; without `<bind/>`, success names the bare JID and a
+/// legacy bind follows on the same stream.
+#[test]
+fn sasl2_with_bind2() {
+    let settings = C2sSettings { bind2_inline: vec!["urn:xmpp:carbons:2".into()], ..C2sSettings::for_tests() };
+    let mut h = Harness::new(settings);
+    h.send(HEADER).unwrap();
+    let features = h.output();
+    assert!(features.contains("<authentication xmlns='urn:xmpp:sasl:2'><mechanism>"), "{features}");
+    assert!(features.contains("<feature var='urn:xmpp:carbons:2'/>"), "{features}");
+    let authenticate = |password: &str, bind: &str| {
+        format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{}</initial-response>\
+             <user-agent id='d4565fa7-4d72-4749-b3d3-740edbf87770'><software>t</software></user-agent>{bind}</authenticate>",
+            sasl::encode_payload(format!("\0alice\0{password}").as_bytes())
+        )
+    };
+    let bind = "<bind xmlns='urn:xmpp:bind:0'><tag>phone</tag><enable xmlns='urn:xmpp:carbons:2'/></bind>";
+    assert!(h.send(&authenticate("wrong", bind)).unwrap().is_empty());
+    let failure = h.output();
+    assert!(failure.starts_with("<failure xmlns='urn:xmpp:sasl:2'><not-authorized "), "{failure}");
+    let actions = h.send(&authenticate("secret", bind)).unwrap();
+    let [Action::Bind2 { user, resource, inline }] = &actions[..] else { panic!("{actions:?}") };
+    assert_eq!(user.as_str(), "alice@localhost");
+    assert!(resource.starts_with("phone.") && resource.len() == "phone.".len() + 16, "{resource}");
+    assert_eq!(inline, &vec![b"<enable xmlns='urn:xmpp:carbons:2'/>".to_vec()]);
+    let jid: FullJid = format!("alice@localhost/{resource}").parse().unwrap();
+    h.c2s.handle_bound(&jid, b"<x/>", &mut h.out);
+    let success = h.output();
+    assert!(success.starts_with("<success xmlns='urn:xmpp:sasl:2'>"), "{success}");
+    assert!(success.contains(&format!("<authorization-identifier>{jid}</authorization-identifier>")), "{success}");
+    assert!(success.ends_with("<bound xmlns='urn:xmpp:bind:0'><x/></bound></success>"), "{success}");
+
+    // The same user-agent id gets the same resource; without <bind/>, a legacy bind.
+    let mut again = Harness::new(C2sSettings::for_tests());
+    again.send(HEADER).unwrap();
+    again.output();
+    let actions = again.send(&authenticate("secret", bind)).unwrap();
+    assert!(matches!(&actions[..], [Action::Bind2 { resource: r, .. }] if r == resource));
+    let mut plain = Harness::new(C2sSettings::for_tests());
+    plain.send(HEADER).unwrap();
+    plain.output();
+    assert!(plain.send(&authenticate("secret", "")).unwrap().is_empty());
+    let success = plain.output();
+    assert!(success.contains("<authorization-identifier>alice@localhost</authorization-identifier>"), "{success}");
+    let actions = plain.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>").unwrap();
+    assert!(matches!(&actions[..], [Action::Bind { .. }]), "{actions:?}");
 }

@@ -12,6 +12,9 @@ use base64::Engine as _;
 
 pub const NS: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
+/// XEP-0388 Extensible SASL Profile.
+pub const NS2: &str = "urn:xmpp:sasl:2";
+
 /// The mechanisms we implement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mechanism {
@@ -101,6 +104,18 @@ impl SaslFailure {
         out.extend_from_slice(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><");
         out.extend_from_slice(self.name().as_bytes());
         out.extend_from_slice(b"/>");
+        self.write_rest(text, out);
+    }
+
+    /// XEP-0388 section 2.6.4: the same condition, in a SASL2 `<failure/>`.
+    pub fn write2(self, text: Option<&str>, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"<failure xmlns='urn:xmpp:sasl:2'><");
+        out.extend_from_slice(self.name().as_bytes());
+        out.extend_from_slice(b" xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+        self.write_rest(text, out);
+    }
+
+    fn write_rest(self, text: Option<&str>, out: &mut Vec<u8>) {
         if let Some(text) = text {
             out.extend_from_slice(b"<text>");
             crate::xml::escape(text, out);
@@ -129,9 +144,17 @@ pub fn encode_payload(data: &[u8]) -> String {
 
 /// Writes `<name xmlns='..sasl'>base64</name>` (challenge, success, response, auth).
 pub fn write_element(name: &str, data: Option<&[u8]>, out: &mut Vec<u8>) {
+    write_element_in(NS, name, data, out);
+}
+
+/// [`write_element`] in namespace `ns` (XEP-0388's `<challenge/>` is SASL's, in
+/// [`NS2`]).
+pub fn write_element_in(ns: &str, name: &str, data: Option<&[u8]>, out: &mut Vec<u8>) {
     out.push(b'<');
     out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b" xmlns='urn:ietf:params:xml:ns:xmpp-sasl'");
+    out.extend_from_slice(b" xmlns='");
+    out.extend_from_slice(ns.as_bytes());
+    out.push(b'\'');
     match data {
         None => out.extend_from_slice(b"/>"),
         Some(data) => {
