@@ -213,6 +213,8 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
     let (db, db_threads): (DbPool<dyn Store>, DbThreads) =
         DbPool::start(workers, starling_shard::limits::DB_QUEUE_MAX, factory);
     let stream_features = starling_modules::stream_features(&config.modules, db.clone());
+    let bind2_inline =
+        if config.modules.bind2 { starling_modules::inline_features(&config.modules, db.clone()) } else { Vec::new() };
     let needs_tls = config.c2s.iter().any(|l| l.tls != TlsMode::None);
     let tls = if needs_tls {
         Some(tls::load(
@@ -228,7 +230,7 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
         .c2s
         .iter()
         .map(|listener| Listener {
-            c2s: Arc::new(c2s_settings(&config, listener.tls, decoy_secret.clone(), &stream_features)),
+            c2s: Arc::new(c2s_settings(&config, listener.tls, decoy_secret.clone(), &stream_features, &bind2_inline)),
             tls: if listener.tls == TlsMode::Direct { ListenerTls::Direct } else { ListenerTls::StartTls },
             shaper: listener.shaper,
             http: listener.http.as_ref().map(|http| starling_wire::http::Routes {
@@ -364,7 +366,13 @@ fn join_cluster(
     Ok((starling_shard::cluster::ClusterSettings { link }, (settings, factory, first)))
 }
 
-fn c2s_settings(config: &Config, mode: TlsMode, decoy_secret: Vec<u8>, stream_features: &str) -> C2sSettings {
+fn c2s_settings(
+    config: &Config,
+    mode: TlsMode,
+    decoy_secret: Vec<u8>,
+    stream_features: &str,
+    bind2_inline: &[String],
+) -> C2sSettings {
     C2sSettings {
         hosts: config.general.hosts.clone(),
         tls: match mode {
@@ -380,6 +388,9 @@ fn c2s_settings(config: &Config, mode: TlsMode, decoy_secret: Vec<u8>, stream_fe
         bind_features_extra: stream_features.as_bytes().to_vec(),
         registration: config.registration.is_some(),
         resumption: config.modules.stream_management.is_some_and(|sm| !sm.resume_timeout.is_zero()),
+        sasl2: config.modules.sasl2,
+        bind2: config.modules.bind2,
+        bind2_inline: bind2_inline.to_vec(),
     }
 }
 

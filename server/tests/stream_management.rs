@@ -168,3 +168,47 @@ fn resumption_is_refused_for_the_wrong_account_and_after_the_timeout() {
     again.presence();
     assert_eq!(bodies(&mut again, 1), ["kept"]);
 }
+
+/// XEP-0388 + XEP-0386 in one round trip: SASL2 with a Bind 2 request that enables
+/// resumable stream management and carbons inline; the `<success/>` carries the
+/// full JID and `<enabled/>`; the session resumes after a killed socket from a
+/// SASL2 login without Bind 2 (no stream restart, then `<resume/>`).
+#[test]
+fn sasl2_and_bind2_enable_stream_management_inline() {
+    let node = TestNode::start();
+    let login = |bind: &str| {
+        let mut client = Client::connect(node.c2s);
+        let features = client.open();
+        assert!(features.contains("<authentication xmlns='urn:xmpp:sasl:2'>"), "{features}");
+        assert!(features.contains("<feature var='urn:xmpp:sm:3'/>"), "{features}");
+        let payload = starling_wire::sasl::encode_payload(b"\0alice\0secret");
+        client.send(&format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{payload}</initial-response>\
+             <user-agent id='3f1a2b7c-0000-4000-8000-000000000001'/>{bind}</authenticate>"
+        ));
+        let success = client.expect("<success");
+        (client, success)
+    };
+    let (mut alice, success) = login(
+        "<bind xmlns='urn:xmpp:bind:0'><tag>phone</tag><enable xmlns='urn:xmpp:sm:3' resume='true'/>\
+         <enable xmlns='urn:xmpp:carbons:2'/></bind>",
+    );
+    assert!(success.starts_with("<success xmlns='urn:xmpp:sasl:2'>"), "{success}");
+    let full = success.split("<authorization-identifier>").nth(1).unwrap().split('<').next().unwrap().to_owned();
+    assert!(full.starts_with("alice@localhost/phone."), "{success}");
+    let enabled = success.split("<enabled").nth(1).expect("<enabled/> inside <bound/>");
+    let previd = attribute(&format!("<enabled{enabled}"), "id");
+    // The session works at once, without a stream restart.
+    let mut bob = Client::login(node.c2s, "bob", "secret", "pc");
+    bob.send(&message(&full, "m1"));
+    assert_eq!(bodies(&mut alice, 1), ["m1"]);
+    kill(alice);
+    std::thread::sleep(Duration::from_millis(200));
+    bob.send(&message(&full, "m2"));
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut again, success) = login("");
+    assert!(success.contains("<authorization-identifier>alice@localhost</authorization-identifier>"), "{success}");
+    again.send(&format!("<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='1'/>"));
+    assert!(again.expect("xmlns='urn:xmpp:sm:3'").starts_with("<resumed"));
+    assert_eq!(bodies(&mut again, 1), ["m2"]);
+}

@@ -25,8 +25,9 @@ use crate::settings::ListenerTls;
 
 /// What a negotiated connection asks of its home core.
 pub(crate) enum Request {
-    /// Bind a resource (`None`: the server picks one).
-    Bind(Option<String>),
+    /// Bind a resource (`None`: the server picks one); `inline`: a Bind 2 request's
+    /// elements to enable (XEP-0386), answered in SASL2's `<success/>`.
+    Bind { resource: Option<String>, inline: Option<Vec<Vec<u8>>> },
     /// Resume the session `previd`, whose client handled `h` of its stanzas
     /// (XEP-0198 section 5, `resume.rs`).
     Resume { previd: String, h: u32 },
@@ -170,7 +171,7 @@ async fn establish(core: Rc<Core>, mut connection: Negotiated, user: BareJid, mu
     debug_assert_eq!(core.home_of(user.as_str()), core.id);
     for _ in 0..RESUMPTIONS_MAX {
         let (previd, h) = match request {
-            Request::Bind(resource) => return bind_session(core, connection, user, resource).await,
+            Request::Bind { resource, inline } => return bind_session(core, connection, user, resource, inline).await,
             Request::Resume { previd, h } => (previd, h),
         };
         let Negotiated { io, framer, mut c2s, mut out, listener } = connection;
@@ -295,7 +296,13 @@ fn adopt_handed(
 
 /// Binds the session on its home core (this one) and starts its own task, so an
 /// established session's task holds only what the session needs (see `budget.rs`).
-async fn bind_session(core: Rc<Core>, connection: Negotiated, user: BareJid, resource: Option<String>) {
+async fn bind_session(
+    core: Rc<Core>,
+    connection: Negotiated,
+    user: BareJid,
+    resource: Option<String>,
+    inline: Option<Vec<Vec<u8>>>,
+) {
     let Negotiated { mut io, framer, mut c2s, mut out, listener } = connection;
     let id = core.next_id();
     let mailbox = Rc::new(Mailbox::default());
@@ -315,7 +322,31 @@ async fn bind_session(core: Rc<Core>, connection: Negotiated, user: BareJid, res
             return;
         }
     };
-    c2s.handle_bound(&jid, &mut out);
+    // XEP-0386: what a Bind 2 request enables, answered inside <bound/>.
+    let mut bound = Vec::new();
+    let mut replies = Vec::new();
+    let mut acks = None;
+    for element in inline.iter().flatten() {
+        let sm = core.shared.settings.stream_management.and_then(|_| starling_wire::sm::parse(element));
+        match sm {
+            Some(Ok(starling_wire::sm::Request::Enable { resume, max })) if acks.is_none() => {
+                acks = Some(crate::session::enable_acks(&core, &jid, Some(mailbox.clone()), resume, max, &mut bound));
+            }
+            Some(_) => {}
+            None => {
+                let mut sender = crate::module::Sender { jid: &jid, session: SessionId(id), out: &mut replies };
+                if let Some(answer) = core.inline_enable(&mut sender, element) {
+                    bound.extend_from_slice(&answer);
+                }
+            }
+        }
+    }
+    if let Some(acks) = acks.as_mut() {
+        // <enabled/> went out inside <success/>: count from the next stanza.
+        acks.resumed_from(0, 0);
+    }
+    c2s.handle_bound(&jid, &bound, &mut out);
+    out.extend_from_slice(&replies);
     drop(c2s);
     io.queue(&out);
     core.stats.logins.set(core.stats.logins.get() + 1);
@@ -323,7 +354,7 @@ async fn bind_session(core: Rc<Core>, connection: Negotiated, user: BareJid, res
     core.register_live(id, mailbox.clone());
     log::debug!("c2s: {jid} bound on core {}", core.id);
     let listener = u16::try_from(listener).unwrap_or(u16::MAX);
-    let state = crate::session::State::new(jid, SessionId(id), listener, None);
+    let state = crate::session::State::new(jid, SessionId(id), listener, acks);
     let session = crate::session::run(core.clone(), io, framer, state, mailbox);
     crate::contain::spawn(core.clone(), "a session", session);
 }
@@ -441,7 +472,10 @@ async fn negotiate(
             let mut next = conn.pump(core, bytes).ok()?;
             while let Some(action) = next {
                 next = match action {
-                    Action::Bind { user, resource } => return Some((user, Request::Bind(resource))),
+                    Action::Bind { user, resource } => return Some((user, Request::Bind { resource, inline: None })),
+                    Action::Bind2 { user, resource, inline } => {
+                        return Some((user, Request::Bind { resource: Some(resource), inline: Some(inline) }))
+                    }
                     Action::Resume { user, previd, h } => return Some((user, Request::Resume { previd, h })),
                     other => conn.perform(core, other).await.ok()?,
                 };
@@ -475,7 +509,10 @@ async fn negotiate(
         conn.count_failures(core)?;
         while let Some(action) = next {
             next = match action {
-                Action::Bind { user, resource } => return Some((user, Request::Bind(resource))),
+                Action::Bind { user, resource } => return Some((user, Request::Bind { resource, inline: None })),
+                Action::Bind2 { user, resource, inline } => {
+                    return Some((user, Request::Bind { resource: Some(resource), inline: Some(inline) }))
+                }
                 Action::Resume { user, previd, h } => return Some((user, Request::Resume { previd, h })),
                 other => conn.perform(core, other).await.ok()?,
             };
@@ -637,6 +674,8 @@ impl Negotiating {
                 match result {
                     Ok(correct) => match self.c2s.handle_password_verdict(&mut context, correct, &mut self.out) {
                         Ok(Action::Authenticated { .. }) => self.framer.reset(),
+                        // SASL2 with Bind 2: bind now (no stream restart).
+                        Ok(bind @ Action::Bind2 { .. }) => return Ok(Some(bind)),
                         Ok(_) => {}
                         Err(_) => return Err(()),
                     },

@@ -633,9 +633,9 @@ pub(crate) fn handle_element(core: &Core, state: &mut State, bytes: &[u8]) -> Re
 /// A top-level element that is not a stanza: a module's (XEP-0352 `<active/>`, ...),
 /// or `unsupported-stanza-type`.
 fn nonza(core: &Core, state: &mut State, bytes: &[u8]) -> Result<(), StreamError> {
-    if let Some(sm) = core.shared.settings.stream_management {
+    if core.shared.settings.stream_management.is_some() {
         if let Some(request) = starling_wire::sm::parse(bytes) {
-            return stream_management(core, state, sm, request);
+            return stream_management(core, state, request);
         }
     }
     let mut sender = Sender { jid: &state.jid, session: state.id, out: &mut state.out };
@@ -647,33 +647,49 @@ fn nonza(core: &Core, state: &mut State, bytes: &[u8]) -> Result<(), StreamError
     Err(StreamError::new(StreamErrorCondition::UnsupportedStanzaType))
 }
 
+/// XEP-0198 section 3: stream management enabled for the session `jid`:
+/// `<enabled/>` goes to `out`; resumable (registered for `<resume/>`) when asked
+/// for, allowed, and the session's mailbox is given.
+pub(crate) fn enable_acks(
+    core: &Core,
+    jid: &FullJid,
+    mailbox: Option<Rc<Mailbox>>,
+    resume: bool,
+    max: Option<u32>,
+    out: &mut Vec<u8>,
+) -> Box<Acks> {
+    let allowed = core
+        .shared
+        .settings
+        .stream_management
+        .map_or(0, |sm| u32::try_from(sm.resume_timeout.as_secs()).unwrap_or(u32::MAX));
+    let resumable = resume && allowed > 0;
+    let seconds = if resumable { max.map_or(allowed, |max| max.clamp(1, allowed)) } else { 0 };
+    let registered = match (resumable, mailbox) {
+        (true, Some(mailbox)) => {
+            let id = crate::resume::new_id(core);
+            let entry = Resumable { user: jid.bare_str().into(), mailbox, taken: std::cell::RefCell::new(None) };
+            core.resumable.borrow_mut().insert(id.clone(), Rc::new(entry));
+            Some(id)
+        }
+        _ => None,
+    };
+    starling_wire::sm::write_enabled(registered.as_deref(), registered.is_some().then_some(seconds), out);
+    Box::new(Acks::new(registered, seconds))
+}
+
 /// XEP-0198 elements from a bound client.
 fn stream_management(
     core: &Core,
     state: &mut State,
-    sm: crate::resume::StreamManagement,
     request: Result<starling_wire::sm::Request, starling_wire::sm::SmError>,
 ) -> Result<(), StreamError> {
     use starling_wire::sm::{self, Request};
     let out = &mut state.out;
     match (request, state.acks.as_mut()) {
         (Ok(Request::Enable { resume, max }), None) => {
-            let allowed = u32::try_from(sm.resume_timeout.as_secs()).unwrap_or(u32::MAX);
-            let resumable = resume && allowed > 0;
-            let seconds = if resumable { max.map_or(allowed, |max| max.clamp(1, allowed)) } else { 0 };
             let mailbox = core.live.borrow().get(&state.id.0).cloned();
-            let id = match (resumable, mailbox) {
-                (true, Some(mailbox)) => {
-                    let id = crate::resume::new_id(core);
-                    let entry =
-                        Resumable { user: state.jid.bare_str().into(), mailbox, taken: std::cell::RefCell::new(None) };
-                    core.resumable.borrow_mut().insert(id.clone(), Rc::new(entry));
-                    Some(id)
-                }
-                _ => None,
-            };
-            sm::write_enabled(id.as_deref(), id.is_some().then_some(seconds), out);
-            state.acks = Some(Box::new(Acks::new(id, seconds)));
+            state.acks = Some(enable_acks(core, &state.jid, mailbox, resume, max, out));
         }
         // Section 3: enabling twice, or resuming from a bound stream.
         (Ok(Request::Enable { .. } | Request::Resume { .. }), _) => sm::write_failed("unexpected-request", None, out),

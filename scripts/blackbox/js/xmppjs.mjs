@@ -15,6 +15,14 @@ function fail(why) {
 function connect(service, username, resource) {
   const xmpp = client({ service, domain: "localhost", username, password: "secret", resource });
   xmpp.on("error", (error) => fail(`${username} over ${service}: ${error}`));
+  // What the login used: SASL2's <success/> with Bind 2's <bound/> inside.
+  xmpp.used = { sasl2: false, bind2: false };
+  xmpp.on("nonza", (element) => {
+    if (element.is("success", "urn:xmpp:sasl:2")) {
+      xmpp.used.sasl2 = true;
+      xmpp.used.bind2 = !!element.getChild("bound", "urn:xmpp:bind:0");
+    }
+  });
   return xmpp;
 }
 
@@ -41,6 +49,9 @@ async function chat(aliceService, label) {
   await bob.start();
   const aliceJid = (await aliceOnline).toString();
   const bobJid = (await bobOnline).toString();
+  for (const [who, entity] of [["alice", alice], ["bob", bob]]) {
+    if (!entity.used.sasl2 || !entity.used.bind2) fail(`${who} over ${label} did not use SASL2 and Bind 2: ${JSON.stringify(entity.used)}`);
+  }
   const body = (s) => s.is("message") && s.getChildText("body");
   const gotByAlice = waitFor(alice, (s) => body(s) === `hello ${label}`, `message to alice over ${label}`);
   await bob.send(xml("message", { to: aliceJid, type: "chat" }, xml("body", {}, `hello ${label}`)));
@@ -55,7 +66,7 @@ async function chat(aliceService, label) {
   await presence;
   await alice.stop();
   await bob.stop();
-  console.log(`xmpp.js over ${label}: messages both ways and presence ok`);
+  console.log(`xmpp.js over ${label}: SASL2 + Bind 2 (${aliceJid}), messages both ways and presence ok`);
 }
 
 await chat(wsUrl, "ws");

@@ -31,6 +31,8 @@ pub(super) struct Modules {
     mod_register: Option<ModRegister>,
     mod_fail2ban: Option<ModFail2Ban>,
     mod_stream_management: Option<ModStreamManagement>,
+    mod_sasl2: Option<Empty>,
+    mod_bind2: Option<Empty>,
 }
 
 /// MongooseIM's mod_stream_management options.
@@ -249,6 +251,8 @@ pub(super) fn convert(raw: Option<Modules>) -> Result<Converted, ConfigError> {
         ping: raw.mod_ping.is_some(),
         version: raw.mod_version.map(|v| starling_modules::VersionConfig { os_info: v.os_info }),
         register: registration.is_some(),
+        sasl2: raw.mod_sasl2.is_some(),
+        bind2: raw.mod_bind2.is_some(),
         stream_management: match raw.mod_stream_management {
             None => None,
             Some(sm) => {

@@ -83,6 +83,10 @@ pub struct Config {
     /// XEP-0198 (`[modules.mod_stream_management]`): the runtime does it
     /// (`Settings::stream_management`); the module advertises it.
     pub stream_management: Option<starling_shard::resume::StreamManagement>,
+    /// XEP-0388 SASL2 (`[modules.mod_sasl2]`): the stream negotiation does it.
+    pub sasl2: bool,
+    /// XEP-0386 Bind 2 inside SASL2 (`[modules.mod_bind2]`).
+    pub bind2: bool,
 }
 
 /// MongooseIM's `mod_stream_management` defaults: 100 unacknowledged stanzas, an
@@ -163,6 +167,8 @@ impl Config {
             version: Some(VersionConfig { os_info: false }),
             register: false,
             stream_management: Some(STREAM_MANAGEMENT_DEFAULTS),
+            sasl2: true,
+            bind2: true,
         }
     }
 
@@ -184,6 +190,8 @@ impl Config {
             version: None,
             register: false,
             stream_management: None,
+            sasl2: false,
+            bind2: false,
         }
     }
 }
@@ -227,6 +235,19 @@ pub fn build(config: Config, db: DbPool<dyn Store>) -> Arc<ModuleFactory> {
 /// for the negotiation's bind features (built once at startup).
 pub fn stream_features(config: &Config, db: DbPool<dyn Store>) -> String {
     modules(Arc::new(config.clone()), db).iter().map(|m| m.stream_features()).collect()
+}
+
+/// The namespaces a Bind 2 request may enable inline with `config` (XEP-0386
+/// section 2): the modules' and, with stream management on, XEP-0198's.
+pub fn inline_features(config: &Config, db: DbPool<dyn Store>) -> Vec<String> {
+    let mut features: Vec<String> = modules(Arc::new(config.clone()), db)
+        .iter()
+        .flat_map(|m| m.inline_features().iter().map(|f| (*f).to_owned()))
+        .collect();
+    if config.stream_management.is_some() {
+        features.push(starling_wire::sm::NS_SM.to_owned());
+    }
+    features
 }
 
 fn modules(config: Arc<Config>, db: DbPool<dyn Store>) -> Modules {
