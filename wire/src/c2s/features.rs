@@ -74,14 +74,22 @@ fn write_sasl2(settings: &C2sSettings, secured: bool, bindings: &ChannelBindings
         out.extend_from_slice(mechanism.name().as_bytes());
         out.extend_from_slice(b"</mechanism>");
     }
-    if settings.bind2 {
-        out.extend_from_slice(b"<inline><bind xmlns='urn:xmpp:bind:0'><inline>");
-        for feature in &settings.bind2_inline {
-            out.extend_from_slice(b"<feature");
-            crate::stanza::write_attribute(out, "var", feature);
-            out.extend_from_slice(b"/>");
+    if settings.bind2 || settings.fast.is_some() {
+        out.extend_from_slice(b"<inline>");
+        if settings.bind2 {
+            out.extend_from_slice(b"<bind xmlns='urn:xmpp:bind:0'><inline>");
+            for feature in &settings.bind2_inline {
+                out.extend_from_slice(b"<feature");
+                crate::stanza::write_attribute(out, "var", feature);
+                out.extend_from_slice(b"/>");
+            }
+            out.extend_from_slice(b"</inline></bind>");
         }
-        out.extend_from_slice(b"</inline></bind></inline>");
+        if settings.fast.is_some() {
+            // XEP-0484 section 3.1.
+            out.extend_from_slice(b"<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast>");
+        }
+        out.extend_from_slice(b"</inline>");
     }
     out.extend_from_slice(b"</authentication>");
 }

@@ -84,7 +84,22 @@ pub struct C2sSettings {
     pub bind2: bool,
     /// Namespaces a Bind 2 request may enable inline (`<inline><feature var/>`).
     pub bind2_inline: Vec<String>,
+    /// XEP-0484 FAST tokens (`HT-SHA-256-NONE`) inside SASL2, when on.
+    pub fast: Option<FastSettings>,
 }
+
+/// XEP-0484 for a listener: how long a token is valid, and the secret tokens are
+/// derived with (the shell's: stored records hold only token ids).
+#[derive(Clone, Debug)]
+pub struct FastSettings {
+    pub validity: std::time::Duration,
+    pub secret: Vec<u8>,
+}
+
+/// XEP-0484's namespace, and the one mechanism offered for tokens (no channel
+/// binding: draft-schmaus-kitten-sasl-ht).
+pub const NS_FAST: &str = "urn:xmpp:fast:0";
+pub const FAST_MECHANISM: &str = "HT-SHA-256-NONE";
 
 impl C2sSettings {
     /// Settings for tests: one host, no TLS, every mechanism, three SASL attempts.
@@ -109,6 +124,7 @@ impl C2sSettings {
             sasl2: true,
             bind2: true,
             bind2_inline: Vec::new(),
+            fast: None,
         }
     }
 }
@@ -151,6 +167,12 @@ pub enum Action {
     /// `<enable/>`, XEP-0198's `<enable/>`, XEP-0352's `<inactive/>`, ...), then call
     /// [`C2s::handle_bound`] with what goes into `<bound/>`. No stream restart.
     Bind2 { user: BareJid, resource: String, inline: Vec<Vec<u8>> },
+    /// XEP-0484: look up `user`'s FAST tokens for the client install `user_agent` and
+    /// derive them, then call [`C2s::handle_fast_tokens`].
+    FetchFastTokens { user: BareJid, user_agent: String },
+    /// XEP-0484: authenticated; issue a new FAST token for `user` and `user_agent`
+    /// (store its record, derive it), then call [`C2s::handle_fast_token`].
+    IssueFastToken { user: BareJid, user_agent: String },
     /// XEP-0198 section 5: take over `user`'s session `previd`, whose client handled
     /// `h` of the server's stanzas; then call [`C2s::handle_resumed`] (the session
     /// writes `<resumed/>`) or [`C2s::handle_resume_failed`].
@@ -187,6 +209,12 @@ struct Sasl2Request {
     user_agent: Option<String>,
     /// `<bind xmlns='urn:xmpp:bind:0'/>` (XEP-0386).
     bind: Option<Bind2Request>,
+    /// XEP-0484: `<fast/>` (authenticating with a token) and `<request-token/>`.
+    fast: bool,
+    request_token: bool,
+    /// The `<token/>` to put in `<success/>`, once issued.
+    token: Option<Vec<u8>>,
+    token_asked: bool,
 }
 
 #[derive(Debug, Default)]
@@ -237,6 +265,18 @@ enum State {
     /// SASL2 succeeded; the shell binds for Bind 2 (`additional`: SCRAM's
     /// server-final message for `<additional-data/>`).
     ExpectBind2Result {
+        additional: Option<Vec<u8>>,
+        /// A XEP-0484 `<token/>` for `<success/>`.
+        token: Option<Vec<u8>>,
+    },
+    /// A FAST authentication: the client's proof, waiting for the user's tokens.
+    ExpectFastTokens {
+        user: BareJid,
+        proof: Vec<u8>,
+    },
+    /// Authenticated; waiting for a new FAST token.
+    ExpectFastToken {
+        user: BareJid,
         additional: Option<Vec<u8>>,
     },
     Established,
@@ -357,7 +397,7 @@ impl C2s {
     /// failed attempt: the client did nothing wrong.
     pub fn handle_store_failure(&mut self, out: &mut Vec<u8>) {
         match std::mem::replace(&mut self.state, State::ExpectAuth) {
-            State::ExpectCredentials { .. } | State::ExpectPlainVerdict { .. } => {}
+            State::ExpectCredentials { .. } | State::ExpectPlainVerdict { .. } | State::ExpectFastTokens { .. } => {}
             other => panic!("handle_store_failure in state {other:?}"),
         }
         self.write_failure(SaslFailure::TemporaryAuthFailure, None, out);
@@ -379,8 +419,8 @@ impl C2s {
     pub fn handle_bound(&mut self, jid: &FullJid, bound: &[u8], out: &mut Vec<u8>) {
         let id = match std::mem::replace(&mut self.state, State::Established) {
             State::ExpectBindResult { id } => id,
-            State::ExpectBind2Result { additional, .. } => {
-                write_sasl2_success(additional.as_deref(), jid.as_str(), Some(bound), out);
+            State::ExpectBind2Result { additional, token } => {
+                write_sasl2_success(additional.as_deref(), jid.as_str(), token.as_deref(), Some(bound), out);
                 return;
             }
             _ => panic!("handle_bound without Bind"),
@@ -390,6 +430,50 @@ impl C2s {
         out.extend_from_slice(b"><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>");
         xml::escape(jid.as_str(), out);
         out.extend_from_slice(b"</jid></bind></iq>");
+    }
+
+    /// XEP-0484: the user's unexpired FAST tokens for this client install. The
+    /// client's proof must be `HMAC-SHA-256(token, "Initiator")` for one of them; the
+    /// server proves itself with `HMAC-SHA-256(token, "Responder")`.
+    pub fn handle_fast_tokens(
+        &mut self,
+        context: &mut Context<'_>,
+        tokens: &[String],
+        out: &mut Vec<u8>,
+    ) -> Result<Action, StreamError> {
+        let State::ExpectFastTokens { user, proof } = std::mem::replace(&mut self.state, State::ExpectAuth) else {
+            panic!("handle_fast_tokens without FetchFastTokens");
+        };
+        for token in tokens {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.as_bytes());
+            if ring::hmac::verify(&key, b"Initiator", &proof).is_ok() {
+                let responder = ring::hmac::sign(&key, b"Responder").as_ref().to_vec();
+                return Ok(self.authenticated(context, user, Some(responder), out));
+            }
+        }
+        self.sasl_failed(SaslFailure::NotAuthorized, context.settings, out).map_err(|e| self.fail(context, e, out))
+    }
+
+    /// XEP-0484: the token issued (token, expiry as RFC 3339), or `None` when it
+    /// could not be stored (the login goes on without one).
+    pub fn handle_fast_token(
+        &mut self,
+        context: &mut Context<'_>,
+        issued: Option<(String, String)>,
+        out: &mut Vec<u8>,
+    ) -> Action {
+        let State::ExpectFastToken { user, additional } = std::mem::replace(&mut self.state, State::Failed) else {
+            panic!("handle_fast_token without IssueFastToken");
+        };
+        if let (Some((token, expiry)), Some(request)) = (issued, self.sasl2.as_mut()) {
+            let mut xml = b"<token".to_vec();
+            write_attribute(&mut xml, "xmlns", NS_FAST);
+            write_attribute(&mut xml, "expiry", &expiry);
+            write_attribute(&mut xml, "token", &token);
+            xml.extend_from_slice(b"/>");
+            request.token = Some(xml);
+        }
+        self.authenticated(context, user, additional, out)
     }
 
     /// The shell handed the connection to the session it resumed, which writes
@@ -509,6 +593,8 @@ impl C2s {
             | State::ExpectRegistered { .. }
             | State::ExpectBindResult { .. }
             | State::ExpectBind2Result { .. }
+            | State::ExpectFastTokens { .. }
+            | State::ExpectFastToken { .. }
             | State::ExpectResumeResult { .. } => Err(StreamError::with_text(
                 StreamErrorCondition::PolicyViolation,
                 "element sent while the server was still answering",
@@ -561,6 +647,9 @@ impl C2s {
                     self.sasl2 = None;
                     root.text()
                 };
+                if root.attribute("mechanism") == Some(FAST_MECHANISM) {
+                    return self.start_fast(context, initial.unwrap_or_default(), out);
+                }
                 let offered = features::offered_mechanisms(context.settings, self.secured, &self.bindings);
                 let mechanism = root.attribute("mechanism").and_then(|m| Mechanism::from_name(m.as_bytes()));
                 let Some(mechanism) = mechanism.filter(|m| offered.contains(m)) else {
@@ -702,6 +791,42 @@ impl C2s {
         Ok(Action::Continue)
     }
 
+    /// XEP-0484 section 3.3: `HT-SHA-256-NONE` with `<fast/>` in a SASL2
+    /// `<authenticate/>` that names its user agent; the initial response is the
+    /// username, a NUL, and the client's proof.
+    fn start_fast(
+        &mut self,
+        context: &mut Context<'_>,
+        initial: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<Action, StreamError> {
+        self.state = State::ExpectAuth;
+        let settings = context.settings;
+        let request = self.sasl2.as_deref();
+        let user_agent = request.filter(|r| r.fast && settings.fast.is_some()).and_then(|r| r.user_agent.clone());
+        let Some(user_agent) = user_agent else {
+            return self.sasl_failed(SaslFailure::InvalidMechanism, settings, out);
+        };
+        let message = match sasl::decode_payload(initial.as_bytes()) {
+            Ok(message) => message,
+            Err(failure) => return self.sasl_failed(failure, settings, out),
+        };
+        let Some(split) = message.iter().position(|b| *b == 0) else {
+            return self.sasl_failed(SaslFailure::MalformedRequest, settings, out);
+        };
+        let (name, proof) = (&message[..split], &message[split + 1..]);
+        let domain = self.domain.clone().unwrap_or_default();
+        let user = match std::str::from_utf8(name)
+            .map_err(|_| SaslFailure::MalformedRequest)
+            .and_then(|name| account(name, &domain, None))
+        {
+            Ok(user) => user,
+            Err(failure) => return self.sasl_failed(failure, settings, out),
+        };
+        self.state = State::ExpectFastTokens { user: user.clone(), proof: proof.to_vec() };
+        Ok(Action::FetchFastTokens { user, user_agent })
+    }
+
     /// The namespace of this exchange's SASL elements.
     fn profile_ns(&self) -> &'static str {
         if self.sasl2.is_some() {
@@ -732,19 +857,29 @@ impl C2s {
         additional: Option<Vec<u8>>,
         out: &mut Vec<u8>,
     ) -> Action {
-        let Some(request) = self.sasl2.take() else {
+        let Some(mut request) = self.sasl2.take() else {
             sasl::write_element("success", additional.as_deref(), out);
             self.state = State::ExpectStreamHeader { authenticated: Some(user.clone()) };
             self.header_sent = false;
             return Action::Authenticated { user };
         };
+        // XEP-0484: a token when asked for, and a new one after each FAST login
+        // (rotation: the one used stays valid until the new one is).
+        let wants_token = (request.request_token || request.fast) && context.settings.fast.is_some();
+        if let (true, false, Some(user_agent)) = (wants_token, request.token_asked, request.user_agent.clone()) {
+            request.token_asked = true;
+            self.sasl2 = Some(request);
+            self.state = State::ExpectFastToken { user: user.clone(), additional };
+            return Action::IssueFastToken { user, user_agent };
+        }
+        let token = request.token.take();
         let Some(bind) = request.bind else {
-            write_sasl2_success(additional.as_deref(), user.as_str(), None, out);
+            write_sasl2_success(additional.as_deref(), user.as_str(), token.as_deref(), None, out);
             self.state = State::ExpectBind { user };
             return Action::Continue;
         };
         let resource = bind2_resource(bind.tag.as_deref(), request.user_agent.as_deref(), &user, context.entropy);
-        self.state = State::ExpectBind2Result { additional };
+        self.state = State::ExpectBind2Result { additional, token };
         Action::Bind2 { user, resource, inline: bind.inline }
     }
 
@@ -821,6 +956,10 @@ fn sasl2_request(authenticate: roxmltree::Node<'_, '_>) -> Sasl2Request {
                 request.user_agent =
                     child.attribute("id").filter(|id| !id.is_empty() && id.len() <= 128).map(str::to_owned);
             }
+            (Some(NS_FAST), "fast") => request.fast = true,
+            (Some(NS_FAST), "request-token") => {
+                request.request_token = child.attribute("mechanism") == Some(FAST_MECHANISM);
+            }
             (Some(NS_BIND2), "bind") => {
                 let mut bind = Bind2Request::default();
                 for part in child.children().filter(|c| c.is_element()) {
@@ -870,7 +1009,13 @@ fn bind2_resource(tag: Option<&str>, user_agent: Option<&str>, user: &BareJid, e
 
 /// XEP-0388 section 2.6.3: `<success/>` with the SCRAM server-final message, the
 /// authorization identifier, and (Bind 2) `<bound/>`.
-fn write_sasl2_success(additional: Option<&[u8]>, identifier: &str, bound: Option<&[u8]>, out: &mut Vec<u8>) {
+fn write_sasl2_success(
+    additional: Option<&[u8]>,
+    identifier: &str,
+    token: Option<&[u8]>,
+    bound: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(b"<success xmlns='urn:xmpp:sasl:2'>");
     if let Some(additional) = additional {
         out.extend_from_slice(b"<additional-data>");
@@ -880,6 +1025,9 @@ fn write_sasl2_success(additional: Option<&[u8]>, identifier: &str, bound: Optio
     out.extend_from_slice(b"<authorization-identifier>");
     xml::escape(identifier, out);
     out.extend_from_slice(b"</authorization-identifier>");
+    if let Some(token) = token {
+        out.extend_from_slice(token);
+    }
     if let Some(bound) = bound {
         out.extend_from_slice(b"<bound xmlns='urn:xmpp:bind:0'>");
         out.extend_from_slice(bound);
