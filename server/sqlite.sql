@@ -125,3 +125,19 @@ CREATE TABLE IF NOT EXISTS registration_address (
     address       TEXT    PRIMARY KEY,
     registered_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- XEP-0484 FAST tokens, MongooseIM's mod_fast_auth_token table. The token columns
+-- hold token ids, not tokens: a token is derived from its id with the node's secret
+-- (`secrets`, name 'fast'), so this table alone logs nobody in. `new_*` is the last
+-- token issued, `current_*` the one before it (accepted until the client uses the
+-- new one or it expires). Expiry in seconds since the UNIX epoch.
+CREATE TABLE IF NOT EXISTS fast_auth_token (
+    server         TEXT   NOT NULL,
+    username       TEXT   NOT NULL,
+    user_agent_id  TEXT   NOT NULL,
+    current_token  TEXT,
+    current_expire BIGINT,
+    new_token      TEXT,
+    new_expire     BIGINT,
+    PRIMARY KEY (server, username, user_agent_id)
+);

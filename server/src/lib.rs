@@ -207,6 +207,12 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
     };
     let mut storage = storage;
     let decoy_secret = storage.secret("decoy")?;
+    let fast = match config.modules.fast_auth_token {
+        Some(validity) if config.modules.sasl2 => {
+            Some(starling_wire::c2s::FastSettings { validity, secret: storage.secret("fast")? })
+        }
+        _ => None,
+    };
     let workers = match &config.database {
         Database::Sqlite { workers, .. } | Database::Postgres { workers, .. } => workers.get(),
     };
@@ -230,7 +236,14 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
         .c2s
         .iter()
         .map(|listener| Listener {
-            c2s: Arc::new(c2s_settings(&config, listener.tls, decoy_secret.clone(), &stream_features, &bind2_inline)),
+            c2s: Arc::new(c2s_settings(
+                &config,
+                listener.tls,
+                decoy_secret.clone(),
+                &stream_features,
+                &bind2_inline,
+                fast.clone(),
+            )),
             tls: if listener.tls == TlsMode::Direct { ListenerTls::Direct } else { ListenerTls::StartTls },
             shaper: listener.shaper,
             http: listener.http.as_ref().map(|http| starling_wire::http::Routes {
@@ -372,6 +385,7 @@ fn c2s_settings(
     decoy_secret: Vec<u8>,
     stream_features: &str,
     bind2_inline: &[String],
+    fast: Option<starling_wire::c2s::FastSettings>,
 ) -> C2sSettings {
     C2sSettings {
         hosts: config.general.hosts.clone(),
@@ -391,6 +405,7 @@ fn c2s_settings(
         sasl2: config.modules.sasl2,
         bind2: config.modules.bind2,
         bind2_inline: bind2_inline.to_vec(),
+        fast,
     }
 }
 

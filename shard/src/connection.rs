@@ -674,8 +674,9 @@ impl Negotiating {
                 match result {
                     Ok(correct) => match self.c2s.handle_password_verdict(&mut context, correct, &mut self.out) {
                         Ok(Action::Authenticated { .. }) => self.framer.reset(),
-                        // SASL2 with Bind 2: bind now (no stream restart).
-                        Ok(bind @ Action::Bind2 { .. }) => return Ok(Some(bind)),
+                        // SASL2: bind now (Bind 2, no stream restart), or issue a token
+                        // first (regression: a PLAIN login asking for a FAST token hung).
+                        Ok(next @ (Action::Bind2 { .. } | Action::IssueFastToken { .. })) => return Ok(Some(next)),
                         Ok(_) => {}
                         Err(_) => return Err(()),
                     },
@@ -683,6 +684,61 @@ impl Negotiating {
                         log::warn!("c2s: password check failed: {error}");
                         self.c2s.handle_store_failure(&mut self.out);
                     }
+                }
+            }
+            Action::FetchFastTokens { user, user_agent } => {
+                let Some(fast) = settings.fast.clone() else { return Err(()) };
+                let now = unix_seconds();
+                let records = core.shared.accounts.fast_tokens(user.clone(), user_agent.clone(), now).await;
+                let mut entropy = core.entropy.borrow_mut();
+                let mut context = Context { settings: &settings, entropy: &mut *entropy };
+                match records {
+                    Ok(records) => {
+                        let tokens: Vec<String> = records
+                            .iter()
+                            .map(|record| fast_token(&fast.secret, &user, &user_agent, &record.id, record.expires))
+                            .collect();
+                        match self.c2s.handle_fast_tokens(&mut context, &tokens, &mut self.out) {
+                            Ok(bind @ Action::Bind2 { .. }) => return Ok(Some(bind)),
+                            Ok(issue @ Action::IssueFastToken { .. }) => return Ok(Some(issue)),
+                            Ok(_) => {}
+                            Err(_) => return Err(()),
+                        }
+                    }
+                    Err(error) => {
+                        log::warn!("c2s: FAST token lookup failed: {error}");
+                        self.c2s.handle_store_failure(&mut self.out);
+                    }
+                }
+            }
+            Action::IssueFastToken { user, user_agent } => {
+                let Some(fast) = settings.fast.clone() else { return Err(()) };
+                let mut id = [0u8; 16];
+                {
+                    use starling_wire::c2s::Entropy;
+                    core.entropy.borrow_mut().fill(&mut id);
+                }
+                let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                let expires = unix_seconds() + fast.validity.as_secs();
+                let record = crate::db::FastToken { id: id.clone(), expires };
+                let stored = core.shared.accounts.issue_fast_token(user.clone(), user_agent.clone(), record).await;
+                let issued = match stored {
+                    Ok(()) => {
+                        let expiry = time::OffsetDateTime::from_unix_timestamp(expires as i64)
+                            .ok()
+                            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+                        expiry.map(|expiry| (fast_token(&fast.secret, &user, &user_agent, &id, expires), expiry))
+                    }
+                    Err(error) => {
+                        log::warn!("c2s: a FAST token could not be stored: {error}");
+                        None
+                    }
+                };
+                let mut entropy = core.entropy.borrow_mut();
+                let mut context = Context { settings: &settings, entropy: &mut *entropy };
+                let next = self.c2s.handle_fast_token(&mut context, issued, &mut self.out);
+                if let bind @ Action::Bind2 { .. } = next {
+                    return Ok(Some(bind));
                 }
             }
             Action::Register { user, password } => {
@@ -696,6 +752,25 @@ impl Negotiating {
         }
         self.pump(core, &[])
     }
+}
+
+/// Seconds since the UNIX epoch.
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// XEP-0484: the token with record id `id` of `user` for `user_agent`, expiring at
+/// `expires`: derived with the node's secret, so the stored record alone is no token.
+fn fast_token(secret: &[u8], user: &BareJid, user_agent: &str, id: &str, expires: u64) -> String {
+    use base64::Engine;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut context = ring::hmac::Context::with_key(&key);
+    for part in [b"starling fast token".as_slice(), user.as_str().as_bytes(), user_agent.as_bytes(), id.as_bytes()] {
+        context.update(part);
+        context.update(b"\0");
+    }
+    context.update(&expires.to_be_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(context.sign().as_ref())
 }
 
 /// What a banned address's streams are closed with (RFC 6120 section 4.9.3.14).

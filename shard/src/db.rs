@@ -56,6 +56,28 @@ pub trait AuthStore: Send {
         let _ = (user, keys, limit);
         Err(StoreError::Query("registration is not supported by this storage backend".into()))
     }
+
+    /// XEP-0484: the FAST tokens of `user` for one client install (`user_agent`, its
+    /// XEP-0388 user-agent id) not expired at `now` (seconds): the newest first.
+    fn fast_tokens(&mut self, user: &BareJid, user_agent: &str, now: u64) -> Result<Vec<FastToken>, StoreError> {
+        let _ = (user, user_agent, now);
+        Ok(Vec::new())
+    }
+
+    /// XEP-0484: records `token` as the newest for `user` and `user_agent`; the
+    /// previous newest stays valid as the one before it (rotation).
+    fn issue_fast_token(&mut self, user: &BareJid, user_agent: &str, token: &FastToken) -> Result<(), StoreError> {
+        let _ = (user, user_agent, token);
+        Err(StoreError::Query("FAST tokens are not supported by this storage backend".into()))
+    }
+}
+
+/// A XEP-0484 FAST token's record: its id (hex; the token is derived from it with the
+/// node's secret, so a stored record alone logs nobody in) and its expiry in seconds since the UNIX epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastToken {
+    pub id: String,
+    pub expires: u64,
 }
 
 /// The outcome of [`AuthStore::create_account`].
@@ -97,6 +119,10 @@ pub trait Accounts: Send + Sync {
     ) -> DbFuture<Registered>;
     /// Whether the account `user` exists.
     fn exists(&self, user: BareJid) -> DbFuture<bool>;
+    /// [`AuthStore::fast_tokens`].
+    fn fast_tokens(&self, user: BareJid, user_agent: String, now: u64) -> DbFuture<Vec<FastToken>>;
+    /// [`AuthStore::issue_fast_token`].
+    fn issue_fast_token(&self, user: BareJid, user_agent: String, token: FastToken) -> DbFuture<()>;
 }
 
 impl<S: ?Sized + AuthStore + Send + 'static> Accounts for DbPool<S> {
@@ -147,6 +173,14 @@ impl<S: ?Sized + AuthStore + Send + 'static> Accounts for DbPool<S> {
 
     fn exists(&self, user: BareJid) -> DbFuture<bool> {
         Box::pin(self.run(move |store| Ok(store.credentials(&user, Hash::Sha256)?.is_some())))
+    }
+
+    fn fast_tokens(&self, user: BareJid, user_agent: String, now: u64) -> DbFuture<Vec<FastToken>> {
+        Box::pin(self.run(move |store| store.fast_tokens(&user, &user_agent, now)))
+    }
+
+    fn issue_fast_token(&self, user: BareJid, user_agent: String, token: FastToken) -> DbFuture<()> {
+        Box::pin(self.run(move |store| store.issue_fast_token(&user, &user_agent, &token)))
     }
 }
 

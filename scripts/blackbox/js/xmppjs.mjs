@@ -14,13 +14,26 @@ function fail(why) {
 
 function connect(service, username, resource) {
   const xmpp = client({ service, domain: "localhost", username, password: "secret", resource });
-  xmpp.on("error", (error) => fail(`${username} over ${service}: ${error}`));
+  xmpp.on("error", (error) => {
+    // xmpp.js 0.14 race: after STARTTLS it writes its stream header, then listens
+    // for the server's; on loopback the answer can come first, and the (unneeded)
+    // wait times out 2 s later while the session works on. Not a server error.
+    if (error.name === "TimeoutError" && /starttls/.test(error.stack ?? "")) {
+      console.log(`(xmpp.js: ${username}'s post-STARTTLS header wait timed out; the session went on)`);
+      return;
+    }
+    fail(`${username} over ${service}: ${error}`);
+  });
   // What the login used: SASL2's <success/> with Bind 2's <bound/> inside.
-  xmpp.used = { sasl2: false, bind2: false };
+  xmpp.used = { sasl2: false, bind2: false, mechanism: null, token: false };
+  xmpp.on("send", (element) => {
+    if (element.is("authenticate", "urn:xmpp:sasl:2")) xmpp.used.mechanism = element.attrs.mechanism;
+  });
   xmpp.on("nonza", (element) => {
     if (element.is("success", "urn:xmpp:sasl:2")) {
       xmpp.used.sasl2 = true;
       xmpp.used.bind2 = !!element.getChild("bound", "urn:xmpp:bind:0");
+      xmpp.used.token = !!element.getChild("token", "urn:xmpp:fast:0");
     }
   });
   return xmpp;
@@ -64,9 +77,22 @@ async function chat(aliceService, label) {
   const presence = waitFor(alice, (s) => s.is("presence") && s.attrs.from === bobJid, `presence over ${label}`);
   await bob.send(xml("presence", { to: aliceJid }));
   await presence;
+  // XEP-0484: the first login got a token; the second uses it (no password).
+  if (!alice.used.token) fail(`alice over ${label} got no FAST token: ${JSON.stringify(alice.used)}`);
+  await alice.stop();
+  alice.used = { sasl2: false, bind2: false, mechanism: null, token: false };
+  const again = new Promise((resolve) => alice.once("online", resolve));
+  await alice.start();
+  await again;
+  if (alice.used.mechanism !== "HT-SHA-256-NONE" || !alice.used.sasl2) {
+    fail(`alice's second login over ${label} did not use FAST: ${JSON.stringify(alice.used)}`);
+  }
+  const afterFast = waitFor(alice, (s) => body(s) === `fast ${label}`, `message after the FAST login over ${label}`);
+  await bob.send(xml("message", { to: alice.jid.toString(), type: "chat" }, xml("body", {}, `fast ${label}`)));
+  await afterFast;
   await alice.stop();
   await bob.stop();
-  console.log(`xmpp.js over ${label}: SASL2 + Bind 2 (${aliceJid}), messages both ways and presence ok`);
+  console.log(`xmpp.js over ${label}: SASL2 + Bind 2 (${aliceJid}), messages both ways, presence, second login with FAST ok`);
 }
 
 await chat(wsUrl, "ws");

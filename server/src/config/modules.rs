@@ -33,6 +33,47 @@ pub(super) struct Modules {
     mod_stream_management: Option<ModStreamManagement>,
     mod_sasl2: Option<Empty>,
     mod_bind2: Option<Empty>,
+    mod_fast_auth_token: Option<ModFastAuthToken>,
+}
+
+/// MongooseIM's mod_fast_auth_token: `validity_period.access = {value, unit}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModFastAuthToken {
+    #[serde(default)]
+    validity_period: Option<ValidityPeriod>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidityPeriod {
+    access: Option<Period>,
+    /// Accepted for MongooseIM files; tokens here are rotated at every FAST login.
+    #[allow(dead_code)]
+    rotate_before_expire: Option<Period>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Period {
+    value: u64,
+    unit: String,
+}
+
+impl Period {
+    fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
+        let seconds = match self.unit.as_str() {
+            "days" => 86_400,
+            "hours" => 3_600,
+            "minutes" => 60,
+            "seconds" => 1,
+            other => return Err(invalid(key, format!("unknown unit {other:?} (days, hours, minutes, seconds)"))),
+        };
+        match self.value.checked_mul(seconds) {
+            Some(0) | None => Err(invalid(key, "must be positive")),
+            Some(total) => Ok(Duration::from_secs(total)),
+        }
+    }
 }
 
 /// MongooseIM's mod_stream_management options.
@@ -251,6 +292,13 @@ pub(super) fn convert(raw: Option<Modules>) -> Result<Converted, ConfigError> {
         ping: raw.mod_ping.is_some(),
         version: raw.mod_version.map(|v| starling_modules::VersionConfig { os_info: v.os_info }),
         register: registration.is_some(),
+        fast_auth_token: match raw.mod_fast_auth_token {
+            None => None,
+            Some(fast) => Some(match fast.validity_period.and_then(|v| v.access) {
+                None => starling_modules::FAST_TOKEN_VALIDITY,
+                Some(period) => period.duration("modules.mod_fast_auth_token.validity_period.access")?,
+            }),
+        },
         sasl2: raw.mod_sasl2.is_some(),
         bind2: raw.mod_bind2.is_some(),
         stream_management: match raw.mod_stream_management {

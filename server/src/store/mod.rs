@@ -90,7 +90,22 @@ fn random_salt() -> [u8; 16] {
 }
 
 /// Tables keyed by (server, username) whose rows go when the account is removed.
-pub(crate) const ACCOUNT_TABLES: [&str; 8] = [
+/// The unexpired tokens of a `fast_auth_token` row (`[(new), (current)]`), newest
+/// first.
+pub(crate) fn live_fast_tokens(
+    row: Option<[(Option<String>, Option<i64>); 2]>,
+    now: u64,
+) -> Vec<starling_shard::db::FastToken> {
+    row.into_iter()
+        .flatten()
+        .filter_map(|(id, expires)| {
+            Some(starling_shard::db::FastToken { id: id?, expires: u64::try_from(expires?).ok()? })
+        })
+        .filter(|token| token.expires > now)
+        .collect()
+}
+
+pub(crate) const ACCOUNT_TABLES: [&str; 9] = [
     "rosterusers",
     "roster_version",
     "blocking",
@@ -99,6 +114,7 @@ pub(crate) const ACCOUNT_TABLES: [&str; 8] = [
     "mam_message",
     "pep_node",
     "pep_item",
+    "fast_auth_token",
 ];
 
 /// Everything the node stores, blocking.

@@ -9,7 +9,7 @@ use starling_modules::roster::{Roster, RosterItem, Subscription};
 use starling_modules::store::{
     AccountData, ArchivePage, ArchiveQuery, ArchiveTrim, ArchivedMessage, DataKind, PepItem, PepNode, Store,
 };
-use starling_shard::db::{AuthStore, Registered, StoreError};
+use starling_shard::db::{AuthStore, FastToken, Registered, StoreError};
 use starling_wire::jid::BareJid;
 use starling_wire::sasl::scram::{Credentials, Hash};
 
@@ -99,6 +99,35 @@ impl Postgres {
 }
 
 impl AuthStore for Postgres {
+    fn fast_tokens(&mut self, user: &BareJid, user_agent: &str, now: u64) -> Result<Vec<FastToken>, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let row = self
+            .client
+            .query_opt(
+                "SELECT new_token, new_expire, current_token, current_expire FROM fast_auth_token \
+                 WHERE server = $1 AND username = $2 AND user_agent_id = $3",
+                &[&server, &username, &user_agent],
+            )
+            .map_err(error)?;
+        let row = row.map(|row| [(row.get(0), row.get(1)), (row.get(2), row.get(3))]);
+        Ok(super::live_fast_tokens(row, now))
+    }
+
+    fn issue_fast_token(&mut self, user: &BareJid, user_agent: &str, token: &FastToken) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        let expires = token.expires as i64;
+        self.client
+            .execute(
+                "INSERT INTO fast_auth_token (server, username, user_agent_id, new_token, new_expire) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (server, username, user_agent_id) DO UPDATE SET \
+                 current_token = fast_auth_token.new_token, current_expire = fast_auth_token.new_expire, \
+                 new_token = excluded.new_token, new_expire = excluded.new_expire",
+                &[&server, &username, &user_agent, &token.id, &expires],
+            )
+            .map_err(error)?;
+        Ok(())
+    }
+
     fn create_account(
         &mut self,
         user: &BareJid,
@@ -630,6 +659,10 @@ impl Storage for Postgres {
                  sha256_salt = $7, sha256_stored_key = $8, sha256_server_key = $9 WHERE server = $1 AND username = $2",
                 &user_params(&key, &iterations, keys),
             )
+            .map_err(error)?;
+        // XEP-0484: a new password ends every FAST token of the account.
+        self.client
+            .execute("DELETE FROM fast_auth_token WHERE server = $1 AND username = $2", &[&key.0, &key.1])
             .map_err(error)?;
         Ok(updated == 1)
     }

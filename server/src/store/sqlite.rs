@@ -9,7 +9,7 @@ use starling_modules::roster::{Roster, RosterItem, Subscription};
 use starling_modules::store::{
     AccountData, ArchivePage, ArchiveQuery, ArchiveTrim, ArchivedMessage, DataKind, PepItem, PepNode, Store,
 };
-use starling_shard::db::{AuthStore, Registered, StoreError};
+use starling_shard::db::{AuthStore, FastToken, Registered, StoreError};
 use starling_wire::jid::BareJid;
 use starling_wire::sasl::scram::{Credentials, Hash};
 
@@ -69,6 +69,38 @@ impl Sqlite {
 }
 
 impl AuthStore for Sqlite {
+    fn fast_tokens(&mut self, user: &BareJid, user_agent: &str, now: u64) -> Result<Vec<FastToken>, StoreError> {
+        let (server, username) = Self::user_key(user);
+        let row = self
+            .connection
+            .prepare_cached(
+                "SELECT new_token, new_expire, current_token, current_expire FROM fast_auth_token \
+                 WHERE server = ?1 AND username = ?2 AND user_agent_id = ?3",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![server, username, user_agent], |row| {
+                    Ok([(row.get::<_, Option<String>>(0)?, row.get::<_, Option<i64>>(1)?), (row.get(2)?, row.get(3)?)])
+                })
+                .optional()
+            })
+            .map_err(query_error)?;
+        Ok(super::live_fast_tokens(row, now))
+    }
+
+    fn issue_fast_token(&mut self, user: &BareJid, user_agent: &str, token: &FastToken) -> Result<(), StoreError> {
+        let (server, username) = Self::user_key(user);
+        self.connection
+            .execute(
+                "INSERT INTO fast_auth_token (server, username, user_agent_id, new_token, new_expire) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (server, username, user_agent_id) DO UPDATE SET \
+                 current_token = new_token, current_expire = new_expire, \
+                 new_token = excluded.new_token, new_expire = excluded.new_expire",
+                params![server, username, user_agent, token.id, token.expires as i64],
+            )
+            .map_err(query_error)?;
+        Ok(())
+    }
+
     fn create_account(
         &mut self,
         user: &BareJid,
@@ -638,6 +670,10 @@ impl Storage for Sqlite {
                     keys.sha256.server_key
                 ],
             )
+            .map_err(query_error)?;
+        // XEP-0484: a new password ends every FAST token of the account.
+        self.connection
+            .execute("DELETE FROM fast_auth_token WHERE server = ?1 AND username = ?2", params![server, username])
             .map_err(query_error)?;
         Ok(updated == 1)
     }

@@ -87,12 +87,17 @@ pub struct Config {
     pub sasl2: bool,
     /// XEP-0386 Bind 2 inside SASL2 (`[modules.mod_bind2]`).
     pub bind2: bool,
+    /// XEP-0484 FAST tokens (`[modules.mod_fast_auth_token]`): how long one is valid.
+    pub fast_auth_token: Option<Duration>,
 }
 
 /// MongooseIM's `mod_stream_management` defaults: 100 unacknowledged stanzas, an
 /// `<r/>` after every stanza, 600 s to resume.
 pub const STREAM_MANAGEMENT_DEFAULTS: starling_shard::resume::StreamManagement =
     starling_shard::resume::StreamManagement { buffer_max: 100, ack_freq: 1, resume_timeout: Duration::from_secs(600) };
+
+/// MongooseIM's `mod_fast_auth_token` default `validity_period.access`: 3 days.
+pub const FAST_TOKEN_VALIDITY: Duration = Duration::from_secs(3 * 24 * 3600);
 
 /// `[modules.mod_roster]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +174,7 @@ impl Config {
             stream_management: Some(STREAM_MANAGEMENT_DEFAULTS),
             sasl2: true,
             bind2: true,
+            fast_auth_token: Some(FAST_TOKEN_VALIDITY),
         }
     }
 
@@ -192,6 +198,7 @@ impl Config {
             stream_management: None,
             sasl2: false,
             bind2: false,
+            fast_auth_token: None,
         }
     }
 }
