@@ -96,6 +96,11 @@ if [ "$status" -eq 0 ]; then
     "$root/target/npm/xmppjs.mjs" "ws://127.0.0.1:$ws_port/ws-xmpp" "wss://localhost:$wss_port/ws-xmpp" "$starttls_port" \
     || status=$?
 fi
+# strophe.js and StanzaJS (npm) over WebSocket, StanzaJS with stream management.
+if [ "$status" -eq 0 ]; then
+  timeout 90 node --experimental-websocket --no-warnings "$root/target/npm/webclients.mjs" "ws://127.0.0.1:$ws_port/ws-xmpp" \
+    || status=$?
+fi
 
 kill -TERM "$server_pid"
 for _ in $(seq 1 100); do

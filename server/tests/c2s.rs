@@ -428,3 +428,14 @@ fn many_users_across_cores_in_order() {
     let stats = node.running().node().stats();
     assert!(stats.moved_in > 0, "some connections moved to their home core: {stats:?}");
 }
+
+/// Regression (strophe.js 5 over WebSocket could not log in): RFC 3921's session
+/// request after binding, which RFC 6121 made optional, is answered with a result.
+#[test]
+fn legacy_session_request_is_a_no_op() {
+    let node = TestNode::start();
+    let mut alice = Client::login(node.c2s, "alice", "secret", "r");
+    alice.send("<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>");
+    let answer = alice.expect("id='s1'");
+    assert!(answer.contains("type='result'"), "{answer}");
+}

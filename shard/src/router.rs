@@ -424,6 +424,14 @@ pub(crate) fn dispatch_iq(
         return error(StanzaErrorCondition::BadRequest);
     };
     let namespace = child.tag_name().namespace().unwrap_or("");
+    // RFC 3921 section 3 session establishment, which RFC 6121 dropped: still sent by
+    // strophe.js 5 (found with it: its login failed on service-unavailable). A no-op.
+    let own_stream = matches!(scope, IqScope::Server | IqScope::OwnAccount);
+    if own_stream && kind == IqType::Set && (namespace, child.tag_name().name()) == (NS_SESSION, "session") {
+        let mut out = Vec::with_capacity(128);
+        stanza.write_iq_result(reply_from, &requester, b"", &mut out);
+        return Reply::Now(out);
+    }
     let routes = core.iq_routes.get();
     let Some(index) = routes.and_then(|r| r.find(namespace, child.tag_name().name(), scope)) else {
         return error(StanzaErrorCondition::ServiceUnavailable);
@@ -432,6 +440,8 @@ pub(crate) fn dispatch_iq(
     let iq = Iq { stanza, kind, scope, child, text, requester: &requester, account, session };
     module.handle_iq(core, &iq)
 }
+
+const NS_SESSION: &str = starling_wire::c2s::NS_SESSION;
 
 /// RFC 6121 section 8.5.2.1.3: an IQ to an account's bare JID, answered by the server
 /// on the account's behalf; the answer is routed back to the requester.

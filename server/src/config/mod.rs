@@ -450,7 +450,7 @@ mod raw {
     }
 
     fn default_http() -> Vec<Http> {
-        let websockets = || Handlers { mod_websockets: vec![WebSockets { host: "_".into(), path: "/ws-xmpp".into() }] };
+        let websockets = default_handlers;
         vec![
             Http {
                 port: 5280,
@@ -481,8 +481,14 @@ mod raw {
         tls: Tls,
         #[serde(default = "default_c2s_shaper")]
         shaper: String,
-        #[serde(default)]
+        /// No `handlers` table: `mod_websockets` at `/ws-xmpp` (a listener that
+        /// served nothing would be a surprise); a table lists exactly what is served.
+        #[serde(default = "default_handlers")]
         handlers: Handlers,
+    }
+
+    fn default_handlers() -> Handlers {
+        Handlers { mod_websockets: vec![WebSockets { host: default_any_host(), path: default_ws_path() }] }
     }
 
     fn default_http_tls() -> Tls {
@@ -1040,6 +1046,9 @@ mod tests {
     fn http_listeners() {
         let named = Config::parse("[[listen.c2s]]\nport = 5222").expect("valid");
         assert!(named.c2s.iter().all(|l| l.http.is_none()));
+        let bare = Config::parse("[[listen.http]]\nport = 15280").expect("valid");
+        let ws = Some(HttpHandlers { websockets: Some("/ws-xmpp".into()) });
+        assert_eq!(bare.c2s.last().map(|l| &l.http), Some(&ws), "no handlers table: WebSocket at /ws-xmpp");
         let http = Config::parse(
             "[[listen.http]]\nport = 15280\n[[listen.http.handlers.mod_websockets]]\nhost = '_'\npath = '/ws'",
         )

@@ -1,0 +1,86 @@
+// strophe.js 5 and StanzaJS 12 over WebSocket against a real Starling process:
+// alice (strophe.js) and bob (StanzaJS, stream management on) exchange messages
+// both ways and presence; StanzaJS must have stream management enabled and its
+// acknowledgements answered.
+// Usage: node webclients.mjs WS_URL
+import { Strophe, $msg, $pres } from "strophe.js";
+import * as XMPP from "stanza";
+
+const [wsUrl] = process.argv.slice(2);
+const deadline = setTimeout(() => fail("timed out"), 60_000);
+
+function fail(why) {
+  console.error(`FAILED: ${why}`);
+  process.exit(1);
+}
+
+function strophe(jid) {
+  return new Promise((resolve) => {
+    const connection = new Strophe.Connection(wsUrl, { protocol: "ws" });
+    connection.messages = [];
+    connection.addHandler((stanza) => {
+      const body = stanza.getElementsByTagName("body")[0];
+      if (body) connection.messages.push({ from: stanza.getAttribute("from"), body: body.textContent });
+      return true;
+    }, null, "message");
+    connection.connect(jid, "secret", (status, condition) => {
+      if (status === Strophe.Status.CONNECTED) resolve(connection);
+      if (status === Strophe.Status.AUTHFAIL || status === Strophe.Status.CONNFAIL) {
+        fail(`strophe.js ${jid}: status ${status} ${condition ?? ""}`);
+      }
+    });
+  });
+}
+
+function stanza(jid) {
+  const client = XMPP.createClient({
+    jid,
+    password: "secret",
+    transports: { websocket: wsUrl, bosh: false },
+    resource: "stanzajs",
+  });
+  client.messages = [];
+  client.on("message", (msg) => {
+    if (msg.body) client.messages.push({ from: msg.from, body: msg.body });
+  });
+  client.on("stream:error", (error) => fail(`StanzaJS stream error: ${JSON.stringify(error)}`));
+  return new Promise((resolve) => {
+    client.on("session:started", () => resolve(client));
+    client.connect();
+  });
+}
+
+async function until(what, check) {
+  for (let i = 0; i < 100; i++) {
+    const value = check();
+    if (value) return value;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  fail(`no ${what}`);
+}
+
+const alice = await strophe("alice@localhost/strophe");
+const bob = await stanza("bob@localhost");
+const aliceJid = alice.jid;
+const bobJid = bob.jid;
+alice.send($pres());
+bob.sendPresence();
+
+bob.sendMessage({ to: aliceJid, type: "chat", body: "from stanza" });
+const got = await until("StanzaJS's message at strophe.js", () => alice.messages.find((m) => m.body === "from stanza"));
+if (got.from !== bobJid) fail(`from ${got.from}, expected ${bobJid}`);
+alice.send($msg({ to: bobJid, type: "chat" }).c("body").t("from strophe"));
+const back = await until("strophe.js's message at StanzaJS", () => bob.messages.find((m) => m.body === "from strophe"));
+if (back.from !== aliceJid) fail(`from ${back.from}, expected ${aliceJid}`);
+
+// StanzaJS enabled stream management; the server counted what it sent.
+await until("stream management at StanzaJS", () => bob.sm && bob.sm.started);
+await bob.sm.request();
+await new Promise((r) => setTimeout(r, 500));
+if (bob.sm.unacked.length !== 0) fail(`StanzaJS has ${bob.sm.unacked.length} unacknowledged stanzas`);
+console.log(`strophe.js and StanzaJS over WebSocket: messages both ways; StanzaJS stream management on, acknowledged (${bob.sm.handled} handled)`);
+
+alice.disconnect();
+await bob.disconnect();
+clearTimeout(deadline);
+process.exit(0);
