@@ -31,12 +31,17 @@ if [ ! -x target/pyvenv/bin/python ]; then
 fi
 target/pyvenv/bin/pip install --quiet --disable-pip-version-check -r scripts/blackbox/requirements.txt
 
+step "Debian's chromium for converse.js (headless, driven by playwright-core)"
+if ! command -v chromium >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null
+fi
+
 step "JavaScript clients for black-box tests (npm, into target/npm)"
 mkdir -p target/npm
 cp scripts/blackbox/js/package.json target/npm/
 (cd target/npm && npm install --no-audit --no-fund --silent >/dev/null)
 
-step "black-box: slixmpp, poezio and xmpp.js against a real server process"
+step "black-box: slixmpp, poezio, xmpp.js, strophe.js, StanzaJS and converse.js against a real server process"
 cargo build -p starling-server --bin starling
 scripts/blackbox/run.sh
 

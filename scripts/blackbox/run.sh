@@ -10,17 +10,19 @@ bin="$root/target/debug/starling"
 python="$root/target/pyvenv/bin/python"
 work="$(mktemp -d)"
 server_pid=""
+page_pid=""
 cleanup() {
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then kill -9 "$server_pid" 2>/dev/null || true; fi
+  if [ -n "$page_pid" ]; then kill "$page_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-read -r starttls_port direct_port admin_port ws_port wss_port < <("$python" - <<'PY'
+read -r starttls_port direct_port admin_port ws_port wss_port page_port < <("$python" - <<'PY'
 import socket
 ports = []
 sockets = []
-for _ in range(5):
+for _ in range(6):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); ports.append(s.getsockname()[1]); sockets.append(s)
 print(*ports)
 PY
@@ -91,7 +93,7 @@ fi
 # xmpp.js 0.14 (npm) over WebSocket, plain and TLS, chatting with a TCP client.
 if [ "$status" -eq 0 ]; then
   echo "--- xmpp.js $(node -p 'require("'"$root"'/target/npm/node_modules/@xmpp/client/package.json").version') ---"
-  cp "$root/scripts/blackbox/js/"*.mjs "$root/target/npm/"
+  cp "$root/scripts/blackbox/js/"*.mjs "$root/scripts/blackbox/js/"*.html "$root/target/npm/"
   NODE_EXTRA_CA_CERTS="$work/data/ca.pem" timeout 90 node --experimental-websocket --no-warnings \
     "$root/target/npm/xmppjs.mjs" "ws://127.0.0.1:$ws_port/ws-xmpp" "wss://localhost:$wss_port/ws-xmpp" "$starttls_port" \
     || status=$?
@@ -100,6 +102,17 @@ fi
 if [ "$status" -eq 0 ]; then
   timeout 90 node --experimental-websocket --no-warnings "$root/target/npm/webclients.mjs" "ws://127.0.0.1:$ws_port/ws-xmpp" \
     || status=$?
+fi
+# converse.js 14 in Debian's headless Chromium (playwright-core) over WebSocket; the
+# page is served from target/npm; the screenshot is kept in target/.
+if [ "$status" -eq 0 ]; then
+  (cd "$root/target/npm" && exec "$python" -m http.server "$page_port" --bind 127.0.0.1 >/dev/null 2>&1) &
+  page_pid=$!
+  NODE_EXTRA_CA_CERTS="$work/data/ca.pem" timeout 150 node --experimental-websocket --no-warnings \
+    "$root/target/npm/converse.mjs" "$page_port" "ws://127.0.0.1:$ws_port/ws-xmpp" "$starttls_port" \
+    "$root/target/blackbox-converse.png" >"$work/converse.log" 2>&1 || status=$?
+  # The page asks for converse.js's web fonts and avatars on the internet: not here.
+  grep -v ERR_NAME_NOT_RESOLVED "$work/converse.log" || true
 fi
 
 kill -TERM "$server_pid"
