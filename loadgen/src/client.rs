@@ -37,6 +37,33 @@ pub enum AuthMode {
     Plain,
 }
 
+/// How users log in (`--login`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoginMode {
+    /// RFC 6120: SASL, stream restart, resource binding (what amoc does).
+    #[default]
+    Legacy,
+    /// XEP-0388 SASL2 with an XEP-0386 Bind 2 request (and XEP-0198 inline with
+    /// `--sm`): no stream restart, no bind round trip.
+    Sasl2,
+    /// SASL2 asking for a XEP-0484 token on the first login; every later login of
+    /// the same user (churn) uses the token: one HMAC, no SCRAM round trip.
+    Fast,
+}
+
+impl std::str::FromStr for LoginMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<LoginMode, String> {
+        match text {
+            "legacy" => Ok(LoginMode::Legacy),
+            "sasl2" => Ok(LoginMode::Sasl2),
+            "fast" => Ok(LoginMode::Fast),
+            other => Err(format!("unknown login mode {other:?} (legacy, sasl2, fast)")),
+        }
+    }
+}
+
 /// How the load generator's clients use TLS (`--tls`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -100,6 +127,12 @@ pub struct RunSettings {
     /// Plain TCP, STARTTLS or direct TLS.
     #[serde(default = "no_tls")]
     pub tls: TlsMode,
+    /// Legacy SASL and bind, SASL2 + Bind 2, or FAST.
+    #[serde(default)]
+    pub login: LoginMode,
+    /// XEP-0198 stream management, resumable: acknowledge what the server asks for.
+    #[serde(default)]
+    pub sm: bool,
 }
 
 fn no_tls() -> TlsMode {
@@ -166,6 +199,8 @@ pub struct Worker {
     /// Cached salted passwords (local index), for `AuthMode::Scram`.
     pub salted: Vec<Vec<u8>>,
     pub pairs: RefCell<HashMap<u64, Rc<Pair>>>,
+    /// XEP-0484 tokens issued to this worker's users (local index), for `--login fast`.
+    pub tokens: RefCell<HashMap<u64, String>>,
 }
 
 impl Worker {
@@ -208,6 +243,8 @@ enum LoginError {
 struct Conn {
     stream: crate::net::Stream,
     framer: Framer,
+    /// With stream management: stanzas received since it was enabled (XEP-0198 `h`).
+    handled: Option<u32>,
 }
 
 impl Conn {
@@ -342,7 +379,7 @@ async fn login(worker: &Worker, user: u64, local: u64, source: Option<IpAddr>) -
         let tls = stream.start_tls(crate::net::client_tls(), &settings.domain).await;
         stream = tls.map_err(|_| LoginError::Connect)?;
     }
-    let mut conn = Conn { stream, framer: Framer::new(FramerLimits::DEFAULT) };
+    let mut conn = Conn { stream, framer: Framer::new(FramerLimits::DEFAULT), handled: None };
     let header = format!(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
         settings.domain
@@ -363,6 +400,11 @@ async fn login(worker: &Worker, user: u64, local: u64, source: Option<IpAddr>) -
     }
     let name = settings.user_name(settings.account(user));
     let password = settings.password(settings.account(user));
+    if settings.login != LoginMode::Legacy {
+        sasl2_login(worker, &mut conn, user, &name, &password, local).await?;
+        conn.send(b"<presence/>").await?;
+        return Ok(conn);
+    }
     match settings.auth {
         AuthMode::Plain => {
             let message = format!("\0{name}\0{password}");
@@ -394,8 +436,97 @@ async fn login(worker: &Worker, user: u64, local: u64, source: Option<IpAddr>) -
         conn.send(b"<iq type='set' id='sess'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>").await?;
         conn.expect("<iq").await?;
     }
+    if settings.sm {
+        conn.send(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await?;
+        conn.expect("<enabled").await?;
+        conn.handled = Some(0);
+    }
     conn.send(b"<presence/>").await?;
     Ok(conn)
+}
+
+/// XEP-0388 + XEP-0386 (+ XEP-0484): one `<authenticate/>` carrying the SCRAM
+/// client-first message (or a FAST token's proof), a user-agent id and a Bind 2
+/// request (with XEP-0198 inline for `--sm`); SCRAM needs one more round trip,
+/// FAST none. No stream restart and no bind follow.
+async fn sasl2_login(
+    worker: &Worker,
+    conn: &mut Conn,
+    user: u64,
+    name: &str,
+    password: &str,
+    local: u64,
+) -> Result<(), LoginError> {
+    let settings = &worker.settings;
+    let user_agent = format!("00000000-0000-4000-8000-{user:012x}");
+    let bind = if settings.sm {
+        "<bind xmlns='urn:xmpp:bind:0'><tag>lg</tag><enable xmlns='urn:xmpp:sm:3' resume='true'/></bind>"
+    } else {
+        "<bind xmlns='urn:xmpp:bind:0'><tag>lg</tag></bind>"
+    };
+    let token = worker.tokens.borrow().get(&local).cloned().filter(|_| settings.login == LoginMode::Fast);
+    if let Some(token) = token {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.as_bytes());
+        let mut initial = format!("{name}\0").into_bytes();
+        initial.extend_from_slice(ring::hmac::sign(&key, b"Initiator").as_ref());
+        let authenticate = format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>\
+             <user-agent id='{user_agent}'/><fast xmlns='urn:xmpp:fast:0'/>{bind}</authenticate>",
+            sasl::encode_payload(&initial)
+        );
+        conn.send(authenticate.as_bytes()).await?;
+    } else {
+        let nonce = format!("{:016x}", profile::mix(monotonic_nanos() ^ local));
+        let (client, first) = scram::ScramClient::new(scram::Hash::Sha256, name, &nonce, None);
+        let request_token = if settings.login == LoginMode::Fast {
+            "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"
+        } else {
+            ""
+        };
+        let authenticate = format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='SCRAM-SHA-256'><initial-response>{}</initial-response>\
+             <user-agent id='{user_agent}'/>{request_token}{bind}</authenticate>",
+            sasl::encode_payload(&first)
+        );
+        conn.send(authenticate.as_bytes()).await?;
+        let challenge = conn.next_text().await?;
+        if !challenge.starts_with("<challenge") {
+            return Err(LoginError::Refused);
+        }
+        let server_first = sasl::decode_payload(text_of(&challenge).as_bytes()).map_err(|_| LoginError::Refused)?;
+        let expected_salt = salt_for(&settings.salt_seed, name, &settings.domain);
+        let cached = worker.salted.get(local as usize).filter(|_| settings.auth == AuthMode::Scram);
+        let (_, last) = client
+            .respond(&server_first, |salt, iterations| match cached {
+                Some(salted)
+                    if salt == expected_salt && iterations.get() == settings.iterations && !salted.is_empty() =>
+                {
+                    salted.clone()
+                }
+                _ => scram::salted_password(scram::Hash::Sha256, password, salt, iterations),
+            })
+            .map_err(|_| LoginError::Refused)?;
+        let response = format!("<response xmlns='urn:xmpp:sasl:2'>{}</response>", sasl::encode_payload(&last));
+        conn.send(response.as_bytes()).await?;
+    }
+    let success = conn.next_text().await?;
+    if !success.starts_with("<success") {
+        // A refused token is forgotten: the next login asks for a new one.
+        worker.tokens.borrow_mut().remove(&local);
+        return Err(LoginError::Refused);
+    }
+    if let Some(token) = success.split("<token").nth(1).and_then(|t| t.split(" token='").nth(1)) {
+        if let Some(token) = token.split('\'').next() {
+            worker.tokens.borrow_mut().insert(local, token.to_owned());
+        }
+    }
+    if settings.sm {
+        if !success.contains("<enabled") {
+            return Err(LoginError::Refused);
+        }
+        conn.handled = Some(0);
+    }
+    Ok(())
 }
 
 /// SCRAM-SHA-256: client-first, then client-final from the cached salted password
@@ -701,6 +832,15 @@ fn take_frames(
         if element.starts_with(b"<stream:error") {
             return Some(Ended::StreamError);
         }
+        if let Some(handled) = conn.handled.as_mut() {
+            // XEP-0198: count stanzas; answer the server's <r/>.
+            if element.starts_with(b"<message") || element.starts_with(b"<presence") || element.starts_with(b"<iq") {
+                *handled = handled.wrapping_add(1);
+            } else if element.starts_with(b"<r ") || element.starts_with(b"<r/") {
+                replies.extend_from_slice(format!("<a xmlns='urn:xmpp:sm:3' h='{handled}'/>").as_bytes());
+                continue;
+            }
+        }
         if element.starts_with(b"<presence") {
             worker.count(|c| c.presences_received += 1);
             if let Some(setup) = setup.as_deref_mut() {
@@ -803,6 +943,8 @@ mod tests {
             iterations: 16,
             legacy_session: false,
             tls: TlsMode::None,
+            login: LoginMode::Legacy,
+            sm: false,
         }
     }
 

@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use argh::FromArgs;
-use starling_loadgen::client::{AuthMode, RunSettings, TlsMode};
+use starling_loadgen::client::{AuthMode, LoginMode, RunSettings, TlsMode};
 use starling_loadgen::profile::{Profile, ProfileKind};
 use starling_loadgen::run::{RunOptions, RunResult};
 
@@ -106,6 +106,14 @@ struct Run {
     /// benchmarks only)
     #[argh(option, default = "TlsMode::None")]
     tls: TlsMode,
+    /// login: legacy (SASL, restart, bind; default), sasl2 (SASL2 + Bind 2) or fast
+    /// (SASL2, then XEP-0484 tokens on every later login of a user)
+    #[argh(option, default = "LoginMode::Legacy")]
+    login: LoginMode,
+    /// enable XEP-0198 stream management (resumable) and acknowledge the server's
+    /// requests
+    #[argh(switch)]
+    sm: bool,
     /// contacts per user (build them once with --profile roster-setup)
     #[argh(option, default = "0")]
     roster: u64,
@@ -260,6 +268,8 @@ fn run_command(run: Run) -> Result<(), String> {
         iterations: run.iterations,
         legacy_session: run.legacy_session,
         tls: run.tls,
+        login: run.login,
+        sm: run.sm,
     };
     let options = RunOptions {
         settings,

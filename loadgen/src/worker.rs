@@ -102,6 +102,7 @@ fn run(config: WorkerConfig, salted: Vec<Vec<u8>>) {
             delivery_latency: RefCell::new(stats::histogram()),
             salted,
             pairs: RefCell::new(HashMap::new()),
+            tokens: RefCell::new(HashMap::new()),
         });
         glommio::spawn_local(spawn_users(worker.clone())).detach();
         let end = Duration::from_secs_f64(worker.settings.duration) + Duration::from_secs(2);

@@ -286,3 +286,54 @@ fn throughput_over_starttls_archives_every_message() {
     };
     assert_eq!(rows, 2 * delivered, "both sides of every delivered message: {context}");
 }
+
+/// `--login sasl2`, `--login fast` and `--sm` against a real node: a churn run
+/// (every user logs in several times) with stream management on, every login
+/// succeeds, and with `fast` the later logins of each user use its token (the
+/// server counts FAST logins as logins; a refused token would be a login failure).
+#[test]
+fn sasl2_and_fast_logins_with_stream_management() {
+    let node = start_node();
+    let work = tempfile::tempdir().unwrap();
+    import_accounts(&node, work.path());
+    let target = node.running.c2s_addresses[0].to_string();
+    for login in ["sasl2", "fast"] {
+        let out = work.path().join(login);
+        let output = loadgen(&[
+            "run",
+            "--profile",
+            "churn",
+            "--users",
+            "40",
+            "--target",
+            &target,
+            "--duration",
+            "6",
+            "--rate",
+            "40",
+            "--session-seconds",
+            "1",
+            "--iterations",
+            "64",
+            "--sessions-per-worker",
+            "20",
+            "--login",
+            login,
+            "--sm",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+        let totals = &result["totals"];
+        let context = format!("{login}: {totals}\n{}", String::from_utf8_lossy(&output.stderr));
+        assert!(totals["logins"].as_u64().unwrap() > 40, "users logged in more than once: {context}");
+        assert_eq!(totals["login_failures"], 0, "{context}");
+        assert_eq!(totals["stream_errors"], 0, "{context}");
+        let fast = node.running.node().stats().counters.get("c2s_fast_logins").copied().unwrap_or(0);
+        match login {
+            "sasl2" => assert_eq!(fast, 0, "{context}"),
+            _ => assert!(fast + 40 >= totals["logins"].as_u64().unwrap(), "{fast} FAST logins: {context}"),
+        }
+    }
+}

@@ -698,7 +698,11 @@ impl Negotiating {
                             .iter()
                             .map(|record| fast_token(&fast.secret, &user, &user_agent, &record.id, record.expires))
                             .collect();
-                        match self.c2s.handle_fast_tokens(&mut context, &tokens, &mut self.out) {
+                        let verdict = self.c2s.handle_fast_tokens(&mut context, &tokens, &mut self.out);
+                        if matches!(verdict, Ok(Action::Bind2 { .. } | Action::IssueFastToken { .. })) {
+                            core.count("c2s_fast_logins", 1);
+                        }
+                        match verdict {
                             Ok(bind @ Action::Bind2 { .. }) => return Ok(Some(bind)),
                             Ok(issue @ Action::IssueFastToken { .. }) => return Ok(Some(issue)),
                             Ok(_) => {}
