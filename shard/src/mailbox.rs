@@ -41,6 +41,9 @@ pub(crate) struct Mailbox {
     /// Another connection took this session over (stream resumption): the current
     /// connection stops at its next wake (`resume.rs`).
     interrupted: Cell<bool>,
+    /// The connection takes no mail for now (its client has the most unacknowledged
+    /// stanzas stream management allows): mail waits here, where senders see it.
+    held: Cell<bool>,
 }
 
 /// Who waits for output to reach the socket.
@@ -150,8 +153,14 @@ impl Mailbox {
         self.interrupted.set(false);
     }
 
+    /// Holds mail back from the connection (`true`) or lets it go (`false`).
+    pub fn hold(&self, held: bool) {
+        self.held.set(held);
+    }
+
+    /// Whether mail waits for the connection to take it (none while held).
     pub fn has_mail(&self) -> bool {
-        !self.queue.borrow().is_empty()
+        !self.held.get() && !self.queue.borrow().is_empty()
     }
 
     /// Moves whole stanzas into `out` (the connection's write path): about `max`

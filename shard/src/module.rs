@@ -230,6 +230,10 @@ pub struct Delivery<'a> {
     pub copies: Vec<(usize, Vec<u8>)>,
     /// Answer the sender with this error instead (if the stanza is not an error).
     pub error: Option<StanzaErrorCondition>,
+    /// Delivered before, to a session that ended without its client acknowledging it
+    /// (XEP-0198), now going to offline storage (`decision` is `Store`): what records
+    /// deliveries (the archive) already did.
+    pub redelivery: bool,
 }
 
 /// What `on_push` decided for one stanza to one session.

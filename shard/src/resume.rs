@@ -79,6 +79,9 @@ pub(crate) struct Acks {
     since_request: u32,
     /// Stanzas written in the same batch before `<enabled/>` are not counted.
     before_enabled: bool,
+    /// Since when the client has had `buffer_max` stanzas unacknowledged (mail is
+    /// held meanwhile); none while under it.
+    pub full_since: Option<std::time::Instant>,
 }
 
 impl Acks {
@@ -91,6 +94,7 @@ impl Acks {
             resume_seconds,
             since_request: 0,
             before_enabled: true,
+            full_since: None,
         }
     }
 
@@ -131,12 +135,18 @@ impl Acks {
     /// (XEP-0198 section 4, `handled-count-too-high`).
     pub fn ack(&mut self, h: u32) -> Result<(), ()> {
         let newly = starling_wire::sm::newly_acked(h, self.acked, self.unacked.len()).ok_or(())?;
+        if newly == 0 {
+            // The same h again, or one behind what was acknowledged: nothing new (the
+            // counter never goes back).
+            return Ok(());
+        }
         self.unacked.drain(..newly);
         if self.unacked.is_empty() {
             // An idle session keeps no buffer.
             self.unacked = VecDeque::new();
         }
         self.acked = h;
+        self.full_since = None;
         Ok(())
     }
 
@@ -181,10 +191,27 @@ pub(crate) fn hand_over(
 ) -> Result<(), Box<Resumption>> {
     let entry = core.resumable.borrow().get(previd).cloned();
     let Some(entry) = entry.filter(|entry| &*entry.user == user) else { return Err(resumption) };
-    // A newer resumption replaces one not yet taken (its connection is dropped).
-    *entry.taken.borrow_mut() = Some(Takeover::Local(resumption));
+    // A newer resumption replaces one not yet taken: that connection is told.
+    let replaced = entry.taken.borrow_mut().replace(Takeover::Local(resumption));
+    if let Some(Takeover::Local(older)) = replaced {
+        close_replaced(core, older.io);
+    }
     entry.mailbox.interrupt();
     Ok(())
+}
+
+/// Closes a connection whose session another connection took over with
+/// `conflict` (RFC 6120 section 4.9.3.3), so its client does not reconnect in a loop
+/// (found by a breaker: it got a bare EOF).
+pub(crate) fn close_replaced(core: &Core, mut io: Io) {
+    let mut bytes = Vec::new();
+    starling_wire::error::StreamError::with_text(
+        starling_wire::error::StreamErrorCondition::Conflict,
+        "the session was resumed on another connection",
+    )
+    .write_closing(&mut bytes);
+    io.queue(&bytes);
+    crate::contain::spawn(core.rc(), "closing a replaced connection", async move { io.close().await });
 }
 
 /// A new resumption id: 16 random bytes, URL-safe base64.

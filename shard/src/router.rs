@@ -201,8 +201,17 @@ fn deliver_now(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>, exists: bool) 
         Decision::Deliver(targets) => targets.clone(),
         _ => Vec::new(),
     };
-    let mut delivery =
-        Delivery { stanza, to, from: &from, decision, resources: &resources, targets, copies: Vec::new(), error: None };
+    let mut delivery = Delivery {
+        stanza,
+        to,
+        from: &from,
+        decision,
+        resources: &resources,
+        targets,
+        copies: Vec::new(),
+        error: None,
+        redelivery: false,
+    };
     for module in core.module_list() {
         if let Flow::Stop = module.on_deliver(core, &mut delivery) {
             return;
@@ -233,6 +242,70 @@ fn carry_out(core: &Core, delivery: Delivery<'_>) {
         Decision::OnBehalf => answer_on_behalf(core, stanza, to.bare_str()),
         Decision::Deliver(_) | Decision::Ignore | Decision::Subscription | Decision::Probe => {}
     }
+}
+
+/// What a session with stream management sent and its client never acknowledged,
+/// when the session ends for good (XEP-0198 section 4): messages go to the account's
+/// offline storage (delivered at its next initial presence), not to its other
+/// resources: those may hold unacknowledged copies of their own, and routing copies
+/// from session to session multiplied them (found by a breaker: 25 messages became
+/// 97 deliveries on one node, 76 became 27,482 in a cluster). IQ requests get
+/// `service-unavailable`; presence is state and is not repeated; what the server made
+/// for the account (from its bare JID) is not stored again. On the account's home
+/// core (the session's).
+pub(crate) fn reroute_unacknowledged(core: &Core, full: &FullJid, unacknowledged: Vec<Vec<u8>>) {
+    let bare = full.bare_str();
+    let mut stored = 0;
+    for bytes in &unacknowledged {
+        let Ok(stanza) = Stanza::parse(bytes) else { continue };
+        match stanza.kind {
+            StanzaKind::Presence => {}
+            StanzaKind::Iq => {
+                if matches!(stanza.iq_type(), Some(IqType::Get | IqType::Set)) {
+                    reply_error(core, &stanza, StanzaErrorCondition::ServiceUnavailable);
+                }
+            }
+            StanzaKind::Message => {
+                if stanza.from.and_then(|f| f.value()).is_some_and(|from| from == bare) {
+                    continue;
+                }
+                let Ok(to) = JidRef::parse(std::borrow::Cow::Borrowed(bare)) else { continue };
+                store(core, &stanza, &to);
+                stored += 1;
+            }
+        }
+    }
+    if !unacknowledged.is_empty() {
+        log::info!(
+            "c2s: {full} ended with {} stanzas its client did not acknowledge: {stored} messages stored offline",
+            unacknowledged.len()
+        );
+        core.count("sm_messages_stored", stored);
+    }
+}
+
+/// Runs the delivery hooks for `stanza` to `to` (an account of this core) with the
+/// decision to store it offline, as a redelivery.
+fn store(core: &Core, stanza: &Stanza<'_>, to: &JidRef<'_>) {
+    let resources = resources(core, to.bare_str());
+    let from = stanza.from.and_then(|f| f.value()).unwrap_or_default();
+    let mut delivery = Delivery {
+        stanza,
+        to,
+        from: &from,
+        decision: Decision::Store,
+        resources: &resources,
+        targets: Vec::new(),
+        copies: Vec::new(),
+        error: None,
+        redelivery: true,
+    };
+    for module in core.module_list() {
+        if let Flow::Stop = module.on_deliver(core, &mut delivery) {
+            return;
+        }
+    }
+    carry_out(core, delivery);
 }
 
 /// Routes again what a session's mailbox still held when it ended (never written to

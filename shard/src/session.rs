@@ -176,7 +176,7 @@ impl Task {
             let undelivered = self.undelivered();
             session_ended(&self.core, &self.state);
             self.ended = true;
-            crate::router::reroute_undelivered(&self.core, &self.state.jid, undelivered);
+            reroute(&self.core, &self.state, undelivered);
             let Some(io) = self.io.as_mut() else { return };
             match end {
                 End::Gone | End::TakenOver | End::Moved => return,
@@ -291,7 +291,10 @@ impl Task {
     /// client did not acknowledge, again (XEP-0198 section 5).
     fn resume(&mut self, resumption: Box<crate::resume::Resumption>) -> Result<(), StreamError> {
         let crate::resume::Resumption { io, framer, h, listener } = *resumption;
-        self.io = Some(io);
+        if let Some(old) = self.io.replace(io) {
+            // The connection taken over, still open: it gets `conflict`.
+            crate::resume::close_replaced(&self.core, old);
+        }
         self.framer = framer;
         self.state.listener = listener;
         let Some(acks) = self.state.acks.as_mut() else {
@@ -339,6 +342,18 @@ impl Task {
     }
 }
 
+/// What an ended session's client did not take goes on: with stream management, to
+/// offline storage (`router::reroute_unacknowledged`: its unacknowledged stanzas may
+/// have reached the client, and other resources would keep copies of their own);
+/// without, to the account's other resources or offline storage.
+fn reroute(core: &Core, state: &State, undelivered: Vec<Vec<u8>>) {
+    if state.acks.is_some() {
+        crate::router::reroute_unacknowledged(core, &state.jid, undelivered);
+    } else {
+        crate::router::reroute_undelivered(core, &state.jid, undelivered);
+    }
+}
+
 /// XEP-0198 section 4: the client acknowledged more stanzas than were sent.
 fn handled_count_too_high(h: u32, sent: u32) -> StreamError {
     StreamError::with_text(
@@ -358,7 +373,7 @@ impl Drop for Task {
             let (core, state) = (&self.core, &self.state);
             let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 session_ended(core, state);
-                crate::router::reroute_undelivered(core, &state.jid, undelivered);
+                reroute(core, state, undelivered);
             }));
             if ended.is_err() {
                 // Whatever else failed, the session must not stay bound.
@@ -398,6 +413,16 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
             }
             None => None,
         };
+        if state.acks.is_some() {
+            // Boxed in `Acks`, and only with stream management on.
+            match window(core, state, mailbox, io) {
+                Err(end) => return end,
+                Ok(Some(deadline)) if shaper_timer.is_none() => {
+                    shaper_timer = Some(glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now())));
+                }
+                Ok(_) => {}
+            }
+        }
         let handled = match io.wait(core, mailbox, shaper_timer.as_mut(), limit, &mut paused).await {
             Wake::Read(n) => {
                 reads = reads.saturating_add(1);
@@ -426,7 +451,8 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
             Wake::Stalled => {
                 return End::Error(StreamError::with_text(StreamErrorCondition::ConnectionTimeout, "not reading"))
             }
-            // A shaper's pause ended: input stashed when it began is handled now.
+            // A shaper's pause ended (input stashed when it began is handled now), or
+            // the acknowledgement wait did (checked at the top of the loop).
             Wake::Timeout => {
                 shaped = 0;
                 pump(core, framer, state, &[])
@@ -494,12 +520,34 @@ fn send(core: &Core, io: &mut Io, state: &mut State, bytes: &[u8]) -> Result<(),
     if acks.record(bytes, sm.ack_freq) {
         io.queue(starling_wire::sm::ACK_REQUEST);
     }
-    if acks.unacked.len() > sm.buffer_max {
-        // What it holds is routed again when the session ends: nothing is lost.
-        let text = "too many unacknowledged stanzas";
-        return Err(End::Error(StreamError::with_text(StreamErrorCondition::ResourceConstraint, text)));
-    }
     Ok(())
+}
+
+/// XEP-0198 flow control: while the client has `buffer_max` stanzas unacknowledged,
+/// its mail is held (senders wait, as for a slow reader) and an `<r/>` is out;
+/// without an acknowledgement for `send_timeout` the connection counts as lost (a
+/// resumable session parks). `Some` deadline while held.
+fn window(core: &Core, state: &mut State, mailbox: &Mailbox, io: &mut Io) -> Result<Option<Instant>, End> {
+    let (Some(acks), Some(sm)) = (state.acks.as_mut(), core.shared.settings.stream_management) else {
+        return Ok(None);
+    };
+    let full = acks.unacked.len() >= sm.buffer_max;
+    mailbox.hold(full);
+    if !full {
+        acks.full_since = None;
+        return Ok(None);
+    }
+    let now = Instant::now();
+    let since = *acks.full_since.get_or_insert_with(|| {
+        io.queue(starling_wire::sm::ACK_REQUEST);
+        now
+    });
+    let deadline = since + core.limits().send_timeout;
+    if now >= deadline {
+        let text = "no acknowledgement of the stanzas sent";
+        return Err(End::Error(StreamError::with_text(StreamErrorCondition::ConnectionTimeout, text)));
+    }
+    Ok(Some(deadline))
 }
 
 /// What handling input came to.

@@ -56,6 +56,15 @@ pub fn read_head(bytes: &[u8], routes: &Routes) -> Option<(Request, usize)> {
         }
         Err(_) => return refuse(400, "Bad Request"),
     };
+    if used > HEAD_BYTES_MAX {
+        // Complete, but over the limit (found by a breaker: it was served).
+        return refuse(431, "Request Header Fields Too Large");
+    }
+    if request.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count() > 1 {
+        // RFC 9112 section 3.2: more than one Host is a 400 (found by a breaker:
+        // host-meta echoed the first, an attacker's).
+        return refuse(400, "Bad Request");
+    }
     let method = request.method.unwrap_or_default();
     let path = request.path.unwrap_or_default();
     let path = path.split('?').next().unwrap_or_default();
@@ -272,6 +281,16 @@ mod tests {
             let end = body[start..].find('"').expect("end") + start;
             Value { href: body[start..end].to_owned() }
         }
+    }
+
+    #[test]
+    fn two_hosts_or_a_complete_oversized_head_are_refused() {
+        let two = b"GET /.well-known/host-meta HTTP/1.1\r\nHost: evil.example\r\nHost: localhost\r\n\r\n";
+        let (request, _) = read_head(two, &routes()).expect("complete");
+        assert!(text(&request).starts_with("HTTP/1.1 400 "), "{}", text(&request));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(HEAD_BYTES_MAX));
+        let (request, _) = read_head(big.as_bytes(), &routes()).expect("complete");
+        assert!(text(&request).starts_with("HTTP/1.1 431 "), "{}", text(&request));
     }
 
     #[test]

@@ -118,10 +118,16 @@ pub fn write_ack(h: u32, out: &mut Vec<u8>) {
 pub const ACK_REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
 
 /// How many stanzas an `<a h=.../>` newly acknowledges, given the last `h` and how
-/// many stanzas are unacknowledged (modulo 2^32, section 4); `None` when it claims
-/// more than was sent (the `handled-count-too-high` case).
+/// many stanzas are unacknowledged (modulo 2^32, section 4): `Some(0)` for an `h`
+/// behind the last one (within half the counter's range: a stale or repeated
+/// acknowledgement, nothing new); `None` when it claims more than was sent (the
+/// `handled-count-too-high` case).
 pub fn newly_acked(h: u32, last_h: u32, unacked: usize) -> Option<usize> {
-    let delta = h.wrapping_sub(last_h) as usize;
+    let delta = h.wrapping_sub(last_h);
+    if delta > u32::MAX / 2 {
+        return Some(0);
+    }
+    let delta = delta as usize;
     (delta <= unacked).then_some(delta)
 }
 
@@ -176,7 +182,11 @@ mod tests {
         assert_eq!(newly_acked(2, u32::MAX - 1, 10), Some(4));
         assert_eq!(newly_acked(5, 5, 0), Some(0));
         assert_eq!(newly_acked(6, 5, 0), None);
-        assert_eq!(newly_acked(4, 5, 3), None, "an h behind the last one claims 2^32 - 1");
+        // Regression (breaker): an h behind the last one was "too high" and ended the
+        // session; it acknowledges nothing new.
+        assert_eq!(newly_acked(4, 5, 3), Some(0));
+        assert_eq!(newly_acked(0, 4, 2), Some(0));
+        assert_eq!(newly_acked(u32::MAX, 0, 10), Some(0));
     }
 
     proptest! {

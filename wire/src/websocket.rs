@@ -206,7 +206,14 @@ impl WebSocket {
 
 /// One client message as the framer expects it (RFC 7395 section 3.3).
 fn translate_in(text: &str, xml: &mut Vec<u8>) {
-    let trimmed = text.trim_start();
+    let mut trimmed = text.trim_start();
+    // An XML declaration may come first (found by a breaker: `<?xml ...?><open/>`
+    // was refused as an empty stream header).
+    if trimmed.starts_with("<?xml") {
+        if let Some(end) = trimmed.find("?>") {
+            trimmed = trimmed[end + 2..].trim_start();
+        }
+    }
     let framing = if trimmed.starts_with("<open") || trimmed.starts_with("<close") {
         roxmltree::Document::parse(trimmed)
             .ok()
@@ -216,7 +223,7 @@ fn translate_in(text: &str, xml: &mut Vec<u8>) {
     };
     let Some(doc) = framing else {
         // A stanza or nonza: the framer checks it like any other.
-        xml.extend_from_slice(text.as_bytes());
+        xml.extend_from_slice(trimmed.as_bytes());
         return;
     };
     let root = doc.root_element();

@@ -72,6 +72,18 @@ fn open_becomes_a_stream_header_the_framer_accepts() {
     assert!(matches!(framer.next(&mut input), Ok(Some(crate::framer::Frame::StreamHeader(_)))));
 }
 
+/// Regression (breaker): an XML declaration before `<open/>` made it an empty stream
+/// header.
+#[test]
+fn an_xml_declaration_before_open_is_skipped() {
+    let mut ws = WebSocket::new(65_536);
+    let frame = Client::new()
+        .text("<?xml version='1.0'?><open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>");
+    let (result, xml, _) = decode(&mut ws, &frame);
+    assert_eq!(result, Ok(()));
+    assert!(xml.starts_with("<stream:stream "), "{xml}");
+}
+
 #[test]
 fn close_becomes_the_stream_end_and_stanzas_pass_through() {
     let mut ws = WebSocket::new(65_536);

@@ -104,6 +104,10 @@ impl Module for Mam {
     /// The recipient's copy, wherever the message is delivered (local or from another
     /// node) or stored offline.
     fn on_deliver(&self, core: &Core, delivery: &mut Delivery<'_>) -> Flow {
+        if delivery.redelivery {
+            // Archived when it was first delivered.
+            return Flow::Continue;
+        }
         let taken = match &delivery.decision {
             Decision::Deliver(_) => !delivery.targets.is_empty(),
             Decision::Store => true,
