@@ -2,7 +2,7 @@
 # Runs every fuzz target for FUZZ_SECONDS each (default 60), one after another, and
 # fails if any found a crash. The suite runs it with 10 s; the one-hour run is
 #   FUZZ_SECONDS=3600 FUZZ_TARGETS=server:core scripts/fuzz.sh
-# Targets: wire:framer wire:stanza wire:sasl wire:c2s replicate:frames
+# Targets: wire:framer wire:stanza wire:sasl wire:c2s wire:web replicate:frames
 # replicate:established server:core. `established` alters the bytes of an established
 # link (flips, inserts, deletions, replays) and checks the peer delivers only a prefix
 # of what was sent.
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-60}"
-targets="${FUZZ_TARGETS:-wire:framer wire:stanza wire:sasl wire:c2s replicate:frames replicate:established server:core}"
+targets="${FUZZ_TARGETS:-wire:framer wire:stanza wire:sasl wire:c2s wire:web replicate:frames replicate:established server:core}"
 if ! command -v cargo-fuzz >/dev/null; then
   cargo install cargo-fuzz --locked
 fi

@@ -1,5 +1,6 @@
 //! The whole client-to-server negotiation on arbitrary client bytes: stream headers,
-//! STARTTLS, SASL (PLAIN, SCRAM with and without channel binding), XEP-0077 in-band
+//! STARTTLS, SASL (PLAIN, SCRAM with and without channel binding), SASL2 with Bind 2
+//! and FAST tokens, XEP-0198 resumption in place of a bind, XEP-0077 in-band
 //! registration forms and submissions, resource binding. The shell's answers are
 //! played the way a server plays them. Invariants: no panic; after an error or the
 //! end, what the machine wrote is well-formed (our framer takes it back).
@@ -8,7 +9,7 @@
 use std::num::NonZeroU32;
 
 use libfuzzer_sys::fuzz_target;
-use starling_wire::c2s::{Action, C2s, C2sSettings, Context, Entropy};
+use starling_wire::c2s::{Action, C2s, C2sSettings, Context, Entropy, FastSettings};
 use starling_wire::framer::{Frame, Framer};
 use starling_wire::limits::FramerLimits;
 use starling_wire::sasl::scram::{ChannelBindings, Credentials};
@@ -27,6 +28,9 @@ impl Entropy for Counter {
 fuzz_target!(|data: &[u8]| {
     let mut settings = C2sSettings::for_tests();
     settings.registration = true;
+    settings.resumption = true;
+    settings.bind2_inline = vec!["urn:xmpp:carbons:2".into()];
+    settings.fast = Some(FastSettings { validity: std::time::Duration::from_secs(60), secret: b"s".to_vec() });
     let secured = data.first().is_some_and(|b| b & 1 == 1);
     let mut c2s = C2s::new(secured);
     if secured {
@@ -79,10 +83,34 @@ fuzz_target!(|data: &[u8]| {
                 Action::Bind { user, resource } => {
                     let resource = resource.unwrap_or_else(|| "generated".into());
                     match user.with_resource(&resource) {
-                        Ok(jid) => c2s.handle_bound(&jid, &mut out),
+                        Ok(jid) => c2s.handle_bound(&jid, b"", &mut out),
                         Err(_) => return,
                     }
                     return;
+                }
+                Action::Bind2 { user, resource, .. } => {
+                    match user.with_resource(&resource) {
+                        Ok(jid) => c2s.handle_bound(&jid, b"<enabled xmlns='urn:xmpp:sm:3'/>", &mut out),
+                        Err(_) => return,
+                    }
+                    return;
+                }
+                Action::FetchFastTokens { .. } => {
+                    match c2s.handle_fast_tokens(&mut context, &["token".to_owned()], &mut out) {
+                        Ok(next) => next,
+                        Err(_) => return,
+                    }
+                }
+                Action::IssueFastToken { .. } => {
+                    c2s.handle_fast_token(&mut context, Some(("token".into(), "2026-12-01T00:00:00Z".into())), &mut out)
+                }
+                Action::Resume { previd, .. } => {
+                    if previd == "known" {
+                        c2s.handle_resumed();
+                        return;
+                    }
+                    c2s.handle_resume_failed(&mut out);
+                    Action::Continue
                 }
                 Action::Authenticated { .. } | Action::StartTls => {
                     framer.reset();
