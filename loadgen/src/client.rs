@@ -133,6 +133,10 @@ pub struct RunSettings {
     /// XEP-0198 stream management, resumable: acknowledge what the server asks for.
     #[serde(default)]
     pub sm: bool,
+    /// RFC 7395: connect over WebSocket at this path (`--transport websocket`;
+    /// `--tls direct` makes it wss://); `None`: XMPP over TCP.
+    #[serde(default)]
+    pub websocket: Option<String>,
 }
 
 fn no_tls() -> TlsMode {
@@ -378,6 +382,9 @@ async fn login(worker: &Worker, user: u64, local: u64, source: Option<IpAddr>) -
     if settings.tls == TlsMode::Direct {
         let tls = stream.start_tls(crate::net::client_tls(), &settings.domain).await;
         stream = tls.map_err(|_| LoginError::Connect)?;
+    }
+    if let Some(path) = &settings.websocket {
+        stream = stream.upgrade_websocket(&settings.domain, path).await.map_err(|_| LoginError::Connect)?;
     }
     let mut conn = Conn { stream, framer: Framer::new(FramerLimits::DEFAULT), handled: None };
     let header = format!(
@@ -945,6 +952,7 @@ mod tests {
             tls: TlsMode::None,
             login: LoginMode::Legacy,
             sm: false,
+            websocket: None,
         }
     }
 

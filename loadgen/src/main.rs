@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(FromArgs)]
 #[argh(subcommand)]
+// Parsed once at startup: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Run(Run),
     Accounts(Accounts),
@@ -114,6 +116,13 @@ struct Run {
     /// requests
     #[argh(switch)]
     sm: bool,
+    /// transport: tcp (default) or websocket (RFC 7395 at --ws-path; with --tls
+    /// direct it is wss://)
+    #[argh(option, default = "String::from(\"tcp\")")]
+    transport: String,
+    /// the WebSocket path (default /ws-xmpp)
+    #[argh(option, default = "String::from(\"/ws-xmpp\")")]
+    ws_path: String,
     /// contacts per user (build them once with --profile roster-setup)
     #[argh(option, default = "0")]
     roster: u64,
@@ -270,6 +279,11 @@ fn run_command(run: Run) -> Result<(), String> {
         tls: run.tls,
         login: run.login,
         sm: run.sm,
+        websocket: match run.transport.as_str() {
+            "tcp" => None,
+            "websocket" => Some(run.ws_path.clone()),
+            other => return Err(format!("unknown transport {other:?} (tcp, websocket)")),
+        },
     };
     let options = RunOptions {
         settings,

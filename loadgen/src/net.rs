@@ -50,12 +50,43 @@ pub fn connect(source: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpStre
     Ok(TcpStream::from(socket))
 }
 
-/// A client connection: plain TCP, or TLS over it (rustls, `--tls`).
+/// A client connection: plain TCP, or TLS over it (rustls, `--tls`), optionally
+/// carrying RFC 7395 WebSocket (`--transport websocket`).
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
+    /// XMPP over WebSocket on a plain or TLS stream: what is written is XML and
+    /// leaves as text frames; what is read comes back as XML (`starling_wire::websocket`).
+    Ws(Box<WsStream>),
     /// No socket (while one is being upgraded to TLS).
     Closed,
+}
+
+/// WebSocket framing over a plain or TLS stream.
+pub struct WsStream {
+    inner: Stream,
+    ws: starling_wire::websocket::WebSocket,
+}
+
+impl Stream {
+    /// RFC 6455 opening handshake for the `xmpp` subprotocol at `path`, then frames.
+    pub async fn upgrade_websocket(mut self, host: &str, path: &str) -> io::Result<Stream> {
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: c3RhcmxpbmctbG9hZGdlbg==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n"
+        );
+        write_all(&mut self, head.as_bytes()).await?;
+        let mut answer = Vec::new();
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            if answer.len() > 8192 || read_with(&mut self, |bytes| answer.extend_from_slice(bytes)).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        if !answer.starts_with(b"HTTP/1.1 101") {
+            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "no WebSocket upgrade"));
+        }
+        Ok(Stream::Ws(Box::new(WsStream { inner: self, ws: starling_wire::websocket::WebSocket::client(1 << 20) })))
+    }
 }
 
 /// TLS on a client socket: rustls' state and the ciphertext not yet written.
@@ -72,7 +103,8 @@ impl Stream {
         let tcp = match self {
             Stream::Plain(tcp) => tcp,
             Stream::Tls(tls) => return Ok(Stream::Tls(tls)),
-            Stream::Closed => return Err(io::ErrorKind::NotConnected.into()),
+            // TLS goes under WebSocket, never inside it.
+            Stream::Ws(_) | Stream::Closed => return Err(io::ErrorKind::NotConnected.into()),
         };
         let name = rustls::pki_types::ServerName::try_from(domain.to_owned())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -106,13 +138,21 @@ impl TlsStream {
 
 /// Writes all of `bytes` (waits while the socket is full or still connecting).
 pub async fn write_all(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+    let mut frames = Vec::new();
+    let (stream, bytes) = match stream {
+        Stream::Ws(ws) => {
+            ws.ws.encode(bytes, &mut frames);
+            (&mut ws.inner, &frames[..])
+        }
+        other => (other, bytes),
+    };
     match stream {
         Stream::Plain(tcp) => write_all_tcp(tcp, bytes).await,
         Stream::Tls(tls) => {
             std::io::Write::write_all(&mut tls.tls.writer(), bytes)?;
             tls.flush().await
         }
-        Stream::Closed => Err(io::ErrorKind::NotConnected.into()),
+        Stream::Ws(_) | Stream::Closed => Err(io::ErrorKind::NotConnected.into()),
     }
 }
 
@@ -145,6 +185,28 @@ pub fn poll_read_with(
     match stream {
         Stream::Plain(tcp) => poll_read_tcp(tcp, cx, take),
         Stream::Tls(tls) => poll_read_tls(tls, cx, take),
+        Stream::Ws(ws) => {
+            let WsStream { inner, ws } = &mut **ws;
+            let mut xml = Vec::new();
+            let mut failed = false;
+            let mut unframe = |bytes: &[u8]| {
+                let mut replies = Vec::new();
+                failed |= ws.decode(bytes, &mut xml, &mut replies).is_err();
+            };
+            let polled = match inner {
+                Stream::Plain(tcp) => poll_read_tcp(tcp, cx, &mut unframe),
+                Stream::Tls(tls) => poll_read_tls(tls, cx, &mut unframe),
+                Stream::Ws(_) | Stream::Closed => Poll::Ready(Ok(0)),
+            };
+            match polled {
+                Poll::Ready(Ok(_)) if failed && xml.is_empty() => Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(n)) => {
+                    take(&xml);
+                    Poll::Ready(Ok(n))
+                }
+                other => other,
+            }
+        }
         Stream::Closed => Poll::Ready(Ok(0)),
     }
 }

@@ -337,3 +337,61 @@ fn sasl2_and_fast_logins_with_stream_management() {
         }
     }
 }
+
+/// `--transport websocket`: a closed-loop throughput run over RFC 7395 WebSocket
+/// (an `[[listen.http]]` listener), with SASL2 and stream management: every message
+/// sent is delivered.
+#[test]
+fn throughput_over_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path());
+    config.c2s.push(starling_server::config::C2sListener {
+        address: "127.0.0.1:0".parse().unwrap(),
+        tls: TlsMode::None,
+        shaper: None,
+        http: Some(starling_server::config::HttpHandlers { websockets: Some("/ws-xmpp".into()) }),
+    });
+    let listeners = starling_server::bind_listeners(&config).unwrap();
+    let running = starling_server::run(config, listeners).unwrap();
+    let node = Node { running, dir };
+    let work = tempfile::tempdir().unwrap();
+    import_accounts(&node, work.path());
+    let out = work.path().join("ws");
+    let target = node.running.c2s_addresses[1].to_string();
+    let output = loadgen(&[
+        "run",
+        "--profile",
+        "throughput",
+        "--users",
+        "40",
+        "--target",
+        &target,
+        "--duration",
+        "5",
+        "--rate",
+        "200",
+        "--in-flight",
+        "2",
+        "--iterations",
+        "64",
+        "--sessions-per-worker",
+        "20",
+        "--transport",
+        "websocket",
+        "--login",
+        "sasl2",
+        "--sm",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    let (summary, totals) = (&result["summary"], &result["totals"]);
+    let context = format!("{summary}\n{totals}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(totals["logins"], 40, "{context}");
+    assert_eq!(totals["login_failures"], 0, "{context}");
+    assert_eq!(totals["stream_errors"], 0, "{context}");
+    assert!(summary["delivered"].as_u64().unwrap() > 200, "{context}");
+    assert_eq!(summary["lost"], 0, "{context}");
+    assert_eq!(summary["sent"], summary["delivered"], "{context}");
+}

@@ -116,6 +116,19 @@ impl WebSocket {
         WebSocket { context: WebSocketContext::new(Role::Server, Some(config)), partial: Vec::new(), closed: false }
     }
 
+    /// The client side of a connection (a load generator, a test client): frames it
+    /// sends are masked (RFC 6455 section 5.3); the XML translation is the same,
+    /// since a client also sends a stream header as `<open/>` and reads `<open/>` as
+    /// the server's header.
+    pub fn client(message_bytes_max: usize) -> WebSocket {
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(message_bytes_max))
+            .max_frame_size(Some(message_bytes_max));
+        WebSocket { context: WebSocketContext::new(Role::Client, Some(config)), partial: Vec::new(), closed: false }
+    }
+
     /// Feeds bytes from the client. The XML stream they carry is appended to `xml`;
     /// frames to send back (pongs, the close handshake) to `wire`.
     ///
