@@ -55,6 +55,8 @@ impl Db {
 struct Node {
     name: String,
     child: Child,
+    /// Its stderr, shown when a test fails (a node that died at startup says why).
+    log: PathBuf,
     c2s: SocketAddr,
     admin: SocketAddr,
     /// The replication listener.
@@ -116,6 +118,7 @@ impl Node {
         Node {
             name: name.to_owned(),
             child,
+            log: data.join("server.log"),
             c2s: format!("127.0.0.1:{c2s_port}").parse().unwrap(),
             admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
             cets: format!("127.0.0.1:{cets_port}").parse().unwrap(),
@@ -168,6 +171,15 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let status = self.child.try_wait().ok().flatten();
+            eprintln!("--- {} (exit: {status:?}), last log lines:", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         // SIGTERM first (clean shutdown), then make sure.
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };

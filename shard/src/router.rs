@@ -255,8 +255,24 @@ fn carry_out(core: &Core, delivery: Delivery<'_>) {
 /// core (the session's).
 pub(crate) fn reroute_unacknowledged(core: &Core, full: &FullJid, unacknowledged: Vec<Vec<u8>>) {
     let bare = full.bare_str();
-    let mut stored = 0;
-    for bytes in &unacknowledged {
+    let Ok(to) = JidRef::parse(std::borrow::Cow::Borrowed(bare)) else { return };
+    let stored = carry_on(core, bare, &unacknowledged, |stanza, _| store(core, stanza, &to));
+    if !unacknowledged.is_empty() {
+        log::info!(
+            "c2s: {full} ended with {} stanzas its client did not acknowledge: {stored} messages stored offline",
+            unacknowledged.len()
+        );
+        core.count("sm_messages_stored", stored);
+    }
+}
+
+/// What happens to the stanzas of a session that ended, but for its messages: IQ
+/// requests are answered `service-unavailable`, presence is dropped (state, not
+/// repeated), and what the server made for the account (`from` its bare JID) is
+/// dropped. Each other message goes to `message`; returns how many did.
+fn carry_on(core: &Core, bare: &str, stanzas: &[Vec<u8>], mut message: impl FnMut(&Stanza<'_>, &[u8])) -> u64 {
+    let mut messages = 0;
+    for bytes in stanzas {
         let Ok(stanza) = Stanza::parse(bytes) else { continue };
         match stanza.kind {
             StanzaKind::Presence => {}
@@ -269,19 +285,12 @@ pub(crate) fn reroute_unacknowledged(core: &Core, full: &FullJid, unacknowledged
                 if stanza.from.and_then(|f| f.value()).is_some_and(|from| from == bare) {
                     continue;
                 }
-                let Ok(to) = JidRef::parse(std::borrow::Cow::Borrowed(bare)) else { continue };
-                store(core, &stanza, &to);
-                stored += 1;
+                message(&stanza, bytes);
+                messages += 1;
             }
         }
     }
-    if !unacknowledged.is_empty() {
-        log::info!(
-            "c2s: {full} ended with {} stanzas its client did not acknowledge: {stored} messages stored offline",
-            unacknowledged.len()
-        );
-        core.count("sm_messages_stored", stored);
-    }
+    messages
 }
 
 /// Runs the delivery hooks for `stanza` to `to` (an account of this core) with the
@@ -322,25 +331,7 @@ pub(crate) fn reroute_undelivered(core: &Core, full: &FullJid, undelivered: Vec<
         return;
     }
     let bare = full.bare_str();
-    let mut rerouted = 0;
-    for bytes in &undelivered {
-        let Ok(stanza) = Stanza::parse(bytes) else { continue };
-        match stanza.kind {
-            StanzaKind::Presence => {}
-            StanzaKind::Iq => {
-                if matches!(stanza.iq_type(), Some(IqType::Get | IqType::Set)) {
-                    reply_error(core, &stanza, StanzaErrorCondition::ServiceUnavailable);
-                }
-            }
-            StanzaKind::Message => {
-                if stanza.from.and_then(|f| f.value()).is_some_and(|from| from == bare) {
-                    continue;
-                }
-                rerouted += 1;
-                route(core, bare, bytes);
-            }
-        }
-    }
+    let rerouted = carry_on(core, bare, &undelivered, |_, bytes| route(core, bare, bytes));
     log::info!(
         "c2s: {full} ended with {} stanzas its client never got: {rerouted} messages routed again",
         undelivered.len()
