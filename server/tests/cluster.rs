@@ -455,12 +455,18 @@ impl Drop for PgDatabase {
 fn wrong_secret_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::Sqlite(dir.path().join("shared.db"));
+    // One after the other, each up before the next starts: twice in full runs of the
+    // test command (never alone) a node started with the others was missing from
+    // discovery after 15 s; a node that dies now prints its log (`Drop for Node`).
     let n1 = Node::start(dir.path(), "good1@localhost", &db, None);
+    n1.wait_answering();
     let n2 = Node::start(dir.path(), "good2@localhost", &db, None);
-    let _evil = Node::start_with(dir.path(), "evil@localhost", &db, None, "wrong");
+    n2.wait_answering();
+    let evil = Node::start_with(dir.path(), "evil@localhost", &db, None, "wrong");
+    evil.wait_answering();
     // Discovery runs every second here; on a loaded machine the first rounds and
     // links take a few seconds, so wait for the state rather than a fixed time.
-    wait_for(Duration::from_secs(15), "the good nodes joined, the evil one refused", || {
+    wait_for(Duration::from_secs(30), "the good nodes joined, the evil one refused", || {
         for node in [&n1, &n2] {
             let info = node.system_info().ok_or("no answer")?;
             if names(&info["joinedNodes"]) != ["good1@localhost", "good2@localhost"]
