@@ -208,8 +208,8 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
     let mut storage = storage;
     let decoy_secret = storage.secret("decoy")?;
     let fast = match config.modules.fast_auth_token {
-        Some(validity) if config.modules.sasl2 => {
-            Some(starling_wire::c2s::FastSettings { validity, secret: storage.secret("fast")? })
+        Some((validity, rotate_before)) if config.modules.sasl2 => {
+            Some(starling_wire::c2s::FastSettings { validity, rotate_before, secret: storage.secret("fast")? })
         }
         _ => None,
     };

@@ -37,8 +37,9 @@ fn login_with_password(node: &TestNode) -> String {
     attribute(&format!("<token{token}"), "token")
 }
 
-/// A FAST login with `token`: `Ok` with the next token, or `Err` with the failure.
-fn login_with_token(node: &TestNode, token: &str) -> Result<String, String> {
+/// A FAST login with `token`: `Ok` with the next token if one came (rotation), or
+/// `Err` with the failure.
+fn login_with_token(node: &TestNode, token: &str) -> Result<Option<String>, String> {
     let mut client = Client::connect(node.c2s);
     client.open();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.as_bytes());
@@ -58,18 +59,31 @@ fn login_with_token(node: &TestNode, token: &str) -> Result<String, String> {
     let responder = sasl::decode_payload(additional.as_bytes()).unwrap();
     ring::hmac::verify(&key, b"Responder", &responder).expect("the server's proof");
     assert!(answer.contains("<authorization-identifier>alice@localhost</authorization-identifier>"), "{answer}");
-    let next = answer.split("<token").nth(1).expect("a new token after a FAST login");
-    Ok(attribute(&format!("<token{next}"), "token"))
+    Ok(answer.split("<token").nth(1).map(|next| attribute(&format!("<token{next}"), "token")))
+}
+
+/// A fresh token logs in again and again without a new one (no database write per
+/// login): rotation waits for `rotate_before_expire` (MongooseIM's default, 6 hours
+/// before a 3-day expiry).
+#[test]
+fn a_fresh_token_is_not_rotated() {
+    let node = TestNode::start();
+    let token = login_with_password(&node);
+    for _ in 0..3 {
+        assert_eq!(login_with_token(&node, &token), Ok(None), "no rotation for a fresh token");
+    }
 }
 
 #[test]
 fn fast_tokens_log_in_rotate_and_end_with_the_password() {
-    let node = TestNode::start();
+    // Every token is "near its expiry": each FAST login rotates.
+    let hour = std::time::Duration::from_secs(3600);
+    let node = TestNode::start_with(|config| config.modules.fast_auth_token = Some((hour, hour)));
     let first = login_with_password(&node);
-    let second = login_with_token(&node, &first).expect("the token logs in");
+    let second = login_with_token(&node, &first).expect("the token logs in").expect("rotated");
     assert_ne!(second, first, "rotated");
     // The one used stays valid until the new one is used; then only the new ones.
-    let third = login_with_token(&node, &first).expect("the previous token still works once rotated");
+    let third = login_with_token(&node, &first).expect("the previous token still works once rotated").expect("rotated");
     let _fourth = login_with_token(&node, &third).expect("the newest token");
     let refused = login_with_token(&node, &second).expect_err("two rotations later, gone");
     assert!(refused.starts_with("<failure xmlns='urn:xmpp:sasl:2'><not-authorized"), "{refused}");

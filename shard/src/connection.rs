@@ -694,9 +694,16 @@ impl Negotiating {
                 let mut context = Context { settings: &settings, entropy: &mut *entropy };
                 match records {
                     Ok(records) => {
-                        let tokens: Vec<String> = records
+                        // Records come newest first: a login with an older one, or with one
+                        // near its expiry, gets a new token (rotation).
+                        let tokens: Vec<(String, bool)> = records
                             .iter()
-                            .map(|record| fast_token(&fast.secret, &user, &user_agent, &record.id, record.expires))
+                            .enumerate()
+                            .map(|(index, record)| {
+                                let token = fast_token(&fast.secret, &user, &user_agent, &record.id, record.expires);
+                                let rotate = index > 0 || record.expires <= now + fast.rotate_before.as_secs();
+                                (token, rotate)
+                            })
                             .collect();
                         let verdict = self.c2s.handle_fast_tokens(&mut context, &tokens, &mut self.out);
                         if matches!(verdict, Ok(Action::Bind2 { .. } | Action::IssueFastToken { .. })) {

@@ -48,8 +48,6 @@ struct ModFastAuthToken {
 #[serde(deny_unknown_fields)]
 struct ValidityPeriod {
     access: Option<Period>,
-    /// Accepted for MongooseIM files; tokens here are rotated at every FAST login.
-    #[allow(dead_code)]
     rotate_before_expire: Option<Period>,
 }
 
@@ -294,10 +292,22 @@ pub(super) fn convert(raw: Option<Modules>) -> Result<Converted, ConfigError> {
         register: registration.is_some(),
         fast_auth_token: match raw.mod_fast_auth_token {
             None => None,
-            Some(fast) => Some(match fast.validity_period.and_then(|v| v.access) {
-                None => starling_modules::FAST_TOKEN_VALIDITY,
-                Some(period) => period.duration("modules.mod_fast_auth_token.validity_period.access")?,
-            }),
+            Some(fast) => {
+                let (access, rotate) = match fast.validity_period {
+                    None => (None, None),
+                    Some(period) => (period.access, period.rotate_before_expire),
+                };
+                let key = "modules.mod_fast_auth_token.validity_period";
+                let access = match access {
+                    None => starling_modules::FAST_TOKEN_VALIDITY,
+                    Some(period) => period.duration(&format!("{key}.access"))?,
+                };
+                let rotate = match rotate {
+                    None => starling_modules::FAST_TOKEN_ROTATE_BEFORE.min(access),
+                    Some(period) => period.duration(&format!("{key}.rotate_before_expire"))?,
+                };
+                Some((access, rotate))
+            }
         },
         sasl2: raw.mod_sasl2.is_some(),
         bind2: raw.mod_bind2.is_some(),

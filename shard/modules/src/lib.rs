@@ -87,8 +87,9 @@ pub struct Config {
     pub sasl2: bool,
     /// XEP-0386 Bind 2 inside SASL2 (`[modules.mod_bind2]`).
     pub bind2: bool,
-    /// XEP-0484 FAST tokens (`[modules.mod_fast_auth_token]`): how long one is valid.
-    pub fast_auth_token: Option<Duration>,
+    /// XEP-0484 FAST tokens (`[modules.mod_fast_auth_token]`): how long one is valid,
+    /// and how close to its expiry a login with it gets a new one.
+    pub fast_auth_token: Option<(Duration, Duration)>,
 }
 
 /// MongooseIM's `mod_stream_management` defaults: 100 unacknowledged stanzas, an
@@ -98,6 +99,9 @@ pub const STREAM_MANAGEMENT_DEFAULTS: starling_shard::resume::StreamManagement =
 
 /// MongooseIM's `mod_fast_auth_token` default `validity_period.access`: 3 days.
 pub const FAST_TOKEN_VALIDITY: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// MongooseIM's `validity_period.rotate_before_expire` default: 6 hours.
+pub const FAST_TOKEN_ROTATE_BEFORE: Duration = Duration::from_secs(6 * 3600);
 
 /// `[modules.mod_roster]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,7 +178,7 @@ impl Config {
             stream_management: Some(STREAM_MANAGEMENT_DEFAULTS),
             sasl2: true,
             bind2: true,
-            fast_auth_token: Some(FAST_TOKEN_VALIDITY),
+            fast_auth_token: Some((FAST_TOKEN_VALIDITY, FAST_TOKEN_ROTATE_BEFORE)),
         }
     }
 

@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
     settings.registration = true;
     settings.resumption = true;
     settings.bind2_inline = vec!["urn:xmpp:carbons:2".into()];
-    settings.fast = Some(FastSettings { validity: std::time::Duration::from_secs(60), secret: b"s".to_vec() });
+    settings.fast = Some(FastSettings {
+        validity: std::time::Duration::from_secs(60),
+        rotate_before: std::time::Duration::from_secs(30),
+        secret: b"s".to_vec(),
+    });
     let secured = data.first().is_some_and(|b| b & 1 == 1);
     let mut c2s = C2s::new(secured);
     if secured {
@@ -96,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
                     return;
                 }
                 Action::FetchFastTokens { .. } => {
-                    match c2s.handle_fast_tokens(&mut context, &["token".to_owned()], &mut out) {
+                    match c2s.handle_fast_tokens(&mut context, &[("token".to_owned(), data.len() % 2 == 0)], &mut out) {
                         Ok(next) => next,
                         Err(_) => return,
                     }

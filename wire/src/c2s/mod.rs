@@ -93,6 +93,9 @@ pub struct C2sSettings {
 #[derive(Clone, Debug)]
 pub struct FastSettings {
     pub validity: std::time::Duration,
+    /// A FAST login with a token this close to its expiry gets a new one
+    /// (MongooseIM's `rotate_before_expire`).
+    pub rotate_before: std::time::Duration,
     pub secret: Vec<u8>,
 }
 
@@ -212,6 +215,9 @@ struct Sasl2Request {
     /// XEP-0484: `<fast/>` (authenticating with a token) and `<request-token/>`.
     fast: bool,
     request_token: bool,
+    /// The token this FAST login used is due for rotation (not the newest, or
+    /// near its expiry).
+    rotate: bool,
     /// The `<token/>` to put in `<success/>`, once issued.
     token: Option<Vec<u8>>,
     token_asked: bool,
@@ -432,21 +438,26 @@ impl C2s {
         out.extend_from_slice(b"</jid></bind></iq>");
     }
 
-    /// XEP-0484: the user's unexpired FAST tokens for this client install. The
-    /// client's proof must be `HMAC-SHA-256(token, "Initiator")` for one of them; the
-    /// server proves itself with `HMAC-SHA-256(token, "Responder")`.
+    /// XEP-0484: the user's unexpired FAST tokens for this client install, each with
+    /// whether it is due for rotation (the shell's call: not the newest, or near its
+    /// expiry; a login with such a token gets a new one). The client's proof must be
+    /// `HMAC-SHA-256(token, "Initiator")` for one of them; the server proves itself
+    /// with `HMAC-SHA-256(token, "Responder")`.
     pub fn handle_fast_tokens(
         &mut self,
         context: &mut Context<'_>,
-        tokens: &[String],
+        tokens: &[(String, bool)],
         out: &mut Vec<u8>,
     ) -> Result<Action, StreamError> {
         let State::ExpectFastTokens { user, proof } = std::mem::replace(&mut self.state, State::ExpectAuth) else {
             panic!("handle_fast_tokens without FetchFastTokens");
         };
-        for token in tokens {
+        for (token, rotate) in tokens {
             let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.as_bytes());
             if ring::hmac::verify(&key, b"Initiator", &proof).is_ok() {
+                if let Some(request) = self.sasl2.as_mut() {
+                    request.rotate = *rotate;
+                }
                 let responder = ring::hmac::sign(&key, b"Responder").as_ref().to_vec();
                 return Ok(self.authenticated(context, user, Some(responder), out));
             }
@@ -865,7 +876,8 @@ impl C2s {
         };
         // XEP-0484: a token when asked for, and a new one after each FAST login
         // (rotation: the one used stays valid until the new one is).
-        let wants_token = (request.request_token || request.fast) && context.settings.fast.is_some();
+        let wants_token =
+            (request.request_token || (request.fast && request.rotate)) && context.settings.fast.is_some();
         if let (true, false, Some(user_agent)) = (wants_token, request.token_asked, request.user_agent.clone()) {
             request.token_asked = true;
             self.sasl2 = Some(request);
