@@ -86,6 +86,13 @@ fi
 if [ "$status" -eq 0 ]; then
   timeout 90 /usr/bin/python3 "$root/scripts/blackbox/sm.py" 127.0.0.1 "$starttls_port" "$work/data/ca.pem" || status=$?
 fi
+# XEP-0198 resumption on another node of a two-node cluster, with both slixmpps.
+if [ "$status" -eq 0 ]; then
+  timeout 120 "$root/scripts/blackbox/sm_cluster.sh" "$python" || status=$?
+fi
+if [ "$status" -eq 0 ]; then
+  DEBIAN_SLIXMPP=1 timeout 120 "$root/scripts/blackbox/sm_cluster.sh" /usr/bin/python3 || status=$?
+fi
 if [ "$status" -eq 0 ]; then
   timeout 120 "$root/scripts/blackbox/poezio.sh" 127.0.0.1 "$starttls_port" "$work/data/ca.pem" "$bin" "$work/starling.toml" || status=$?
 fi
