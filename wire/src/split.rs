@@ -54,12 +54,12 @@ pub fn next_unit(bytes: &[u8]) -> Option<(Unit, usize)> {
         TagKind::End => return Some((Unit::Skip, tag.end)),
         _ => {}
     }
-    let name_end = bytes[1..tag.end].iter().position(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'>')? + 1;
-    let name = &bytes[1..name_end];
+    let name_end = bytes.get(1..tag.end)?.iter().position(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'>')? + 1;
+    let name = bytes.get(1..name_end)?;
     if name == b"stream:stream" {
         return Some((Unit::Header, tag.end));
     }
-    let attributes = &bytes[name_end..tag.end];
+    let attributes = bytes.get(name_end..tag.end)?;
     let stream_prefix = name.starts_with(b"stream:");
     let has_xmlns = declares(attributes, if stream_prefix { b"xmlns:stream" } else { b"xmlns" });
     let unit = Unit::Element { name_end, has_xmlns, stream_prefix };

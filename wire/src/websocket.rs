@@ -188,7 +188,9 @@ impl WebSocket {
             if message.is_empty() {
                 continue;
             }
-            let text = String::from_utf8_lossy(&message).into_owned();
+            // Moved, not copied, into the frame (our output is UTF-8; lossy otherwise).
+            let text = String::from_utf8(std::mem::take(&mut message))
+                .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned());
             if self.context.write(&mut pipe, Message::text(text)).is_err() {
                 self.closed = true;
                 return;
@@ -291,13 +293,14 @@ fn translate_out(unit: &Unit, bytes: &[u8], message: &mut Vec<u8>) {
             message.extend_from_slice(b"/>");
         }
         Unit::Element { name_end, has_xmlns, stream_prefix } => {
-            message.extend_from_slice(&bytes[..name_end]);
+            let (head, tail) = bytes.split_at(name_end.min(bytes.len()));
+            message.extend_from_slice(head);
             match (stream_prefix, has_xmlns) {
                 (_, true) => {}
                 (true, false) => write_attribute(message, "xmlns:stream", NS_STREAMS),
                 (false, false) => write_attribute(message, "xmlns", NS_CLIENT),
             }
-            message.extend_from_slice(&bytes[name_end..]);
+            message.extend_from_slice(tail);
         }
     }
 }
