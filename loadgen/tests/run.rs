@@ -349,7 +349,7 @@ fn throughput_over_websocket() {
         address: "127.0.0.1:0".parse().unwrap(),
         tls: TlsMode::None,
         shaper: None,
-        http: Some(starling_server::config::HttpHandlers { websockets: Some("/ws-xmpp".into()) }),
+        http: Some(starling_server::config::HttpHandlers { websockets: Some("/ws-xmpp".into()), bosh: None }),
     });
     let listeners = starling_server::bind_listeners(&config).unwrap();
     let running = starling_server::run(config, listeners).unwrap();

@@ -44,6 +44,8 @@ cat > "$work/starling.toml" <<TOML
   ip_address = "127.0.0.1"
   [[listen.http.handlers.mod_websockets]]
     path = "/ws-xmpp"
+  [[listen.http.handlers.mod_bosh]]
+    path = "/http-bind"
 [[listen.http]]
   port = $wss_port
   ip_address = "127.0.0.1"
@@ -108,16 +110,21 @@ fi
 # strophe.js and StanzaJS (npm) over WebSocket, StanzaJS with stream management.
 if [ "$status" -eq 0 ]; then
   timeout 90 node --experimental-websocket --no-warnings "$root/target/npm/webclients.mjs" "ws://127.0.0.1:$ws_port/ws-xmpp" \
-    || status=$?
+    "http://127.0.0.1:$ws_port/http-bind" || status=$?
 fi
-# converse.js 14 in Debian's headless Chromium (playwright-core) over WebSocket; the
-# page is served from target/npm; the screenshot is kept in target/.
+# converse.js 14 in Debian's headless Chromium (playwright-core) over WebSocket, then
+# over BOSH; the page is served from target/npm; the screenshots are kept in target/.
 if [ "$status" -eq 0 ]; then
   (cd "$root/target/npm" && exec "$python" -m http.server "$page_port" --bind 127.0.0.1 >/dev/null 2>&1) &
   page_pid=$!
   NODE_EXTRA_CA_CERTS="$work/data/ca.pem" timeout 150 node --experimental-websocket --no-warnings \
     "$root/target/npm/converse.mjs" "$page_port" "ws://127.0.0.1:$ws_port/ws-xmpp" "$starttls_port" \
     "$root/target/blackbox-converse.png" >"$work/converse.log" 2>&1 || status=$?
+  if [ "$status" -eq 0 ]; then
+    NODE_EXTRA_CA_CERTS="$work/data/ca.pem" timeout 150 node --experimental-websocket --no-warnings \
+      "$root/target/npm/converse.mjs" "$page_port" "http://127.0.0.1:$ws_port/http-bind" "$starttls_port" \
+      "$root/target/blackbox-converse-bosh.png" >>"$work/converse.log" 2>&1 || status=$?
+  fi
   # The page asks for converse.js's web fonts and avatars on the internet: not here.
   grep -v ERR_NAME_NOT_RESOLVED "$work/converse.log" || true
 fi

@@ -248,6 +248,10 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
             shaper: listener.shaper,
             http: listener.http.as_ref().map(|http| starling_wire::http::Routes {
                 websocket: http.websockets.clone(),
+                bosh: http.bosh.clone(),
+                // A body carries a few stanzas at most (clients send what queued
+                // while a request was out).
+                bosh_body_bytes_max: config.limits.framer.stanza_bytes_max as usize * 2 + 16 * 1024,
                 tls: listener.tls == TlsMode::Direct,
             }),
         })
@@ -289,6 +293,7 @@ pub fn run(config: Config, listeners: Listeners) -> Result<Running, RunError> {
         tls_direct: tls.as_ref().map(|t| t.direct.clone()),
         tls_http: tls.as_ref().map(|t| t.http.clone()),
         stream_management: config.modules.stream_management,
+        bosh: config.modules.bosh,
         tls_server_end_point: tls.as_ref().and_then(|t| t.server_end_point.clone()),
         modules: starling_modules::build(config.modules.clone(), db.clone()),
     };

@@ -20,7 +20,7 @@ fn node() -> (TestNode, SocketAddr) {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: TlsMode::None,
             shaper: None,
-            http: Some(HttpHandlers { websockets: Some("/ws-xmpp".into()) }),
+            http: Some(HttpHandlers { websockets: Some("/ws-xmpp".into()), bosh: None }),
         });
     });
     let http = node.running().c2s_addresses[1];

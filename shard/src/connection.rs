@@ -58,7 +58,8 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize, ad
     let settings = &core.shared.settings;
     let direct = settings.listeners[listener].tls == ListenerTls::Direct;
     let address = stream.peer_addr().ok().map(|a| a.ip());
-    let tls = if settings.listeners[listener].http.is_some() { &settings.tls_http } else { &settings.tls_direct };
+    let http = settings.listeners[listener].http.is_some();
+    let tls = if http { &settings.tls_http } else { &settings.tls_direct };
     let mut moving = match (direct, tls) {
         (false, _) => Moving::default(),
         (true, Some(config)) => match rustls::ServerConnection::new(config.clone()) {
@@ -71,36 +72,43 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, listener: usize, ad
         (true, None) => return,
     };
     moving.admitted = Some(admitted);
+    let io = Io::new(stream, moving);
+    if http {
+        // An HTTP listener's client asks for the WebSocket upgrade or posts BOSH.
+        crate::web::serve(core, io, listener, address, Vec::new()).await;
+        return;
+    }
+    serve_stream(core, io, listener, address, direct, &[]).await;
+}
+
+/// Serves an XML stream from its header on: a c2s connection, a WebSocket after its
+/// upgrade (`initial`: bytes that came with it) or a BOSH session's stream.
+/// `secured`: the transport is encrypted already.
+pub(crate) async fn serve_stream(
+    core: Rc<Core>,
+    io: Io,
+    listener: usize,
+    address: Option<std::net::IpAddr>,
+    secured: bool,
+    initial: &[u8],
+) {
+    let settings = &core.shared.settings;
     let mut conn = Negotiating {
-        io: Io::new(stream, moving),
+        io,
         framer: Framer::new(settings.framer),
-        c2s: C2s::new(direct),
+        c2s: C2s::new(secured),
         out: Vec::new(),
         listener,
         tls_reported: false,
         address,
         failures_counted: 0,
     };
+    conn.report_tls(&core);
     let id = core.next_id();
     let mailbox = Rc::new(Mailbox::default());
     let live = core.register_live_guarded(id, mailbox.clone());
     let deadline = Instant::now() + core.limits().pre_auth_timeout;
-    // An HTTP listener's client asks for the WebSocket upgrade first.
-    let mut initial = Vec::new();
-    if let Some(routes) = &settings.listeners[listener].http {
-        let Some(rest) = upgrade(&core, &mut conn, &mailbox, routes, deadline).await else {
-            drop(live);
-            conn.io.close().await;
-            return;
-        };
-        let unframed = conn.io.unframe(&rest, &mut initial);
-        if unframed.is_err() {
-            drop(live);
-            conn.io.close().await;
-            return;
-        }
-    }
-    let negotiated = negotiate(&core, &mut conn, &mailbox, deadline, &initial).await;
+    let negotiated = negotiate(&core, &mut conn, &mailbox, deadline, initial).await;
     // The attempt that ended the stream counts too.
     let _ = conn.count_failures(&core);
     drop(live);
@@ -398,56 +406,6 @@ fn random_resource(core: &Core) -> String {
     let mut bytes = [0u8; 8];
     core.entropy.borrow_mut().fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads an HTTP listener's request head (RFC 7395 section 3.1 upgrade, or a
-/// XEP-0156 host-meta request). `Some`: the upgrade was answered and the connection
-/// speaks WebSocket; the bytes are what followed the head. `None`: answered (or
-/// failed) and to be closed.
-async fn upgrade(
-    core: &Core,
-    conn: &mut Negotiating,
-    mailbox: &Mailbox,
-    routes: &starling_wire::http::Routes,
-    deadline: Instant,
-) -> Option<Vec<u8>> {
-    use starling_wire::http::{read_head, Request};
-    let limit = core.limits().queued_bytes_per_connection_max;
-    let mut timer = glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()));
-    let mut paused = Vec::new();
-    let mut head = Vec::new();
-    loop {
-        match conn.io.wait(core, mailbox, Some(&mut timer), limit, &mut paused).await {
-            Wake::Read(n) => {
-                let read = core.read_buffer.borrow();
-                let unwrapped = conn.io.unwrap_input(&read[..n], &mut head);
-                drop(read);
-                if let Err(error) = unwrapped {
-                    log::debug!("http: {error}");
-                    return None;
-                }
-                conn.report_tls(core);
-            }
-            Wake::Mail if mailbox.kicked().is_none() => continue,
-            Wake::Resumed => continue,
-            Wake::Mail | Wake::Timeout | Wake::Closed | Wake::Stalled => return None,
-        }
-        // Regression (xmpp.js over wss://): a head not complete in one read (here: the
-        // TLS handshake's reads, which carry none of it) is read on, not refused.
-        match read_head(&head, routes) {
-            None => continue,
-            Some((Request::Respond { response }, _)) => {
-                conn.io.queue(&response);
-                return None;
-            }
-            Some((Request::WebSocket { response }, used)) => {
-                conn.io.queue(&response);
-                let message_bytes_max = core.shared.settings.framer.stanza_bytes_max as usize + 1024;
-                conn.io.start_websocket(starling_wire::websocket::WebSocket::new(message_bytes_max));
-                return Some(head.get(used..).unwrap_or_default().to_vec());
-            }
-        }
-    }
 }
 
 /// Runs the negotiation until a resource is requested (`Some`) or the stream ends

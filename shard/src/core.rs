@@ -81,6 +81,8 @@ pub(crate) enum CoreMessage {
     Forwarded(Vec<crate::cluster::Inbound>),
     /// A connection to adopt.
     Adopt(Box<Transfer>),
+    /// An HTTP connection to adopt (its BOSH session is here, `web.rs`).
+    AdoptHttp(Box<crate::web::HttpTransfer>),
 }
 
 /// Counters of one core (read by the admin port and metrics).
@@ -113,6 +115,7 @@ pub(crate) struct Outbox {
     forwarded: RefCell<Vec<crate::cluster::Inbound>>,
     waker: Cell<Option<Waker>>,
     adoptions: RefCell<Vec<Transfer>>,
+    http_adoptions: RefCell<Vec<crate::web::HttpTransfer>>,
 }
 
 /// Randomness for stream ids, nonces and resources: the OS generator.
@@ -189,6 +192,8 @@ pub struct Core {
     pub(crate) handovers: RefCell<HashMap<u64, crate::resume::Pending>>,
     /// Stanzas of sessions handed to other nodes, until they confirm (`resume.rs`).
     pub(crate) handed_out: RefCell<HashMap<u64, Vec<Vec<u8>>>>,
+    /// BOSH sessions created on this core, by `sid` (`bosh.rs`).
+    pub(crate) bosh: RefCell<HashMap<Box<str>, Rc<crate::bosh::BoshSession>>>,
 }
 
 impl Core {
@@ -222,6 +227,7 @@ impl Core {
             resumable: RefCell::new(HashMap::new()),
             handovers: RefCell::new(HashMap::new()),
             handed_out: RefCell::new(HashMap::new()),
+            bosh: RefCell::new(HashMap::new()),
         })
     }
 
@@ -322,6 +328,14 @@ impl Core {
         }
     }
 
+    pub(crate) fn adopt_http_on(&self, peer: usize, transfer: crate::web::HttpTransfer) {
+        let outbox = &self.outboxes[peer];
+        outbox.http_adoptions.borrow_mut().push(transfer);
+        if let Some(waker) = outbox.waker.take() {
+            waker.wake();
+        }
+    }
+
     /// Notes that `queue` went over its mark while handling the current stanza: the
     /// session (or task) that handled it waits for the queue before reading more.
     pub fn note_congestion(&self, queue: Rc<dyn crate::flow::Congestion>) {
@@ -404,15 +418,17 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
     loop {
         // Take everything queued at once (linear, whatever the backlog), then send it in
         // batches.
-        let (stanzas, adoptions, replica, routes, forwarded) = futures_lite::future::poll_fn(|cx| {
+        let (stanzas, adoptions, http_adoptions, replica, routes, forwarded) = futures_lite::future::poll_fn(|cx| {
             let outbox = &core.outboxes[peer];
             let mut queue = outbox.queue.borrow_mut();
             let mut adoptions = outbox.adoptions.borrow_mut();
+            let mut http_adoptions = outbox.http_adoptions.borrow_mut();
             let mut replica = outbox.replica.borrow_mut();
             let mut routes = outbox.routes.borrow_mut();
             let mut forwarded = outbox.forwarded.borrow_mut();
             if queue.is_empty()
                 && adoptions.is_empty()
+                && http_adoptions.is_empty()
                 && replica.is_empty()
                 && routes.is_empty()
                 && forwarded.is_empty()
@@ -423,6 +439,7 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
             Poll::Ready((
                 std::mem::take(&mut *queue),
                 std::mem::take(&mut *adoptions),
+                std::mem::take(&mut *http_adoptions),
                 std::mem::take(&mut *replica),
                 std::mem::take(&mut *routes),
                 std::mem::take(&mut *forwarded),
@@ -445,6 +462,11 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
         }
         for transfer in adoptions {
             if senders.send_to(peer, CoreMessage::Adopt(Box::new(transfer))).await.is_err() {
+                return;
+            }
+        }
+        for transfer in http_adoptions {
+            if senders.send_to(peer, CoreMessage::AdoptHttp(Box::new(transfer))).await.is_err() {
                 return;
             }
         }
@@ -517,6 +539,13 @@ pub(crate) async fn receive(core: Rc<Core>, receivers: Receivers<CoreMessage>) {
                                 core.clone(),
                                 "a connection",
                                 crate::connection::adopt(core.clone(), transfer),
+                            );
+                        }
+                        CoreMessage::AdoptHttp(transfer) => {
+                            crate::contain::spawn(
+                                core.clone(),
+                                "an HTTP connection",
+                                crate::web::adopt(core.clone(), transfer),
                             );
                         }
                     }

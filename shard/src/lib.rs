@@ -24,6 +24,7 @@
 mod api;
 #[doc(hidden)]
 pub mod bench;
+mod bosh;
 mod budget;
 pub mod cluster;
 mod connection;
@@ -45,6 +46,7 @@ mod router;
 mod session;
 mod sessions;
 pub mod settings;
+mod web;
 
 pub use crate::core::Core;
 pub use node::{CoreHealth, Node, NodeStats, StartError, CORE_DIED_EXIT_CODE};

@@ -55,6 +55,9 @@ pub struct Settings {
     /// XEP-0198 acknowledgements and resumption (`[modules.mod_stream_management]`);
     /// `None`: off.
     pub stream_management: Option<crate::resume::StreamManagement>,
+    /// BOSH sessions (`[modules.mod_bosh]`, served where a `[[listen.http]]`
+    /// listener has a `mod_bosh` handler).
+    pub bosh: BoshSettings,
     /// Builds each core's feature modules (`module.rs`), in hook order.
     pub modules: Arc<crate::module::ModuleFactory>,
 }
@@ -74,9 +77,28 @@ impl Settings {
             tls_direct: None,
             tls_http: None,
             stream_management: None,
+            bosh: BoshSettings::default(),
             tls_server_end_point: None,
             cluster: None,
             modules,
         }
+    }
+}
+
+/// `mod_bosh`'s options (MongooseIM's names), in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoshSettings {
+    /// A session with no request for this long ends (its stream is cut, as if the
+    /// connection died: stream management parks it).
+    pub inactivity: u32,
+    /// The longest a request is held (a client asking more gets this).
+    pub max_wait: u32,
+    /// The longest `pause` a client may ask for.
+    pub max_pause: u32,
+}
+
+impl Default for BoshSettings {
+    fn default() -> BoshSettings {
+        BoshSettings { inactivity: 30, max_wait: 60, max_pause: 120 }
     }
 }

@@ -2,9 +2,10 @@
 //! head in, what to do and the response bytes out. Heads are parsed by `httparse`.
 //!
 //! Served: the RFC 6455 upgrade to the RFC 7395 `xmpp` subprotocol at the WebSocket
-//! path, and XEP-0156 `/.well-known/host-meta` (XRD) and `host-meta.json` (JRD)
-//! naming the WebSocket endpoint. Anything else is answered `404`, `405` or `400`
-//! and the connection closed.
+//! path, XEP-0124 BOSH `POST`s (and their CORS preflight `OPTIONS`) at the BOSH path,
+//! and XEP-0156 `/.well-known/host-meta` (XRD) and `host-meta.json` (JRD) naming
+//! both endpoints. Anything else is answered `404`, `405`, `411`, `413` or `400` and
+//! the connection closed.
 
 use base64::Engine;
 
@@ -23,6 +24,10 @@ const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub struct Routes {
     /// `mod_websockets`' path (RFC 7395), e.g. `/ws-xmpp`; `None`: not served.
     pub websocket: Option<String>,
+    /// `mod_bosh`'s path (XEP-0206), e.g. `/http-bind`; `None`: not served.
+    pub bosh: Option<String>,
+    /// Largest BOSH request body accepted, in bytes (`413` above it).
+    pub bosh_body_bytes_max: usize,
     /// Whether the listener is behind TLS (`wss://` in host-meta).
     pub tls: bool,
 }
@@ -36,6 +41,12 @@ pub enum Request {
     /// Anything answered with one response, after which the connection is closed
     /// (host-meta, errors).
     Respond { response: Vec<u8> },
+    /// A BOSH `POST` (XEP-0124 section 7) whose body is the `content_length` bytes
+    /// after the head; `keep_alive`: the client did not ask to close after the answer.
+    Bosh { content_length: usize, keep_alive: bool },
+    /// A CORS preflight at the BOSH path, answered with `response`; the connection
+    /// stays open (browsers send it before a cross-origin `POST`).
+    Preflight { response: Vec<u8> },
 }
 
 /// Reads one request head from `bytes`.
@@ -79,28 +90,85 @@ pub fn read_head(bytes: &[u8], routes: &Routes) -> Option<(Request, usize)> {
     if routes.websocket.as_deref() == Some(path) {
         return Some((upgrade(method, &header), used));
     }
+    if routes.bosh.as_deref() == Some(path) {
+        return Some((bosh(method, &header, routes), used));
+    }
     let answer = match path {
-        "/.well-known/host-meta" | "/.well-known/host-meta.json" if method == "GET" || method == "HEAD" => {
-            match (host, &routes.websocket) {
-                (Some(host), Some(ws)) => {
-                    let scheme = if routes.tls { "wss" } else { "ws" };
-                    let url = format!("{scheme}://{host}{ws}");
-                    let (body, kind) = if path.ends_with(".json") {
-                        (host_meta_json(&url), "application/json")
-                    } else {
-                        (host_meta_xrd(&url), "application/xrd+xml")
-                    };
-                    let body = if method == "HEAD" { String::new() } else { body };
-                    ok(kind, &body)
+        "/.well-known/host-meta" | "/.well-known/host-meta.json" if method == "GET" || method == "HEAD" => match host {
+            Some(host) if routes.websocket.is_some() || routes.bosh.is_some() => {
+                let (ws, http) = if routes.tls { ("wss", "https") } else { ("ws", "http") };
+                let mut links = Vec::new();
+                if let Some(path) = &routes.websocket {
+                    links.push(("urn:xmpp:alt-connections:websocket", format!("{ws}://{host}{path}")));
                 }
-                (None, _) => respond(400, "Bad Request", "a Host header is needed\n"),
-                (_, None) => respond(404, "Not Found", ""),
+                if let Some(path) = &routes.bosh {
+                    links.push(("urn:xmpp:alt-connections:xbosh", format!("{http}://{host}{path}")));
+                }
+                let (body, kind) = if path.ends_with(".json") {
+                    (host_meta_json(&links), "application/json")
+                } else {
+                    (host_meta_xrd(&links), "application/xrd+xml")
+                };
+                let body = if method == "HEAD" { String::new() } else { body };
+                ok(kind, &body)
             }
-        }
+            None => respond(400, "Bad Request", "a Host header is needed\n"),
+            Some(_) => respond(404, "Not Found", ""),
+        },
         "/.well-known/host-meta" | "/.well-known/host-meta.json" => respond(405, "Method Not Allowed", ""),
         _ => respond(404, "Not Found", ""),
     };
     Some((Request::Respond { response: answer }, used))
+}
+
+/// XEP-0124 section 7 (and XEP-0206): what a request at the BOSH path is.
+fn bosh<'a>(method: &str, header: &impl Fn(&str) -> Option<&'a str>, routes: &Routes) -> Request {
+    match method {
+        "POST" => {}
+        "OPTIONS" => {
+            let response =
+                format!("HTTP/1.1 200 OK\r\n{CORS}Access-Control-Max-Age: 86400\r\nContent-Length: 0\r\n\r\n");
+            return Request::Preflight { response: response.into_bytes() };
+        }
+        _ => return Request::Respond { response: respond(405, "Method Not Allowed", "use POST (XEP-0124)\n") },
+    }
+    if header("transfer-encoding").is_some() {
+        // Browsers and BOSH libraries send a length; chunked bodies are not read here.
+        return Request::Respond { response: respond(411, "Length Required", "") };
+    }
+    let Some(length) = header("content-length").and_then(|v| v.trim().parse::<usize>().ok()) else {
+        return Request::Respond { response: respond(411, "Length Required", "") };
+    };
+    if length > routes.bosh_body_bytes_max {
+        return Request::Respond { response: respond(413, "Content Too Large", "") };
+    }
+    let close = header("connection").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+    Request::Bosh { content_length: length, keep_alive: !close }
+}
+
+/// CORS headers of BOSH answers: any origin may post (XEP-0124 section 7 leaves
+/// cross-domain access to the server; MongooseIM and ejabberd allow any).
+const CORS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: POST, OPTIONS\r\n\
+                    Access-Control-Allow-Headers: Content-Type\r\n";
+
+/// A `200` carrying a BOSH `<body/>` (XEP-0124 section 8); `keep_alive: false`
+/// closes the connection after it.
+pub fn bosh_response(body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=utf-8\r\n{CORS}Cache-Control: no-store\r\n\
+         Content-Length: {}\r\nConnection: {connection}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// An error status that closes the connection (for BOSH: XEP-0124 section 17.1's
+/// legacy codes, e.g. `404` for an unknown session after a restart).
+pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
+    respond_with(status, reason, CORS, "")
 }
 
 /// RFC 6455 section 4.2: the server's answer to an opening handshake.
@@ -152,20 +220,29 @@ fn valid_host(host: &str) -> bool {
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
-/// XEP-0156 section 3.3: host-meta in XRD.
-fn host_meta_xrd(url: &str) -> String {
-    format!(
-        "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n  \
-         <Link rel='urn:xmpp:alt-connections:websocket' href='{}'/>\n</XRD>\n",
-        crate::xml::escaped(url)
-    )
+/// XEP-0156 section 3.3: host-meta in XRD; `links` are (rel, href).
+fn host_meta_xrd(links: &[(&str, String)]) -> String {
+    let mut out = String::from(
+        "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n",
+    );
+    for (rel, href) in links {
+        out.push_str(&format!("  <Link rel='{rel}' href='{}'/>\n", crate::xml::escaped(href)));
+    }
+    out.push_str("</XRD>\n");
+    out
 }
 
-/// XEP-0156 section 3.3: host-meta in JRD (JSON).
-fn host_meta_json(url: &str) -> String {
-    // `url` holds only host characters, the scheme and the configured path.
-    let url = url.replace('\\', "\\\\").replace('"', "\\\"");
-    format!("{{\"links\":[{{\"rel\":\"urn:xmpp:alt-connections:websocket\",\"href\":\"{url}\"}}]}}\n")
+/// XEP-0156 section 3.3: host-meta in JRD (JSON); `links` are (rel, href).
+fn host_meta_json(links: &[(&str, String)]) -> String {
+    // `href` holds only host characters, the scheme and the configured path.
+    let links: Vec<String> = links
+        .iter()
+        .map(|(rel, href)| {
+            let href = href.replace('\\', "\\\\").replace('"', "\\\"");
+            format!("{{\"rel\":\"{rel}\",\"href\":\"{href}\"}}")
+        })
+        .collect();
+    format!("{{\"links\":[{}]}}\n", links.join(","))
 }
 
 fn ok(kind: &str, body: &str) -> Vec<u8> {
@@ -199,12 +276,20 @@ mod tests {
     use super::*;
 
     fn routes() -> Routes {
-        Routes { websocket: Some("/ws-xmpp".into()), tls: false }
+        Routes {
+            websocket: Some("/ws-xmpp".into()),
+            bosh: Some("/http-bind".into()),
+            bosh_body_bytes_max: 1024,
+            tls: false,
+        }
     }
 
     fn text(request: &Request) -> String {
         match request {
-            Request::WebSocket { response } | Request::Respond { response } => String::from_utf8_lossy(response).into(),
+            Request::WebSocket { response } | Request::Respond { response } | Request::Preflight { response } => {
+                String::from_utf8_lossy(response).into()
+            }
+            Request::Bosh { content_length, keep_alive } => format!("bosh {content_length} {keep_alive}"),
         }
     }
 
@@ -281,6 +366,48 @@ mod tests {
             let end = body[start..].find('"').expect("end") + start;
             Value { href: body[start..end].to_owned() }
         }
+    }
+
+    /// XEP-0124 over HTTP/1.1: POSTs with a length, a CORS preflight that keeps the
+    /// connection, and everything else refused with its status.
+    #[test]
+    fn bosh_requests() {
+        let post =
+            b"POST /http-bind HTTP/1.1\r\nHost: h\r\nContent-Type: text/xml\r\nContent-Length: 12\r\n\r\n<body rid=1>";
+        let (request, used) = read_head(post, &routes()).expect("complete");
+        assert_eq!((request, used), (Request::Bosh { content_length: 12, keep_alive: true }, post.len() - 12));
+        let close = b"POST /http-bind HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        assert_eq!(
+            read_head(close, &routes()).map(|r| r.0),
+            Some(Request::Bosh { content_length: 0, keep_alive: false })
+        );
+        let options = b"OPTIONS /http-bind HTTP/1.1\r\nOrigin: http://a\r\n\r\n";
+        let (preflight, _) = read_head(options, &routes()).expect("complete");
+        assert!(matches!(preflight, Request::Preflight { .. }));
+        assert!(text(&preflight).contains("Access-Control-Allow-Origin: *"), "{}", text(&preflight));
+        for (head, status) in [
+            (&b"GET /http-bind HTTP/1.1\r\n\r\n"[..], "405"),
+            (b"POST /http-bind HTTP/1.1\r\n\r\n", "411"),
+            (b"POST /http-bind HTTP/1.1\r\nContent-Length: x\r\n\r\n", "411"),
+            (b"POST /http-bind HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "411"),
+            (b"POST /http-bind HTTP/1.1\r\nContent-Length: 1025\r\n\r\n", "413"),
+        ] {
+            let (request, _) = read_head(head, &routes()).expect("complete");
+            assert!(text(&request).starts_with(&format!("HTTP/1.1 {status} ")), "{}", text(&request));
+        }
+        let (xrd, _) =
+            read_head(b"GET /.well-known/host-meta HTTP/1.1\r\nHost: h\r\n\r\n", &routes()).expect("complete");
+        assert!(
+            text(&xrd).contains("rel='urn:xmpp:alt-connections:xbosh' href='http://h/http-bind'"),
+            "{}",
+            text(&xrd)
+        );
+        let response = String::from_utf8(bosh_response(b"<body/>", true)).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200 OK\r\n")
+                && response.ends_with("Content-Length: 7\r\nConnection: keep-alive\r\n\r\n<body/>"),
+            "{response}"
+        );
     }
 
     #[test]

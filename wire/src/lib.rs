@@ -1,6 +1,7 @@
 //! starling-wire: XMPP bytes <-> stanzas, sans-IO.
 #![forbid(unsafe_code)]
 
+pub mod bosh;
 pub mod c2s;
 pub mod error;
 pub mod framer;

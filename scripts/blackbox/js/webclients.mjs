@@ -1,12 +1,13 @@
-// strophe.js 5 and StanzaJS 12 over WebSocket against a real Starling process:
-// alice (strophe.js) and bob (StanzaJS, stream management on) exchange messages
-// both ways and presence; StanzaJS must have stream management enabled and its
-// acknowledgements answered.
-// Usage: node webclients.mjs WS_URL
+// strophe.js 5 and StanzaJS 12 over WebSocket, and StanzaJS 12 over BOSH, against a
+// real Starling process: alice (strophe.js, WebSocket), bob (StanzaJS, WebSocket)
+// and carol (StanzaJS, BOSH) exchange messages both ways; both StanzaJS clients
+// must have stream management enabled and their acknowledgements answered.
+// (strophe.js's BOSH needs a browser's XMLHttpRequest: converse.mjs covers it.)
+// Usage: node webclients.mjs WS_URL BOSH_URL
 import { Strophe, $msg, $pres } from "strophe.js";
 import * as XMPP from "stanza";
 
-const [wsUrl] = process.argv.slice(2);
+const [wsUrl, boshUrl] = process.argv.slice(2);
 const deadline = setTimeout(() => fail("timed out"), 60_000);
 
 function fail(why) {
@@ -32,11 +33,11 @@ function strophe(jid) {
   });
 }
 
-function stanza(jid) {
+function stanza(jid, transports = { websocket: wsUrl, bosh: false }) {
   const client = XMPP.createClient({
     jid,
     password: "secret",
-    transports: { websocket: wsUrl, bosh: false },
+    transports,
     resource: "stanzajs",
   });
   client.messages = [];
@@ -80,7 +81,26 @@ await new Promise((r) => setTimeout(r, 500));
 if (bob.sm.unacked.length !== 0) fail(`StanzaJS has ${bob.sm.unacked.length} unacknowledged stanzas`);
 console.log(`strophe.js and StanzaJS over WebSocket: messages both ways; StanzaJS stream management on, acknowledged (${bob.sm.handled} handled)`);
 
+// StanzaJS over BOSH, stream management on, chatting with strophe.js over WebSocket.
+const carol = await stanza("carol@localhost", { websocket: false, bosh: boshUrl });
+if (carol.transport?.constructor?.name !== "BOSH") fail(`carol's transport is ${carol.transport?.constructor?.name}`);
+const carolJid = carol.jid;
+carol.sendPresence();
+carol.sendMessage({ to: aliceJid, type: "chat", body: "from bosh" });
+const viaBosh = await until("the BOSH client's message at strophe.js", () => alice.messages.find((m) => m.body === "from bosh"));
+if (viaBosh.from !== carolJid) fail(`from ${viaBosh.from}, expected ${carolJid}`);
+for (let i = 0; i < 5; i++) alice.send($msg({ to: carolJid, type: "chat" }).c("body").t(`to bosh ${i}`));
+await until("strophe.js's messages at the BOSH client", () => carol.messages.filter((m) => m.body.startsWith("to bosh")).length === 5);
+const order = carol.messages.filter((m) => m.body.startsWith("to bosh")).map((m) => m.body);
+if (order.join() !== [0, 1, 2, 3, 4].map((i) => `to bosh ${i}`).join()) fail(`out of order over BOSH: ${order}`);
+await until("stream management over BOSH", () => carol.sm && carol.sm.started);
+await carol.sm.request();
+await new Promise((r) => setTimeout(r, 500));
+if (carol.sm.unacked.length !== 0) fail(`StanzaJS over BOSH has ${carol.sm.unacked.length} unacknowledged stanzas`);
+console.log(`StanzaJS over BOSH: messages both ways, in order; stream management on, acknowledged (${carol.sm.handled} handled)`);
+
 alice.disconnect();
 await bob.disconnect();
+await carol.disconnect();
 clearTimeout(deadline);
 process.exit(0);

@@ -122,6 +122,8 @@ pub struct C2sListener {
 pub struct HttpHandlers {
     /// `[[listen.http.handlers.mod_websockets]] path`: RFC 7395 XMPP over WebSocket.
     pub websockets: Option<String>,
+    /// `[[listen.http.handlers.mod_bosh]] path`: XEP-0124/XEP-0206 BOSH.
+    pub bosh: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -481,14 +483,18 @@ mod raw {
         tls: Tls,
         #[serde(default = "default_c2s_shaper")]
         shaper: String,
-        /// No `handlers` table: `mod_websockets` at `/ws-xmpp` (a listener that
-        /// served nothing would be a surprise); a table lists exactly what is served.
+        /// No `handlers` table: `mod_websockets` at `/ws-xmpp` and `mod_bosh` at
+        /// `/http-bind` (a listener that served nothing would be a surprise); a table
+        /// lists exactly what is served.
         #[serde(default = "default_handlers")]
         handlers: Handlers,
     }
 
     fn default_handlers() -> Handlers {
-        Handlers { mod_websockets: vec![WebSockets { host: default_any_host(), path: default_ws_path() }] }
+        Handlers {
+            mod_websockets: vec![Handler { host: default_any_host(), path: None }],
+            mod_bosh: vec![Handler { host: default_any_host(), path: None }],
+        }
     }
 
     fn default_http_tls() -> Tls {
@@ -499,25 +505,45 @@ mod raw {
     #[serde(deny_unknown_fields)]
     struct Handlers {
         #[serde(default)]
-        mod_websockets: Vec<WebSockets>,
+        mod_websockets: Vec<Handler>,
+        #[serde(default)]
+        mod_bosh: Vec<Handler>,
     }
 
+    /// One `[[listen.http.handlers.mod_*]]` entry.
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
-    struct WebSockets {
+    struct Handler {
         /// MongooseIM's `host`; only `"_"` (any) is served.
         #[serde(default = "default_any_host")]
         host: String,
-        #[serde(default = "default_ws_path")]
-        path: String,
+        /// `None`: the handler's default (`/ws-xmpp`, `/http-bind`).
+        path: Option<String>,
     }
 
     fn default_any_host() -> String {
         "_".to_owned()
     }
 
-    fn default_ws_path() -> String {
-        "/ws-xmpp".to_owned()
+    /// A handler list's one path, checked; `name` is `mod_websockets` or `mod_bosh`.
+    fn handler_path(key: &str, name: &str, handlers: &[Handler], default: &str) -> Result<Option<String>, ConfigError> {
+        match handlers {
+            [] => Ok(None),
+            [one] => {
+                if one.host != "_" {
+                    return Err(invalid(
+                        &format!("{key}.handlers.{name}.host"),
+                        "only \"_\" (every host) is supported",
+                    ));
+                }
+                let path = one.path.clone().unwrap_or_else(|| default.to_owned());
+                if !path.starts_with('/') {
+                    return Err(invalid(&format!("{key}.handlers.{name}.path"), "must start with /"));
+                }
+                Ok(Some(path))
+            }
+            _ => Err(invalid(&format!("{key}.handlers.{name}"), "give one at most")),
+        }
     }
 
     impl Http {
@@ -535,25 +561,16 @@ mod raw {
                     return Err(invalid(&format!("{key}.tls.mode"), format!("{other:?} is not \"none\" or \"tls\"")))
                 }
             };
-            let websockets = match &self.handlers.mod_websockets[..] {
-                [] => None,
-                [one] => {
-                    if one.host != "_" {
-                        let key = format!("{key}.handlers.mod_websockets.host");
-                        return Err(invalid(&key, "only \"_\" (every host) is supported"));
-                    }
-                    if !one.path.starts_with('/') {
-                        return Err(invalid(&format!("{key}.handlers.mod_websockets.path"), "must start with /"));
-                    }
-                    Some(one.path.clone())
-                }
-                _ => return Err(invalid(&format!("{key}.handlers.mod_websockets"), "give one at most")),
-            };
+            let websockets = handler_path(&key, "mod_websockets", &self.handlers.mod_websockets, "/ws-xmpp")?;
+            let bosh = handler_path(&key, "mod_bosh", &self.handlers.mod_bosh, "/http-bind")?;
+            if websockets.is_some() && websockets == bosh {
+                return Err(invalid(&format!("{key}.handlers.mod_bosh.path"), "is mod_websockets' path too"));
+            }
             Ok(super::C2sListener {
                 address: socket_address(&format!("{key}.ip_address"), &self.ip_address, self.port)?,
                 tls,
                 shaper,
-                http: Some(super::HttpHandlers { websockets }),
+                http: Some(super::HttpHandlers { websockets, bosh }),
             })
         }
     }
@@ -1029,7 +1046,7 @@ mod tests {
         assert_eq!(config.c2s[0].address.port(), 5222);
         assert_eq!(config.c2s[0].tls, TlsMode::StartTlsRequired);
         assert_eq!(config.c2s[1].tls, TlsMode::Direct);
-        let ws = Some(HttpHandlers { websockets: Some("/ws-xmpp".into()) });
+        let ws = Some(HttpHandlers { websockets: Some("/ws-xmpp".into()), bosh: Some("/http-bind".into()) });
         assert_eq!((config.c2s[2].address.port(), config.c2s[2].tls, &config.c2s[2].http), (5280, TlsMode::None, &ws));
         assert_eq!(
             (config.c2s[3].address.port(), config.c2s[3].tls, &config.c2s[3].http),
@@ -1047,14 +1064,19 @@ mod tests {
         let named = Config::parse("[[listen.c2s]]\nport = 5222").expect("valid");
         assert!(named.c2s.iter().all(|l| l.http.is_none()));
         let bare = Config::parse("[[listen.http]]\nport = 15280").expect("valid");
-        let ws = Some(HttpHandlers { websockets: Some("/ws-xmpp".into()) });
-        assert_eq!(bare.c2s.last().map(|l| &l.http), Some(&ws), "no handlers table: WebSocket at /ws-xmpp");
+        let ws = Some(HttpHandlers { websockets: Some("/ws-xmpp".into()), bosh: Some("/http-bind".into()) });
+        assert_eq!(bare.c2s.last().map(|l| &l.http), Some(&ws), "no handlers table: /ws-xmpp and /http-bind");
         let http = Config::parse(
             "[[listen.http]]\nport = 15280\n[[listen.http.handlers.mod_websockets]]\nhost = '_'\npath = '/ws'",
         )
         .expect("valid");
         let last = http.c2s.last().expect("listener");
-        assert_eq!((last.address.port(), &last.http), (15280, &Some(HttpHandlers { websockets: Some("/ws".into()) })));
+        let only_ws = Some(HttpHandlers { websockets: Some("/ws".into()), bosh: None });
+        assert_eq!((last.address.port(), &last.http), (15280, &only_ws));
+        let bosh = Config::parse("[[listen.http]]\nport = 15280\n[[listen.http.handlers.mod_bosh]]\nhost = '_'")
+            .expect("valid");
+        let only_bosh = Some(HttpHandlers { websockets: None, bosh: Some("/http-bind".into()) });
+        assert_eq!(bosh.c2s.last().map(|l| &l.http), Some(&only_bosh));
         for (text, key) in [
             ("[[listen.http]]\nport = 1\ntls.mode = 'starttls'", "listen.http[0].tls.mode"),
             (

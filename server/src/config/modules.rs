@@ -31,6 +31,7 @@ pub(super) struct Modules {
     mod_register: Option<ModRegister>,
     mod_fail2ban: Option<ModFail2Ban>,
     mod_stream_management: Option<ModStreamManagement>,
+    mod_bosh: Option<ModBosh>,
     mod_sasl2: Option<Empty>,
     mod_bind2: Option<Empty>,
     mod_fast_auth_token: Option<ModFastAuthToken>,
@@ -87,6 +88,21 @@ struct ModStreamManagement {
     /// Seconds a lost session waits to be resumed; 0: resumption off (MongooseIM: 600).
     #[serde(default)]
     resume_timeout: Option<u64>,
+}
+
+/// MongooseIM's mod_bosh options, in seconds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModBosh {
+    /// A session without requests for this long ends (MongooseIM: 30).
+    #[serde(default)]
+    inactivity: Option<u32>,
+    /// The longest a request is held (MongooseIM: no limit; here 60 by default).
+    #[serde(default)]
+    max_wait: Option<u32>,
+    /// The longest pause a client may ask for (MongooseIM: 120).
+    #[serde(default)]
+    max_pause: Option<u32>,
 }
 
 /// ejabberd's mod_fail2ban, with its option names.
@@ -311,6 +327,23 @@ pub(super) fn convert(raw: Option<Modules>) -> Result<Converted, ConfigError> {
         },
         sasl2: raw.mod_sasl2.is_some(),
         bind2: raw.mod_bind2.is_some(),
+        bosh: {
+            let defaults = starling_shard::settings::BoshSettings::default();
+            match raw.mod_bosh {
+                None => defaults,
+                Some(bosh) => starling_shard::settings::BoshSettings {
+                    inactivity: match bosh.inactivity {
+                        Some(0) => return Err(invalid("modules.mod_bosh.inactivity", "must be positive")),
+                        value => value.unwrap_or(defaults.inactivity),
+                    },
+                    max_wait: match bosh.max_wait {
+                        Some(0) => return Err(invalid("modules.mod_bosh.max_wait", "must be positive")),
+                        value => value.unwrap_or(defaults.max_wait),
+                    },
+                    max_pause: bosh.max_pause.unwrap_or(defaults.max_pause),
+                },
+            }
+        },
         stream_management: match raw.mod_stream_management {
             None => None,
             Some(sm) => {

@@ -83,6 +83,9 @@ pub struct Config {
     /// XEP-0198 (`[modules.mod_stream_management]`): the runtime does it
     /// (`Settings::stream_management`); the module advertises it.
     pub stream_management: Option<starling_shard::resume::StreamManagement>,
+    /// BOSH session options (`[modules.mod_bosh]`; the runtime serves BOSH where a
+    /// `[[listen.http]]` listener has a `mod_bosh` handler).
+    pub bosh: starling_shard::settings::BoshSettings,
     /// XEP-0388 SASL2 (`[modules.mod_sasl2]`): the stream negotiation does it.
     pub sasl2: bool,
     /// XEP-0386 Bind 2 inside SASL2 (`[modules.mod_bind2]`).
@@ -176,6 +179,7 @@ impl Config {
             version: Some(VersionConfig { os_info: false }),
             register: false,
             stream_management: Some(STREAM_MANAGEMENT_DEFAULTS),
+            bosh: starling_shard::settings::BoshSettings::default(),
             sasl2: true,
             bind2: true,
             fast_auth_token: Some((FAST_TOKEN_VALIDITY, FAST_TOKEN_ROTATE_BEFORE)),
@@ -200,6 +204,7 @@ impl Config {
             version: None,
             register: false,
             stream_management: None,
+            bosh: starling_shard::settings::BoshSettings::default(),
             sasl2: false,
             bind2: false,
             fast_auth_token: None,
