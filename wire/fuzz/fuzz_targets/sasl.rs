@@ -17,6 +17,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let credentials = Credentials::derive(Hash::Sha256, "pw", b"salt", NonZeroU32::new(1).unwrap());
     let first = parse_client_first(Mechanism::ScramSha256, b"n,,n=u,r=abc", false, &bindings).unwrap();
-    let (server, _) = first.challenge(&credentials, "def");
+    let (server, _) = first.challenge(&credentials, "def", Some("aGFzaA=="));
     assert!(server.finish(data).is_err(), "a guessed proof was accepted");
 });

@@ -94,17 +94,30 @@ fn write_sasl2(settings: &C2sSettings, secured: bool, bindings: &ChannelBindings
     out.extend_from_slice(b"</authentication>");
 }
 
+/// XEP-0440: the channel-binding types this connection advertises (none: the
+/// element is not sent).
+pub fn channel_binding_types(secured: bool, bindings: &ChannelBindings) -> Vec<&'static str> {
+    let mut types = Vec::new();
+    if secured && bindings.tls_exporter.is_some() {
+        types.push("tls-exporter");
+    }
+    if secured && bindings.tls_server_end_point.is_some() {
+        types.push("tls-server-end-point");
+    }
+    types
+}
+
 /// XEP-0440: which channel-binding types this connection supports.
 fn write_channel_binding_types(secured: bool, bindings: &ChannelBindings, out: &mut Vec<u8>) {
-    if !secured || !bindings.any() {
+    let types = channel_binding_types(secured, bindings);
+    if types.is_empty() {
         return;
     }
     out.extend_from_slice(b"<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
-    if bindings.tls_exporter.is_some() {
-        out.extend_from_slice(b"<channel-binding type='tls-exporter'/>");
-    }
-    if bindings.tls_server_end_point.is_some() {
-        out.extend_from_slice(b"<channel-binding type='tls-server-end-point'/>");
+    for kind in types {
+        out.extend_from_slice(b"<channel-binding");
+        crate::stanza::write_attribute(out, "type", kind);
+        out.extend_from_slice(b"/>");
     }
     out.extend_from_slice(b"</sasl-channel-binding>");
 }

@@ -375,7 +375,12 @@ impl C2s {
             Credentials::decoy(hash, user.as_str(), &context.settings.decoy_secret, context.settings.scram_iterations)
         });
         let nonce = nonce(context.entropy);
-        let (server, challenge) = first.challenge(&credentials, &nonce);
+        // XEP-0474: what this stream advertised (SASL and SASL2 offer the same list).
+        let offered = features::offered_mechanisms(context.settings, self.secured, &self.bindings);
+        let names: Vec<&str> = offered.iter().map(|m| m.name()).collect();
+        let types = features::channel_binding_types(self.secured, &self.bindings);
+        let downgrade = scram::downgrade_hash(hash, &names, (!types.is_empty()).then_some(&types[..]));
+        let (server, challenge) = first.challenge(&credentials, &nonce, Some(&downgrade));
         self.write_challenge(&challenge, out);
         self.state = State::ExpectScramFinal { server: Box::new(server), user };
     }

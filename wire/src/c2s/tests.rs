@@ -527,3 +527,32 @@ fn sasl2_with_bind2() {
     let actions = plain.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>").unwrap();
     assert!(matches!(&actions[..], [Action::Bind { .. }]), "{actions:?}");
 }
+
+/// XEP-0474: server-first carries the hash of the mechanisms this stream advertised
+/// (no XEP-0440 list without TLS), so a client can tell they were not tampered with.
+#[test]
+fn server_first_carries_the_downgrade_hash() {
+    let mut h = Harness::new(C2sSettings::for_tests());
+    h.send(HEADER).unwrap();
+    let features = h.output();
+    let mechanisms: Vec<&str> = features
+        .split("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
+        .nth(1)
+        .and_then(|rest| rest.split("</mechanisms>").next())
+        .unwrap()
+        .split("<mechanism>")
+        .filter_map(|m| m.split("</mechanism>").next().filter(|m| !m.is_empty()))
+        .collect();
+    assert!(mechanisms.contains(&"SCRAM-SHA-256"), "{features}");
+    let (_, first) = ScramClient::new(scram::Hash::Sha256, "alice", "clientnonce", None);
+    h.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+        sasl::encode_payload(&first)
+    ))
+    .unwrap();
+    let challenge = h.output();
+    let payload = challenge.split('>').nth(1).unwrap().split('<').next().unwrap();
+    let server_first = String::from_utf8(sasl::decode_payload(payload.as_bytes()).unwrap()).unwrap();
+    let expected = scram::downgrade_hash(scram::Hash::Sha256, &mechanisms, None);
+    assert!(server_first.ends_with(&format!(",h={expected}")), "{server_first}");
+}

@@ -237,17 +237,46 @@ pub fn parse_client_first(
     })
 }
 
+/// XEP-0474 section 5.1 (SSDP): the hash of the advertised SASL `mechanisms` and,
+/// when XEP-0440 advertised them, `channel_bindings`, each list sorted by octets and
+/// joined by 0x1E, the lists joined by 0x1F; hashed with the SCRAM mechanism's hash,
+/// base64.
+pub fn downgrade_hash(hash: Hash, mechanisms: &[&str], channel_bindings: Option<&[&str]>) -> String {
+    let join = |list: &[&str]| {
+        let mut sorted = list.to_vec();
+        sorted.sort_unstable();
+        sorted.join("\u{1e}")
+    };
+    let mut text = join(mechanisms);
+    if let Some(types) = channel_bindings {
+        text.push('\u{1f}');
+        text.push_str(&join(types));
+    }
+    B64.encode(digest::digest(hash.digest(), text.as_bytes()))
+}
+
 impl ClientFirst {
     pub fn hash(&self) -> Hash {
         self.hash
     }
 
-    /// Builds server-first from the user's credentials (or a decoy) and our nonce part.
-    pub fn challenge(self, credentials: &Credentials, server_nonce: &str) -> (ExpectClientFinal, Vec<u8>) {
+    /// Builds server-first from the user's credentials (or a decoy) and our nonce part;
+    /// `downgrade`: XEP-0474's `h` attribute ([`downgrade_hash`]), appended as an
+    /// extension (RFC 5802 section 7) and so covered by both proofs.
+    pub fn challenge(
+        self,
+        credentials: &Credentials,
+        server_nonce: &str,
+        downgrade: Option<&str>,
+    ) -> (ExpectClientFinal, Vec<u8>) {
         assert_eq!(credentials.hash, self.hash, "credentials for the wrong hash");
         assert!(is_printable(server_nonce) && !server_nonce.is_empty(), "nonce must be printable");
         let nonce = format!("{}{server_nonce}", self.client_nonce);
-        let server_first = format!("r={nonce},s={},i={}", B64.encode(&credentials.salt), credentials.iterations);
+        let mut server_first = format!("r={nonce},s={},i={}", B64.encode(&credentials.salt), credentials.iterations);
+        if let Some(downgrade) = downgrade {
+            server_first.push_str(",h=");
+            server_first.push_str(downgrade);
+        }
         let state = ExpectClientFinal {
             hash: self.hash,
             expected_binding: self.expected_binding,
@@ -425,13 +454,23 @@ mod tests {
         let credentials = Credentials::derive(hash, "pencil", &salt, iterations(4096));
         let first = parse_client_first(mechanism, client_first.as_bytes(), false, &ChannelBindings::default()).unwrap();
         assert_eq!(first.username, "user");
-        let (state, server_first) = first.challenge(&credentials, server_nonce);
+        let (state, server_first) = first.challenge(&credentials, server_nonce, None);
         assert_eq!(String::from_utf8(server_first).unwrap(), expected[0]);
         let server_final = state.finish(expected[1].as_bytes()).unwrap();
         assert_eq!(String::from_utf8(server_final).unwrap(), expected[2]);
     }
 
     /// RFC 5802 section 5 test vector (SCRAM-SHA-1).
+    /// XEP-0474 section 5.3's example: SHA-1 of
+    /// `SCRAM-SHA-1 0x1E SCRAM-SHA-1-PLUS 0x1F tls-exporter 0x1E tls-server-end-point`.
+    #[test]
+    fn downgrade_hash_matches_the_xep_example() {
+        let types = ["tls-server-end-point", "tls-exporter"];
+        let hash = downgrade_hash(Hash::Sha1, &["SCRAM-SHA-1-PLUS", "SCRAM-SHA-1"], Some(&types));
+        assert_eq!(hash, "G6k/rBLDqgOhRRaCuuatSDFkJ08=");
+        assert_ne!(downgrade_hash(Hash::Sha1, &["SCRAM-SHA-1"], None), hash);
+    }
+
     #[test]
     fn rfc5802_sha1_vector() {
         run_vector(
@@ -485,7 +524,7 @@ mod tests {
             let (client, first) = ScramClient::new(Hash::Sha256, "al,ice=", "clientnonce", binding);
             let parsed = parse_client_first(mechanism, &first, true, &bindings).unwrap();
             assert_eq!(parsed.username, "al,ice=");
-            let (server, server_first) = parsed.challenge(&credentials, "servernonce");
+            let (server, server_first) = parsed.challenge(&credentials, "servernonce", Some("aGFzaA=="));
             let (expect, client_final) =
                 client.respond(&server_first, |salt, i| salted_password(Hash::Sha256, password, salt, i)).unwrap();
             match server.finish(&client_final) {
@@ -544,7 +583,7 @@ mod tests {
         for message in [&b""[..], b"c=biws", b"c=!!,r=x,p=AA==", b"c=biws,r=wrong,p=AA==", b"\xff"] {
             let first =
                 parse_client_first(Mechanism::ScramSha1, b"n,,n=u,r=abc", false, &ChannelBindings::default()).unwrap();
-            let (state, _) = first.challenge(&credentials, "xyz");
+            let (state, _) = first.challenge(&credentials, "xyz", None);
             assert!(state.finish(message).is_err(), "{message:?}");
         }
     }
