@@ -13,6 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(argh::FromArgs)]
 /// Run a Starling node. Without --config it uses every default: SQLite in
 /// ./starling-data, a generated certificate, c2s on 5222 (STARTTLS) and 5223 (TLS),
+/// web clients on 5280 (ws://.../ws-xmpp, http://.../http-bind) and 5443 (wss, https),
 /// the admin port on 127.0.0.1:5551.
 struct Serve {
     /// the TOML configuration file (see starling.example.toml)
@@ -26,6 +27,10 @@ fn main() {
     if args.first().map(String::as_str) == Some("--config") && args.len() >= 2 {
         config_path = Some(PathBuf::from(args[1].clone()));
         args.drain(..2);
+    }
+    if matches!(args.first().map(String::as_str), Some("--version" | "version")) {
+        println!("starling {}", env!("CARGO_PKG_VERSION"));
+        return;
     }
     if args.first().map(String::as_str) == Some("serve") {
         let strings: Vec<&str> = args[1..].iter().map(String::as_str).collect();
@@ -89,15 +94,16 @@ fn serve_node(path: Option<PathBuf>) -> i32 {
     let running = match running {
         Ok(running) => running,
         Err(error) => {
-            log::error!("cannot start: {error}");
+            // Once, on stderr (it was logged and printed, twice over).
             eprintln!("starling: cannot start: {error}");
             return 1;
         }
     };
+    let addresses: Vec<String> = running.c2s_addresses.iter().map(|a| a.to_string()).collect();
+    let admin = running.admin_address.map_or_else(|| "off".to_owned(), |a| a.to_string());
     eprintln!(
-        "starling: serving XMPP on {:?}, admin on {:?}; clients verify TLS with {}",
-        running.c2s_addresses,
-        running.admin_address,
+        "starling: serving XMPP on {}, admin on {admin}; clients verify TLS with {}",
+        addresses.join(", "),
         running.ca_file.display()
     );
     let mut signals = signals;

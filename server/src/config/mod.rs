@@ -813,12 +813,13 @@ mod raw {
                     data_dir: data_dir.clone(),
                 },
                 c2s: {
-                    let http = match (self.listen.http, &self.listen.c2s) {
-                        (Some(http), _) => http,
-                        (None, None) => default_http(),
-                        (None, Some(_)) => Vec::new(),
+                    // A file that names any client listener gets exactly those (found
+                    // by a newcomer: a web-only file also opened 5222 and 5223).
+                    let (c2s, http) = match (self.listen.c2s, self.listen.http) {
+                        (None, None) => (default_c2s(), default_http()),
+                        (c2s, http) => (c2s.unwrap_or_default(), http.unwrap_or_default()),
                     };
-                    let c2s = self.listen.c2s.unwrap_or_else(default_c2s).into_iter().enumerate();
+                    let c2s = c2s.into_iter().enumerate();
                     let c2s = c2s.map(|(i, c2s)| c2s.convert(i, &shapers));
                     let http = http.into_iter().enumerate().map(|(i, http)| http.convert(i, &shapers));
                     c2s.chain(http).collect::<Result<_, _>>()?
@@ -1063,6 +1064,9 @@ mod tests {
     fn http_listeners() {
         let named = Config::parse("[[listen.c2s]]\nport = 5222").expect("valid");
         assert!(named.c2s.iter().all(|l| l.http.is_none()));
+        // Regression: a file naming only HTTP listeners got the default c2s ports too.
+        let web_only = Config::parse("[[listen.http]]\nport = 15280").expect("valid");
+        assert_eq!(web_only.c2s.len(), 1, "only the named HTTP listener");
         let bare = Config::parse("[[listen.http]]\nport = 15280").expect("valid");
         let ws = Some(HttpHandlers { websockets: Some("/ws-xmpp".into()), bosh: Some("/http-bind".into()) });
         assert_eq!(bare.c2s.last().map(|l| &l.http), Some(&ws), "no handlers table: /ws-xmpp and /http-bind");
