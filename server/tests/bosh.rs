@@ -14,7 +14,12 @@ use starling_wire::sasl;
 /// A node with the test's plain c2s listener and an HTTP listener serving
 /// `/http-bind`; `inactivity` is `mod_bosh`'s, in seconds.
 fn node(inactivity: u32) -> (TestNode, SocketAddr) {
+    node_with(inactivity, |_| {})
+}
+
+fn node_with(inactivity: u32, adjust: impl FnOnce(&mut starling_server::config::Config)) -> (TestNode, SocketAddr) {
     let node = TestNode::start_with(|config| {
+        adjust(config);
         config.c2s.push(C2sListener {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: TlsMode::None,
@@ -225,7 +230,8 @@ fn rids_are_handled_in_order() {
 /// sessions keep working.
 #[test]
 fn bad_requests_end_only_themselves() {
-    let (_node, http) = node(30);
+    // The default stanza limit (64 KiB, bodies up to 144 KiB), not the tests' small one.
+    let (_node, http) = node_with(30, |config| config.limits.framer = starling_wire::limits::FramerLimits::DEFAULT);
     let mut alice = Bosh::login(http, "alice", "web");
     for (body, condition) in [
         ("not xml", "bad-request"),
@@ -238,8 +244,13 @@ fn bad_requests_end_only_themselves() {
         let answer = post(http, body);
         assert!(answer.contains(&format!("condition='{condition}'")), "{body}: {answer}");
     }
+    // Regression (found by a breaker): 20,000 nested elements in one body overflowed
+    // a core thread's stack inside the XML parser and aborted the node.
+    let deep = "<a>".repeat(20_000) + &"</a>".repeat(20_000);
+    let nested = format!("<body rid='1' sid='0-x' xmlns='http://jabber.org/protocol/httpbind'>{deep}</body>");
+    assert!(post(http, &nested).contains("condition='bad-request'"));
     let mut stream = connect(http);
-    let huge = format!("<body rid='1' xmlns='http://jabber.org/protocol/httpbind'>{}</body>", "x".repeat(400_000));
+    let huge = format!("<body rid='1' xmlns='http://jabber.org/protocol/httpbind'>{}</body>", "x".repeat(160_000));
     let (status, _) = post_on(&mut stream, &huge);
     assert!(status.starts_with("HTTP/1.1 413 "), "{status}");
     let mut stream = connect(http);

@@ -22,6 +22,11 @@ const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
 /// (rids must stay exact in a JavaScript number).
 pub const RID_MAX: u64 = (1 << 53) - 1;
 
+/// Deepest nesting a body may have, `<body/>` included (stanzas inside are held
+/// to the framer's `depth_max`, 32 by default, when they reach the stream). Deeper
+/// bodies are refused before `roxmltree`, which recurses per level, sees them.
+pub const BODY_DEPTH_MAX: usize = 64;
+
 /// XEP-0124 section 17.2: terminal binding conditions (`<body type='terminate'
 /// condition=.../>`), the ones this server sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +112,9 @@ pub struct Body {
 /// Errors: `BadRequest` for anything that is not one `<body/>` in XEP-0124's
 /// namespace with a `rid`, and for a creation request without `to`.
 pub fn parse(bytes: &[u8]) -> Result<Body, Condition> {
+    if crate::xml::depth_exceeds(bytes, BODY_DEPTH_MAX) {
+        return Err(Condition::BadRequest);
+    }
     let text = std::str::from_utf8(bytes).map_err(|_| Condition::BadRequest)?;
     let doc = roxmltree::Document::parse(text).map_err(|_| Condition::BadRequest)?;
     let root = doc.root_element();
@@ -469,6 +477,25 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let doc = roxmltree::Document::parse(&text).expect("xml");
         assert_eq!(doc.root_element().attribute("condition"), Some("item-not-found"));
+    }
+
+    /// Regression (found by a breaker): 100,000 nested elements in one body
+    /// overflowed a core thread's stack inside roxmltree and aborted the node. They
+    /// are refused before parsing; the parse runs here on a small stack to show it.
+    #[test]
+    fn a_deeply_nested_body_is_refused_before_parsing() {
+        let payload = "<a>".repeat(100_000) + &"</a>".repeat(100_000);
+        let body = format!("<body rid='1' sid='0-00' xmlns='http://jabber.org/protocol/httpbind'>{payload}</body>");
+        let parsed = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || parse(body.as_bytes()))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(parsed, Err(Condition::BadRequest));
+        let nested = "<a>".repeat(BODY_DEPTH_MAX - 1) + &"</a>".repeat(BODY_DEPTH_MAX - 1);
+        let fits = format!("<body rid='1' sid='0-00' xmlns='http://jabber.org/protocol/httpbind'>{nested}</body>");
+        assert!(parse(fits.as_bytes()).is_ok(), "depth {BODY_DEPTH_MAX} is accepted");
     }
 
     proptest! {

@@ -229,7 +229,11 @@ fn translate_in(text: &str, xml: &mut Vec<u8>) {
             trimmed = trimmed[end + 2..].trim_start();
         }
     }
-    let framing = if trimmed.starts_with("<open") || trimmed.starts_with("<close") {
+    // Nested deeper than any `<open/>` could be: the framer refuses it (found by a
+    // breaker for BOSH bodies: roxmltree recurses per level).
+    let framing = if (trimmed.starts_with("<open") || trimmed.starts_with("<close"))
+        && !crate::xml::depth_exceeds(trimmed.as_bytes(), 4)
+    {
         roxmltree::Document::parse(trimmed)
             .ok()
             .filter(|doc| doc.root_element().tag_name().namespace() == Some(NS_FRAMING))

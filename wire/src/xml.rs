@@ -6,6 +6,61 @@
 
 use std::borrow::Cow;
 
+/// Whether the elements of `bytes` nest deeper than `max`, by a scan that never
+/// undercounts: comments, CDATA sections and processing instructions are skipped
+/// whole, quotes are honoured inside tags, and anything unexpected counts as an
+/// opening. Run before handing unframed input (a BOSH body, a WebSocket `<open/>`)
+/// to `roxmltree`, whose parser recurses per level: found by a breaker, a body of
+/// 100,000 nested elements overflowed a core thread's stack.
+pub fn depth_exceeds(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(offset) = bytes.get(at..).and_then(|rest| memchr::memchr(b'<', rest)) {
+        at += offset;
+        let rest = bytes.get(at..).unwrap_or_default();
+        let skip_to = |end: &[u8]| memchr::memmem::find(rest, end).map(|i| at + i + end.len());
+        let next = if rest.starts_with(b"<!--") {
+            skip_to(b"-->")
+        } else if rest.starts_with(b"<![CDATA[") {
+            skip_to(b"]]>")
+        } else if rest.starts_with(b"<?") {
+            skip_to(b"?>")
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            memchr::memchr(b'>', rest).map(|i| at + i + 1)
+        } else {
+            // A start tag (or a declaration: counted as one, which only overcounts).
+            depth += 1;
+            if depth > max {
+                return true;
+            }
+            let mut quote = None;
+            let mut end = None;
+            for (i, &b) in rest.iter().enumerate().skip(1) {
+                match (quote, b) {
+                    (Some(q), _) if b == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, b'\'' | b'"') => quote = Some(b),
+                    (None, b'>') => {
+                        if rest.get(i.wrapping_sub(1)) == Some(&b'/') {
+                            depth -= 1;
+                        }
+                        end = Some(at + i + 1);
+                        break;
+                    }
+                    (None, _) => {}
+                }
+            }
+            end
+        };
+        match next {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// Appends `text` escaped for both character data and attribute values (either quote).
 pub fn escape(text: &str, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
@@ -194,6 +249,36 @@ pub fn attribute<'a>(element: &'a [u8], name: &[u8]) -> Option<Attribute<'a>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A never-undercounting scan: wherever roxmltree finds depth D, the scan says
+    /// every max below D is exceeded (comments, CDATA, PIs and quoted `>`/`/>` included).
+    #[test]
+    fn depth_scan_never_undercounts() {
+        use proptest::prelude::*;
+        let tokens = prop::sample::select(vec![
+            "<a>",
+            "</a>",
+            "<a/>",
+            "<a x='/>'>",
+            "<a x=\"'>\">",
+            "<!--<a>-->",
+            "<!--</a></a>-->",
+            "<![CDATA[</a></a><a>]]>",
+            "t>",
+            "<?pi </a>?>",
+            "<b y='&gt;'/>",
+        ]);
+        proptest!(|(doc in prop::collection::vec(tokens, 0..40))| {
+            let text = format!("<r>{}</r>", doc.concat());
+            if let Ok(parsed) = roxmltree::Document::parse(&text) {
+                let depth = parsed.descendants().filter(|n| n.is_element()).map(|n| n.ancestors().filter(|a| a.is_element()).count()).max().unwrap_or(0);
+                for max in 0..depth {
+                    prop_assert!(depth_exceeds(text.as_bytes(), max), "depth {} not seen over {}: {}", depth, max, text);
+                }
+                prop_assert!(!depth_exceeds(text.as_bytes(), depth + 8), "overcounted: {}", text);
+            }
+        });
+    }
 
     /// Escaping and unescaping are inverse for any text.
     #[test]
