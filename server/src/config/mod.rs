@@ -1003,6 +1003,11 @@ mod raw {
                     "depth_max and attributes_per_element_max must be positive, name_bytes_max at least 16",
                 ));
             }
+            if self.depth_max > 256 {
+                // Stanzas are parsed by roxmltree, which recurses per level: a core
+                // thread's stack must hold the deepest stanza accepted.
+                return Err(invalid("limits.depth_max", "must be at most 256"));
+            }
             if self.send_timeout_seconds == 0 {
                 return Err(invalid("limits.send_timeout_seconds", "must be positive"));
             }
@@ -1187,6 +1192,7 @@ shaper = 'zero'"
         let cases = [
             ("[general]\nhostz = ['a']", "hostz"),
             ("[limits]\nstanza_bytes_max = 10", "limits.stanza_bytes_max"),
+            ("[limits]\ndepth_max = 1000", "limits.depth_max"),
             ("[[listen.c2s]]\nport = 5222\ntls.mode = 'maybe'", "listen.c2s[0].tls.mode"),
             ("[general]\nloglevel = 'loud'", "general.loglevel"),
             ("[general]\nhosts = ['bad host']", "general.hosts"),
