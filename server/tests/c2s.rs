@@ -439,3 +439,21 @@ fn legacy_session_request_is_a_no_op() {
     let answer = alice.expect("id='s1'");
     assert!(answer.contains("type='result'"), "{answer}");
 }
+
+/// Regression (found by a breaker): a stanza that came in the same read as the bind
+/// IQ waited in the framer until the client sent something else.
+#[test]
+fn a_stanza_pipelined_after_bind_is_handled_at_once() {
+    let node = TestNode::start();
+    let mut client = Client::connect(node.c2s);
+    client.open();
+    client.scram("alice", "secret").expect("login succeeds");
+    client.open();
+    client.send(
+        "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>\
+         <iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    assert!(client.expect("id='b1'").contains("<jid>alice@localhost/r</jid>"));
+    let pong = client.next_within(Duration::from_secs(3)).expect("the pipelined ping is answered without more input");
+    assert!(pong.contains("id='p1'") && pong.contains("type='result'"), "{pong}");
+}

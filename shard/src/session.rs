@@ -397,6 +397,10 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
     // Set while a shaper holds this session: nothing is read before then (µs since
     // the core started; 0: not held).
     let mut shaped: u64 = 0;
+    // Stanzas that came in the same read as the bind or the resumption wait in the
+    // framer: handled before waiting for more input (found by a breaker: a ping
+    // pipelined after the bind IQ went unanswered until the client sent again).
+    let mut stashed = framer.buffered_bytes() > 0;
     loop {
         if let Err(end) = flush_out(core, io, state) {
             return end;
@@ -423,39 +427,43 @@ async fn serve(core: &Core, io: &mut Io, framer: &mut Framer, state: &mut State,
                 Ok(_) => {}
             }
         }
-        let handled = match io.wait(core, mailbox, shaper_timer.as_mut(), limit, &mut paused).await {
-            Wake::Read(n) => {
-                reads = reads.saturating_add(1);
-                core.take_congestion();
-                shaped = charge_bytes(core, state, n).unwrap_or(0);
-                pump_read(core, io, framer, state, n)
-            }
-            // Input stashed when this session had to wait is handled now.
-            Wake::Resumed => pump(core, framer, state, &[]),
-            Wake::Mail => {
-                if mailbox.interrupted() {
-                    return End::TakenOver;
+        let handled = if std::mem::take(&mut stashed) {
+            pump(core, framer, state, &[])
+        } else {
+            match io.wait(core, mailbox, shaper_timer.as_mut(), limit, &mut paused).await {
+                Wake::Read(n) => {
+                    reads = reads.saturating_add(1);
+                    core.take_congestion();
+                    shaped = charge_bytes(core, state, n).unwrap_or(0);
+                    pump_read(core, io, framer, state, n)
                 }
-                if let Some(condition) = mailbox.kicked() {
-                    return End::Error(StreamError::new(condition));
+                // Input stashed when this session had to wait is handled now.
+                Wake::Resumed => pump(core, framer, state, &[]),
+                Wake::Mail => {
+                    if mailbox.interrupted() {
+                        return End::TakenOver;
+                    }
+                    if let Some(condition) = mailbox.kicked() {
+                        return End::Error(StreamError::new(condition));
+                    }
+                    let mut mail = Vec::new();
+                    mailbox.drain_into(&mut mail, WIRE_BYTES_HIGH, core.limits().queued_bytes_per_connection_max);
+                    if let Err(end) = send(core, io, state, &mail) {
+                        return end;
+                    }
+                    continue;
                 }
-                let mut mail = Vec::new();
-                mailbox.drain_into(&mut mail, WIRE_BYTES_HIGH, core.limits().queued_bytes_per_connection_max);
-                if let Err(end) = send(core, io, state, &mail) {
-                    return end;
+                Wake::Closed => return End::Gone,
+                // RFC 6120 section 4.9.3.4: the client took nothing for `send_timeout`.
+                Wake::Stalled => {
+                    return End::Error(StreamError::with_text(StreamErrorCondition::ConnectionTimeout, "not reading"))
                 }
-                continue;
-            }
-            Wake::Closed => return End::Gone,
-            // RFC 6120 section 4.9.3.4: the client took nothing for `send_timeout`.
-            Wake::Stalled => {
-                return End::Error(StreamError::with_text(StreamErrorCondition::ConnectionTimeout, "not reading"))
-            }
-            // A shaper's pause ended (input stashed when it began is handled now), or
-            // the acknowledgement wait did (checked at the top of the loop).
-            Wake::Timeout => {
-                shaped = 0;
-                pump(core, framer, state, &[])
+                // A shaper's pause ended (input stashed when it began is handled now), or
+                // the acknowledgement wait did (checked at the top of the loop).
+                Wake::Timeout => {
+                    shaped = 0;
+                    pump(core, framer, state, &[])
+                }
             }
         };
         match handled {
