@@ -288,3 +288,34 @@ fn an_inactive_session_ends() {
     assert!(started.elapsed() >= Duration::from_millis(900), "not before inactivity");
     assert!(alice.send("").contains("condition='item-not-found'"));
 }
+
+/// Regression (found by a breaker): a request ahead of a lost one, answered by its
+/// `wait`, kept the session alive for good (and its descriptors with it).
+#[test]
+fn a_session_with_a_lost_request_still_ends() {
+    let (node, http) = node(1);
+    let alice = Bosh::login(http, "alice", "web");
+    node.wait_sessions(1);
+    // rid + 1 is "lost"; rid + 2 waits for it, and is answered empty after `wait`.
+    let ahead =
+        format!("<body rid='{}' sid='{}' xmlns='http://jabber.org/protocol/httpbind'/>", alice.rid + 2, alice.sid);
+    assert!(post(http, &ahead).starts_with("<body"));
+    node.wait_sessions_within(0, Duration::from_secs(10));
+}
+
+/// Regression (found by a breaker): a stream error came in one answer and the
+/// terminating body, empty, in the next; XEP-0206 section 7 puts them together.
+#[test]
+fn a_stream_error_comes_with_the_terminating_body() {
+    let (node, http) = node(30);
+    let mut alice = Bosh::login(http, "alice", "web");
+    let poll = alice.body("");
+    let waiting = std::thread::spawn(move || post(http, &poll));
+    std::thread::sleep(Duration::from_millis(300));
+    // The same full JID bound again: the BOSH session gets `conflict`.
+    let _replacement = Client::login(node.c2s, "alice", "secret", "web");
+    let answer = waiting.join().unwrap();
+    let answer = if answer.contains("type='terminate'") { answer } else { alice.send("") };
+    assert!(answer.contains("type='terminate'") && answer.contains("condition='remote-stream-error'"), "{answer}");
+    assert!(answer.contains("<stream:error><conflict"), "{answer}");
+}

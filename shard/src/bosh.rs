@@ -116,6 +116,8 @@ struct State {
     hold: usize,
     requests: usize,
     wait: Duration,
+    /// `inactivity`: what `quiet_for` returns to on the request after a pause.
+    inactivity: Duration,
     max_pause: u32,
     domain: String,
     lang: Option<String>,
@@ -222,6 +224,7 @@ fn create(
         shut: Shut::No,
         last_seen: Instant::now(),
         quiet_for: Duration::from_secs(options.inactivity.into()),
+        inactivity: Duration::from_secs(options.inactivity.into()),
         hold: hold as usize,
         requests: hold as usize + 1,
         wait: Duration::from_secs(wait.into()),
@@ -271,6 +274,9 @@ impl BoshSession {
     fn request(&self, core: &Core, body: Body) -> Result<Rc<Slot>, Vec<u8>> {
         let mut state = self.state.borrow_mut();
         state.last_seen = Instant::now();
+        // XEP-0124 section 10: a pause lasts until the client's next request (found
+        // by a breaker: it never ended).
+        state.quiet_for = state.inactivity;
         if state.ending.is_some() && state.held.is_empty() && state.eof {
             // The stream ended while no request was out: this one says so.
             let condition = state.ending.flatten();
@@ -334,10 +340,19 @@ impl BoshSession {
         let mut state = self.state.borrow_mut();
         if let Some(at) = state.held.iter().position(|(_, held)| Rc::ptr_eq(held, slot)) {
             state.answer_at(at);
-        } else if let Some(entry) =
-            state.ahead.values_mut().find(|(_, held)| held.as_ref().is_some_and(|h| Rc::ptr_eq(h, slot)))
+        } else if let Some((rid, entry)) =
+            state.ahead.iter_mut().find(|(_, (_, held))| held.as_ref().is_some_and(|h| Rc::ptr_eq(h, slot)))
         {
+            // Answered empty now, its payload handled when the gap fills; the answer
+            // is kept for a retransmission like any other (found by a breaker: the
+            // retransmission got item-not-found).
+            let rid = *rid;
             entry.1 = None;
+            let mut out = Vec::new();
+            bosh::write_body(b"", &mut out);
+            let answer: Rc<[u8]> = out.into();
+            slot.fill(answer.clone());
+            state.remember(rid, answer);
         }
         drop(state);
         self.wake();
@@ -396,7 +411,13 @@ impl State {
     /// than the client allowed.
     fn deliver(&mut self) {
         while !self.held.is_empty() {
-            let something = !self.ready.is_empty() || (self.ending.is_some() && self.eof);
+            // Once the stream is ending, its last words (a <stream:error/>) wait for
+            // the end of file, to go with the terminating answer (XEP-0206 section 7;
+            // found by a breaker: they came in two answers).
+            let something = match self.ending {
+                None => !self.ready.is_empty(),
+                Some(_) => self.eof,
+            };
             if !something && self.held.len() <= self.hold {
                 break;
             }
@@ -418,14 +439,26 @@ impl State {
             bosh::write_body(&payload, &mut out);
         }
         let answer: Rc<[u8]> = out.into();
-        self.sent.push_back((rid, answer.clone()));
-        while self.sent.len() > self.requests {
-            self.sent.pop_front();
-        }
+        self.remember(rid, answer.clone());
         slot.fill(answer);
         if self.held.is_empty() {
             self.last_seen = Instant::now();
         }
+    }
+
+    /// Keeps an answer for a retransmission of its request (the last `requests`).
+    fn remember(&mut self, rid: u64, answer: Rc<[u8]>) {
+        self.sent.push_back((rid, answer));
+        while self.sent.len() > self.requests {
+            self.sent.pop_front();
+        }
+    }
+
+    /// Whether a request is out: held, or ahead and not yet answered. Ahead requests
+    /// answered by their `wait` do not keep the session alive (found by a breaker:
+    /// one lost request left a session that never ended, holding its descriptors).
+    fn waiting(&self) -> bool {
+        !self.held.is_empty() || self.ahead.values().any(|(_, slot)| slot.is_some())
     }
 
     /// Ends the session: the stream is cut (no `</stream:stream>` unless the
@@ -503,7 +536,7 @@ async fn pump(core: Rc<Core>, session: Rc<BoshSession>, mut stream: TcpStream) {
             return Poll::Ready(());
         }
         // Quiet: nothing held or waiting for longer than allowed.
-        if state.held.is_empty() && state.ahead.is_empty() && !removed {
+        if !state.waiting() && !removed {
             let deadline = state.last_seen + state.quiet_for;
             if Instant::now() >= deadline {
                 log::debug!("bosh: {} inactive", state.sid);

@@ -84,6 +84,12 @@ pub(crate) async fn serve(core: Rc<Core>, mut io: Io, listener: usize, address: 
                             io.close().await;
                             return;
                         }
+                        // Out now: a pipelined request already read would otherwise
+                        // keep it queued while that one is held (found by a breaker).
+                        if !io.flush(core.limits().send_timeout).await {
+                            io.close().await;
+                            return;
+                        }
                     }
                     crate::bosh::Handled::Elsewhere(peer) => {
                         drop(live);

@@ -91,7 +91,15 @@ pub fn read_head(bytes: &[u8], routes: &Routes) -> Option<(Request, usize)> {
         return Some((upgrade(method, &header), used));
     }
     if routes.bosh.as_deref() == Some(path) {
-        return Some((bosh(method, &header, routes), used));
+        let lengths = request.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")).count();
+        if lengths > 1 {
+            // RFC 9112 section 6.3: differing lengths are unrecoverable; we refuse
+            // any repetition (found by a breaker: the first one won).
+            return refuse(400, "Bad Request");
+        }
+        // HTTP/1.0 closes after the answer unless it asks to keep the connection.
+        let http10 = request.version == Some(0);
+        return Some((bosh(method, &header, routes, http10), used));
     }
     let answer = match path {
         "/.well-known/host-meta" | "/.well-known/host-meta.json" if method == "GET" || method == "HEAD" => match host {
@@ -122,9 +130,16 @@ pub fn read_head(bytes: &[u8], routes: &Routes) -> Option<(Request, usize)> {
 }
 
 /// XEP-0124 section 7 (and XEP-0206): what a request at the BOSH path is.
-fn bosh<'a>(method: &str, header: &impl Fn(&str) -> Option<&'a str>, routes: &Routes) -> Request {
+fn bosh<'a>(method: &str, header: &impl Fn(&str) -> Option<&'a str>, routes: &Routes, http10: bool) -> Request {
     match method {
         "POST" => {}
+        "OPTIONS"
+            if header("content-length").is_some_and(|v| v.trim() != "0") || header("transfer-encoding").is_some() =>
+        {
+            // A preflight has no body; one that claims one would be read as the next
+            // request (found by a breaker: a response desync behind a proxy).
+            return Request::Respond { response: respond(400, "Bad Request", "") };
+        }
         "OPTIONS" => {
             let response =
                 format!("HTTP/1.1 200 OK\r\n{CORS}Access-Control-Max-Age: 86400\r\nContent-Length: 0\r\n\r\n");
@@ -136,14 +151,18 @@ fn bosh<'a>(method: &str, header: &impl Fn(&str) -> Option<&'a str>, routes: &Ro
         // Browsers and BOSH libraries send a length; chunked bodies are not read here.
         return Request::Respond { response: respond(411, "Length Required", "") };
     }
-    let Some(length) = header("content-length").and_then(|v| v.trim().parse::<usize>().ok()) else {
+    let digits = |v: &str| !v.trim().is_empty() && v.trim().bytes().all(|b| b.is_ascii_digit());
+    let Some(length) = header("content-length").filter(|v| digits(v)).and_then(|v| v.trim().parse::<usize>().ok())
+    else {
         return Request::Respond { response: respond(411, "Length Required", "") };
     };
     if length > routes.bosh_body_bytes_max {
         return Request::Respond { response: respond(413, "Content Too Large", "") };
     }
-    let close = header("connection").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
-    Request::Bosh { content_length: length, keep_alive: !close }
+    let token =
+        |name: &str| header("connection").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(name)));
+    let keep_alive = if http10 { token("keep-alive") } else { !token("close") };
+    Request::Bosh { content_length: length, keep_alive }
 }
 
 /// CORS headers of BOSH answers: any origin may post (XEP-0124 section 7 leaves
@@ -381,6 +400,11 @@ mod tests {
             read_head(close, &routes()).map(|r| r.0),
             Some(Request::Bosh { content_length: 0, keep_alive: false })
         );
+        let old = b"POST /http-bind HTTP/1.0\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            read_head(old, &routes()).map(|r| r.0),
+            Some(Request::Bosh { content_length: 0, keep_alive: false })
+        );
         let options = b"OPTIONS /http-bind HTTP/1.1\r\nOrigin: http://a\r\n\r\n";
         let (preflight, _) = read_head(options, &routes()).expect("complete");
         assert!(matches!(preflight, Request::Preflight { .. }));
@@ -391,6 +415,10 @@ mod tests {
             (b"POST /http-bind HTTP/1.1\r\nContent-Length: x\r\n\r\n", "411"),
             (b"POST /http-bind HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "411"),
             (b"POST /http-bind HTTP/1.1\r\nContent-Length: 1025\r\n\r\n", "413"),
+            // Found by a breaker: a repeated length, a signed one, a preflight with a body.
+            (b"POST /http-bind HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 92\r\n\r\n", "400"),
+            (b"POST /http-bind HTTP/1.1\r\nContent-Length: +5\r\n\r\n", "411"),
+            (b"OPTIONS /http-bind HTTP/1.1\r\nContent-Length: 92\r\n\r\n", "400"),
         ] {
             let (request, _) = read_head(head, &routes()).expect("complete");
             assert!(text(&request).starts_with(&format!("HTTP/1.1 {status} ")), "{}", text(&request));
