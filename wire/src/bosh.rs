@@ -27,6 +27,10 @@ pub const RID_MAX: u64 = (1 << 53) - 1;
 /// bodies are refused before `roxmltree`, which recurses per level, sees them.
 pub const BODY_DEPTH_MAX: usize = 64;
 
+/// Attributes one element of a body may have (the framer's default for stanzas);
+/// roxmltree compares each with every earlier one.
+pub const BODY_ATTRIBUTES_MAX: usize = 64;
+
 /// Namespace declarations (`xmlns` and `xmlns:*`) a body may hold in all. roxmltree
 /// copies every namespace in scope into each element that declares one more, so
 /// unbounded declarations cost the product of the two (found by a breaker: 5,000
@@ -118,7 +122,7 @@ pub struct Body {
 /// Errors: `BadRequest` for anything that is not one `<body/>` in XEP-0124's
 /// namespace with a `rid`, and for a creation request without `to`.
 pub fn parse(bytes: &[u8]) -> Result<Body, Condition> {
-    if crate::xml::depth_exceeds(bytes, BODY_DEPTH_MAX)
+    if crate::xml::exceeds(bytes, BODY_DEPTH_MAX, BODY_ATTRIBUTES_MAX)
         || memchr::memmem::find_iter(bytes, b"xmlns").nth(BODY_NAMESPACES_MAX).is_some()
     {
         return Err(Condition::BadRequest);
@@ -504,6 +508,27 @@ mod tests {
         let nested = "<a>".repeat(BODY_DEPTH_MAX - 1) + &"</a>".repeat(BODY_DEPTH_MAX - 1);
         let fits = format!("<body rid='1' sid='0-00' xmlns='http://jabber.org/protocol/httpbind'>{nested}</body>");
         assert!(parse(fits.as_bytes()).is_ok(), "depth {BODY_DEPTH_MAX} is accepted");
+    }
+
+    /// Regressions (found by a second breaker): `<!-->` opens a comment (the scan
+    /// took it as a whole one and undercounted), and attributes are bounded.
+    #[test]
+    fn comment_tricks_and_attribute_floods_are_refused() {
+        let chunk = "<a>".repeat(60) + "<!-->" + &"</a>".repeat(60) + "-->";
+        let payload = chunk.repeat(200) + &"</a>".repeat(12_000);
+        let body = format!("<body rid='1' sid='0-00' xmlns='http://jabber.org/protocol/httpbind'>{payload}</body>");
+        let parsed = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || parse(body.as_bytes()))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(parsed, Err(Condition::BadRequest));
+        let attributes: String = (0..5000).map(|i| format!(" p:a{i}=''")).collect();
+        let body = format!(
+            "<body rid='1' sid='s' xmlns='http://jabber.org/protocol/httpbind'><x xmlns:p='u'{attributes}/></body>"
+        );
+        assert_eq!(parse(body.as_bytes()), Err(Condition::BadRequest));
     }
 
     /// Regression (found by a breaker): namespace declarations are bounded before

@@ -232,7 +232,7 @@ fn translate_in(text: &str, xml: &mut Vec<u8>) {
     // Nested deeper than any `<open/>` could be: the framer refuses it (found by a
     // breaker for BOSH bodies: roxmltree recurses per level).
     let framing = if (trimmed.starts_with("<open") || trimmed.starts_with("<close"))
-        && !crate::xml::depth_exceeds(trimmed.as_bytes(), 4)
+        && !crate::xml::exceeds(trimmed.as_bytes(), 4, 16)
     {
         roxmltree::Document::parse(trimmed)
             .ok()

@@ -6,41 +6,56 @@
 
 use std::borrow::Cow;
 
-/// Whether the elements of `bytes` nest deeper than `max`, by a scan that never
-/// undercounts: comments, CDATA sections and processing instructions are skipped
-/// whole, quotes are honoured inside tags, and anything unexpected counts as an
-/// opening. Run before handing unframed input (a BOSH body, a WebSocket `<open/>`)
-/// to `roxmltree`, whose parser recurses per level: found by a breaker, a body of
-/// 100,000 nested elements overflowed a core thread's stack.
-pub fn depth_exceeds(bytes: &[u8], max: usize) -> bool {
+/// Whether the elements of `bytes` nest deeper than `depth_max`, or one start tag
+/// holds more than `attributes_max` attributes, by a scan that never undercounts:
+/// comments, CDATA sections and processing instructions are skipped whole (their
+/// end searched after their opening), quotes are honoured inside tags, and anything
+/// unexpected counts as an opening. Run before handing unframed input (a BOSH body,
+/// a WebSocket `<open/>`) to `roxmltree`, whose parser recurses per level and
+/// checks attributes for duplicates pairwise: found by breakers, a body of 20,000
+/// nested elements overflowed a core thread's stack, `<!-->` hid closing tags from
+/// an earlier version of this scan, and thousands of attributes on one element
+/// kept a core busy.
+pub fn exceeds(bytes: &[u8], depth_max: usize, attributes_max: usize) -> bool {
     let mut depth = 0usize;
     let mut at = 0;
     while let Some(offset) = bytes.get(at..).and_then(|rest| memchr::memchr(b'<', rest)) {
         at += offset;
         let rest = bytes.get(at..).unwrap_or_default();
-        let skip_to = |end: &[u8]| memchr::memmem::find(rest, end).map(|i| at + i + end.len());
+        // The end of a construct opened by `open`, searched after the opening.
+        let skip = |open: &[u8], end: &[u8]| {
+            let body = rest.get(open.len()..).unwrap_or_default();
+            memchr::memmem::find(body, end).map(|i| at + open.len() + i + end.len())
+        };
         let next = if rest.starts_with(b"<!--") {
-            skip_to(b"-->")
+            skip(b"<!--", b"-->")
         } else if rest.starts_with(b"<![CDATA[") {
-            skip_to(b"]]>")
+            skip(b"<![CDATA[", b"]]>")
         } else if rest.starts_with(b"<?") {
-            skip_to(b"?>")
+            skip(b"<?", b"?>")
         } else if rest.starts_with(b"</") {
             depth = depth.saturating_sub(1);
             memchr::memchr(b'>', rest).map(|i| at + i + 1)
         } else {
             // A start tag (or a declaration: counted as one, which only overcounts).
             depth += 1;
-            if depth > max {
+            if depth > depth_max {
                 return true;
             }
             let mut quote = None;
+            let mut attributes = 0usize;
             let mut end = None;
             for (i, &b) in rest.iter().enumerate().skip(1) {
                 match (quote, b) {
                     (Some(q), _) if b == q => quote = None,
                     (Some(_), _) => {}
                     (None, b'\'' | b'"') => quote = Some(b),
+                    (None, b'=') => {
+                        attributes += 1;
+                        if attributes > attributes_max {
+                            return true;
+                        }
+                    }
                     (None, b'>') => {
                         if rest.get(i.wrapping_sub(1)) == Some(&b'/') {
                             depth -= 1;
@@ -59,6 +74,11 @@ pub fn depth_exceeds(bytes: &[u8], max: usize) -> bool {
         }
     }
     false
+}
+
+/// [`exceeds`] for depth alone.
+pub fn depth_exceeds(bytes: &[u8], max: usize) -> bool {
+    exceeds(bytes, max, usize::MAX)
 }
 
 /// Appends `text` escaped for both character data and attribute values (either quote).
