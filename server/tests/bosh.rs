@@ -319,3 +319,31 @@ fn a_stream_error_comes_with_the_terminating_body() {
     assert!(answer.contains("type='terminate'") && answer.contains("condition='remote-stream-error'"), "{answer}");
     assert!(answer.contains("<stream:error><conflict"), "{answer}");
 }
+
+fn open_files() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|dir| dir.count()).unwrap_or(0)
+}
+
+/// Regression (found by a breaker): a session that went quiet with more than
+/// 256 KiB waiting for it was never read again after it ended, so its socket pair
+/// stayed open for good. (The node runs in this process: its descriptors are ours.)
+#[test]
+fn a_quiet_session_with_a_full_buffer_releases_its_sockets() {
+    let (node, http) = node(1);
+    let mut bob = Client::login(node.c2s, "bob", "secret", "tcp");
+    bob.presence();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = open_files();
+    let mut alice = Bosh::login(http, "alice", "web");
+    alice.send("<presence xmlns='jabber:client'/>");
+    // 400 KiB for alice, who never polls again.
+    let text = "x".repeat(1000);
+    for i in 0..400 {
+        bob.send(&format!("<message to='alice@localhost/web' type='chat' id='f{i}'><body>{text}</body></message>"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open_files() > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(open_files() <= before, "descriptors held: {} now, {before} before the session", open_files());
+}

@@ -274,9 +274,6 @@ impl BoshSession {
     fn request(&self, core: &Core, body: Body) -> Result<Rc<Slot>, Vec<u8>> {
         let mut state = self.state.borrow_mut();
         state.last_seen = Instant::now();
-        // XEP-0124 section 10: a pause lasts until the client's next request (found
-        // by a breaker: it never ended).
-        state.quiet_for = state.inactivity;
         if state.ending.is_some() && state.held.is_empty() && state.eof {
             // The stream ended while no request was out: this one says so.
             let condition = state.ending.flatten();
@@ -311,6 +308,10 @@ impl BoshSession {
                 return Err(terminate(Condition::ItemNotFound));
             }
             Order::Ahead => {
+                if let Some((_, answer)) = state.sent.iter().find(|(rid, _)| *rid == body.rid) {
+                    // Answered by its wait already: the same answer again.
+                    return Err(answer.to_vec());
+                }
                 state.ahead.insert(body.rid, (body, Some(slot.clone())));
             }
             Order::Next => {
@@ -353,6 +354,8 @@ impl BoshSession {
             let answer: Rc<[u8]> = out.into();
             slot.fill(answer.clone());
             state.remember(rid, answer);
+            // Inactivity counts from our last answer (XEP-0124 section 10).
+            state.last_seen = Instant::now();
         }
         drop(state);
         self.wake();
@@ -370,6 +373,10 @@ impl State {
     /// session.
     fn process(&mut self, body: Body, slot: Option<Rc<Slot>>) -> Result<(), Vec<u8>> {
         self.rids.advance();
+        // XEP-0124 section 10: a pause lasts until the client's next request (found
+        // by a breaker: it never ended); a retransmission is not a next request
+        // (found by the next breaker: it cancelled the pause).
+        self.quiet_for = self.inactivity;
         match body.kind {
             Kind::Restart => {
                 self.to_stream.extend_from_slice(&body.payload);
@@ -448,6 +455,12 @@ impl State {
 
     /// Keeps an answer for a retransmission of its request (the last `requests`).
     fn remember(&mut self, rid: u64, answer: Rc<[u8]>) {
+        // Once per rid: a second answer to the same rid must not push out another
+        // rid's (found by a breaker).
+        if let Some(kept) = self.sent.iter_mut().find(|(kept, _)| *kept == rid) {
+            kept.1 = answer;
+            return;
+        }
         self.sent.push_back((rid, answer));
         while self.sent.len() > self.requests {
             self.sent.pop_front();
@@ -509,7 +522,12 @@ async fn pump(core: Rc<Core>, session: Rc<BoshSession>, mut stream: TcpStream) {
             let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
             state.shut = Shut::Done;
         }
-        if !state.eof && state.ready.len() < READY_BYTES_MAX {
+        // Once the session is over (removed, or its stream ending), the stream is read
+        // to its end whatever waits: found by a breaker, a session that went quiet
+        // with 256 KiB waiting was never read again, so its end of file never came
+        // and its socket pair stayed open for good.
+        let over = state.ending.is_some() || !core.bosh.borrow().contains_key(&state.sid);
+        if !state.eof && (state.ready.len() < READY_BYTES_MAX || over) {
             let mut buffer = core.read_buffer.borrow_mut();
             match Pin::new(&mut stream).poll_read(cx, &mut buffer[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -521,6 +539,10 @@ async fn pump(core: Rc<Core>, session: Rc<BoshSession>, mut stream: TcpStream) {
                     continue;
                 }
                 Poll::Ready(Ok(n)) => {
+                    if over && state.ready.len() >= READY_BYTES_MAX {
+                        // Nobody will take more: dropped, as a dead TCP peer's would be.
+                        continue;
+                    }
                     let read = buffer.get(..n).unwrap_or_default().to_vec();
                     drop(buffer);
                     state.take_output(&read);
