@@ -131,6 +131,8 @@ pub(super) struct Stacks {
     /// How many of the current tag's attributes have a prefix other than `xmlns`; with
     /// two or more, duplicates are also looked for after namespace resolution.
     prefixed_attributes: u16,
+    /// Namespace declarations in this unit so far (`DECLARATIONS_PER_UNIT_MAX`).
+    declarations: u16,
 }
 
 impl Stacks {
@@ -138,6 +140,7 @@ impl Stacks {
         self.prefixed = false;
         self.declares = false;
         self.prefixed_attributes = 0;
+        self.declarations = 0;
         self.open.clear();
         self.prefixes.clear();
         self.attributes.clear();
@@ -424,6 +427,10 @@ fn declaration(
     prefix: Option<Span>,
     value: Option<ValueSpan>,
 ) -> Result<(), FramerError> {
+    stacks.declarations += 1;
+    if stacks.declarations > super::DECLARATIONS_PER_UNIT_MAX {
+        return Err(FramerError::Limit(Limit::NamespaceDeclarations));
+    }
     if let Some(prefix) = prefix {
         stacks.prefixes.push(Binding { prefix, uri: value.unwrap_or_default() });
     }

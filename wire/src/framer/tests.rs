@@ -441,3 +441,19 @@ fn a_namespace_check_gives_the_same_error_however_reads_split() {
     assert_eq!(frames_of(FramerLimits::for_tests(), &chunks).unwrap_err(), whole);
     assert_eq!(whole, FramerError::Syntax(Syntax::UnexpectedByte(b'/')));
 }
+
+/// Regression (found by a breaker): namespace declarations are counted per
+/// top-level element, so roxmltree's per-element copies of the namespaces in scope
+/// stay cheap; every stanza starts a new count.
+#[test]
+fn namespace_declarations_are_bounded_per_stanza() {
+    let limits = FramerLimits::DEFAULT;
+    let level = |d: usize| (0..32).map(|i| format!(" xmlns:p{d}x{i}='u'")).collect::<String>();
+    let nested: String = (0..5).map(|d| format!("<a{}>", level(d))).collect();
+    let closing = "</a>".repeat(5);
+    let too_many = format!("{HEADER}{nested}{closing}");
+    let refused = frames_of(limits, &[too_many.as_bytes()]).expect_err("over the declarations limit");
+    assert_eq!(refused, FramerError::Limit(Limit::NamespaceDeclarations));
+    let one_each = "<message xmlns='jabber:client'><body>x</body></message>".repeat(500);
+    assert_eq!(frames_of(limits, &[format!("{HEADER}{one_each}").as_bytes()]).map(|f| f.len()), Ok(501));
+}
