@@ -17,11 +17,25 @@ fn settings(node: &str, num: u16) -> LinkSettings {
     LinkSettings { cluster: "c".into(), node: node.into(), node_num: num, secret: b"s".to_vec() }
 }
 
+/// Fresh nonces for each run, as a real link has. With fixed ones every run derived
+/// the same keys, and the fuzzer learned a correctly tagged frame from earlier runs
+/// and hid it inside a stanza's bytes: a forgery that needs the keys, which a real
+/// attacker on the path does not have (found by the fuzz smoke, 2026-11-30).
+fn nonce() -> [u8; 32] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut nonce = [0u8; 32];
+    for chunk in nonce.chunks_mut(8) {
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        chunk.copy_from_slice(&random.to_le_bytes());
+    }
+    nonce
+}
+
 /// An owner and a peer after the handshake.
 fn established(now: Instant) -> (OutLink, InLink, LinkSettings, LinkSettings) {
     let (a, b) = (settings("a", 1), settings("b", 2));
-    let mut owner = OutLink::new(&a, 0, 1, [1; 32], now);
-    let mut peer = InLink::new([2; 32], now);
+    let mut owner = OutLink::new(&a, 0, 1, nonce(), now);
+    let mut peer = InLink::new(nonce(), now);
     for _ in 0..4 {
         let bytes = owner.transmit().to_vec();
         owner.transmitted(bytes.len(), now);
