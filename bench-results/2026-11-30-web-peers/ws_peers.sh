@@ -9,9 +9,11 @@
 # port 5280, consider_websocket_secure for PLAIN on ws://).
 # Usage: ws_peers.sh USERS SECONDS   (as root, after ../shared/peers/install.sh and
 #        cargo build --release -p starling-server -p starling-loadgen)
+# Environment: SERVERS (default "starling ejabberd prosody"), OUT (default: this folder).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-out="$(cd "$(dirname "$0")" && pwd)"
+out="${OUT:-$(cd "$(dirname "$0")" && pwd)}"
+servers="${SERVERS:-starling ejabberd prosody}"
 bin="$root/target/release"
 users="${1:-2000}"; seconds="${2:-30}"
 work="$(mktemp -d)"
@@ -70,6 +72,7 @@ run() {  # run LABEL TARGET TRANSPORT WS_PATH PID AUTH
 }
 
 # Starling.
+if [[ " $servers " == *" starling "* ]]; then
 cat > "$work/starling.toml" <<TOML
 [general]
   data_dir = "$work/data"
@@ -101,19 +104,24 @@ for _ in $(seq 1 100); do "$bin/starling" --config "$work/starling.toml" server 
 run starling-tcp 127.0.0.1:5222 tcp /ws-xmpp "$pid" scram
 run starling-websocket 127.0.0.1:5280 websocket /ws-xmpp "$pid" scram
 kill -TERM "$pid"; wait "$pid" || true
+fi
 
 # ejabberd.
+if [[ " $servers " == *" ejabberd "* ]]; then
 "$peers/start_ejabberd.sh" --fresh >/dev/null
 "$peers/register_users.sh" ejabberd "$users" >/dev/null 2>&1
 pid="$(cat "$RUN_DIR/ejabberd/log/ejabberd.pid")"
 run ejabberd-tcp 127.0.0.1:5222 tcp /ws "$pid" plain
 run ejabberd-websocket 127.0.0.1:5280 websocket /ws "$pid" plain
 "$peers/stop_ejabberd.sh" >/dev/null 2>&1 || true
+fi
 
 # Prosody.
+if [[ " $servers " == *" prosody "* ]]; then
 "$peers/start_prosody.sh" --fresh >/dev/null
 "$peers/register_users.sh" prosody "$users" >/dev/null 2>&1
 pid="$(cat "$RUN_DIR/prosody/server.pid")"
 run prosody-tcp 127.0.0.1:5223 tcp /xmpp-websocket "$pid" plain
 run prosody-websocket 127.0.0.1:5280 websocket /xmpp-websocket "$pid" plain
 "$peers/stop_prosody.sh" >/dev/null 2>&1 || true
+fi
