@@ -491,6 +491,16 @@ mod tests {
         assert_eq!(doc.root_element().attribute("condition"), Some("item-not-found"));
     }
 
+    /// `parse` on a 128 KiB stack: a recursion per level would overflow it.
+    fn parse_on_a_small_stack(body: String) -> Result<Body, Condition> {
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || parse(body.as_bytes()))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow")
+    }
+
     /// Regression (found by a breaker): 100,000 nested elements in one body
     /// overflowed a core thread's stack inside roxmltree and aborted the node. They
     /// are refused before parsing; the parse runs here on a small stack to show it.
@@ -498,13 +508,7 @@ mod tests {
     fn a_deeply_nested_body_is_refused_before_parsing() {
         let payload = "<a>".repeat(100_000) + &"</a>".repeat(100_000);
         let body = format!("<body rid='1' sid='0-00' xmlns='http://jabber.org/protocol/httpbind'>{payload}</body>");
-        let parsed = std::thread::Builder::new()
-            .stack_size(128 * 1024)
-            .spawn(move || parse(body.as_bytes()))
-            .expect("thread")
-            .join()
-            .expect("no stack overflow");
-        assert_eq!(parsed, Err(Condition::BadRequest));
+        assert_eq!(parse_on_a_small_stack(body), Err(Condition::BadRequest));
         let nested = "<a>".repeat(BODY_DEPTH_MAX - 1) + &"</a>".repeat(BODY_DEPTH_MAX - 1);
         let fits = format!("<body rid='1' sid='0-00' xmlns='http://jabber.org/protocol/httpbind'>{nested}</body>");
         assert!(parse(fits.as_bytes()).is_ok(), "depth {BODY_DEPTH_MAX} is accepted");
@@ -517,13 +521,7 @@ mod tests {
         let chunk = "<a>".repeat(60) + "<!-->" + &"</a>".repeat(60) + "-->";
         let payload = chunk.repeat(200) + &"</a>".repeat(12_000);
         let body = format!("<body rid='1' sid='0-00' xmlns='http://jabber.org/protocol/httpbind'>{payload}</body>");
-        let parsed = std::thread::Builder::new()
-            .stack_size(128 * 1024)
-            .spawn(move || parse(body.as_bytes()))
-            .expect("thread")
-            .join()
-            .expect("no stack overflow");
-        assert_eq!(parsed, Err(Condition::BadRequest));
+        assert_eq!(parse_on_a_small_stack(body), Err(Condition::BadRequest));
         let attributes: String = (0..5000).map(|i| format!(" p:a{i}=''")).collect();
         let body = format!(
             "<body rid='1' sid='s' xmlns='http://jabber.org/protocol/httpbind'><x xmlns:p='u'{attributes}/></body>"

@@ -79,6 +79,19 @@ impl Harness {
         String::from_utf8(std::mem::take(&mut self.out)).unwrap()
     }
 
+    /// Starts SCRAM-SHA-256 as `user`; returns the server-first message.
+    fn scram_server_first(&mut self, user: &str) -> String {
+        let (_, first) = ScramClient::new(scram::Hash::Sha256, user, "clientnonce", None);
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+            sasl::encode_payload(&first)
+        ))
+        .unwrap();
+        let challenge = self.output();
+        let payload = challenge.split('>').nth(1).unwrap().split('<').next().unwrap();
+        String::from_utf8(sasl::decode_payload(payload.as_bytes()).unwrap()).unwrap()
+    }
+
     /// Runs SCRAM with our client; returns the server's final answer element.
     fn scram_login(&mut self, mechanism: Mechanism, user: &str, password: &str) -> Result<String, StreamError> {
         let hash = mechanism.scram_hash().unwrap();
@@ -169,15 +182,7 @@ fn unknown_user_fails_like_a_wrong_password() {
         let mut h = Harness::new(C2sSettings::for_tests());
         h.send(HEADER).unwrap();
         h.output();
-        let (_, first) = ScramClient::new(scram::Hash::Sha256, "ghost", "n1", None);
-        h.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
-            sasl::encode_payload(&first)
-        ))
-        .unwrap();
-        let challenge = h.output();
-        let payload = challenge.split('>').nth(1).unwrap().split('<').next().unwrap();
-        let server_first = String::from_utf8(sasl::decode_payload(payload.as_bytes()).unwrap()).unwrap();
+        let server_first = h.scram_server_first("ghost");
         salts.push(server_first.split(',').nth(1).unwrap().to_owned());
     }
     assert_eq!(salts[0], salts[1]);
@@ -544,15 +549,7 @@ fn server_first_carries_the_downgrade_hash() {
         .filter_map(|m| m.split("</mechanism>").next().filter(|m| !m.is_empty()))
         .collect();
     assert!(mechanisms.contains(&"SCRAM-SHA-256"), "{features}");
-    let (_, first) = ScramClient::new(scram::Hash::Sha256, "alice", "clientnonce", None);
-    h.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
-        sasl::encode_payload(&first)
-    ))
-    .unwrap();
-    let challenge = h.output();
-    let payload = challenge.split('>').nth(1).unwrap().split('<').next().unwrap();
-    let server_first = String::from_utf8(sasl::decode_payload(payload.as_bytes()).unwrap()).unwrap();
+    let server_first = h.scram_server_first("alice");
     let expected = scram::downgrade_hash(scram::Hash::Sha256, &mechanisms, None);
     assert!(server_first.ends_with(&format!(",h={expected}")), "{server_first}");
 }
