@@ -47,7 +47,7 @@ pub(crate) const READY_BYTES_MAX: usize = 256 * 1024;
 /// What a BOSH request gets.
 pub(crate) enum Handled {
     /// A `<body/>`, sent with `200 OK`.
-    Answer(Vec<u8>),
+    Answer(Rc<[u8]>),
     /// The session is on this other core: move the connection there.
     Elsewhere(usize),
 }
@@ -158,19 +158,17 @@ fn core_of(sid: &str, cores: usize) -> Option<usize> {
     core.parse::<usize>().ok().filter(|core| *core < cores)
 }
 
-fn terminate(condition: Condition) -> Vec<u8> {
+fn terminate(condition: Condition) -> Rc<[u8]> {
     let mut out = Vec::new();
     bosh::write_terminate(Some(condition), b"", &mut out);
-    out
+    out.into()
 }
 
+/// A new session and the slot of its creation request.
+type Started = (Rc<BoshSession>, Rc<Slot>);
+
 /// Starts a session: its stream, its pump, and the creation request held.
-fn create(
-    core: &Rc<Core>,
-    body: Body,
-    address: Option<IpAddr>,
-    listener: usize,
-) -> Result<(Rc<BoshSession>, Rc<Slot>), Vec<u8>> {
+fn create(core: &Rc<Core>, body: Body, address: Option<IpAddr>, listener: usize) -> Result<Started, Rc<[u8]>> {
     let Kind::Create(create) = &body.kind else { return Err(terminate(Condition::BadRequest)) };
     let settings = &core.shared.settings;
     if !settings.hosts.contains(&create.to) {
@@ -247,20 +245,20 @@ fn create(
 }
 
 /// Waits for `slot`'s answer, at most the session's `wait`.
-async fn answer_of(session: &BoshSession, slot: &Rc<Slot>) -> Vec<u8> {
+async fn answer_of(session: &BoshSession, slot: &Rc<Slot>) -> Rc<[u8]> {
     let wait = session.state.borrow().wait;
     let mut timer = glommio::timer::Timer::new(wait);
     futures_lite::future::poll_fn(|cx| {
         if let Some(answer) = slot.answer.borrow().as_ref() {
-            return Poll::Ready(answer.to_vec());
+            return Poll::Ready(answer.clone());
         }
         if Pin::new(&mut timer).poll(cx).is_ready() {
             session.expire(slot);
-            let answer = slot.answer.borrow().as_ref().map(|a| a.to_vec());
+            let answer = slot.answer.borrow().clone();
             return Poll::Ready(answer.unwrap_or_else(|| {
                 let mut out = Vec::new();
                 bosh::write_body(b"", &mut out);
-                out
+                out.into()
             }));
         }
         slot.waker.set(Some(cx.waker().clone()));
@@ -271,7 +269,7 @@ async fn answer_of(session: &BoshSession, slot: &Rc<Slot>) -> Vec<u8> {
 
 impl BoshSession {
     /// A request for this session: `Ok` its slot, or `Err` an answer now.
-    fn request(&self, core: &Core, body: Body) -> Result<Rc<Slot>, Vec<u8>> {
+    fn request(&self, core: &Core, body: Body) -> Result<Rc<Slot>, Rc<[u8]>> {
         let mut state = self.state.borrow_mut();
         state.last_seen = Instant::now();
         if state.ending.is_some() && state.held.is_empty() && state.eof {
@@ -282,7 +280,7 @@ impl BoshSession {
             self.wake();
             let mut out = Vec::new();
             bosh::write_terminate(condition, &std::mem::take(&mut state.ready), &mut out);
-            return Err(out);
+            return Err(out.into());
         }
         let slot = Rc::new(Slot::default());
         match state.rids.order(body.rid) {
@@ -297,7 +295,7 @@ impl BoshSession {
             }
             Order::Repeat => {
                 if let Some((_, answer)) = state.sent.iter().find(|(rid, _)| *rid == body.rid) {
-                    return Err(answer.to_vec());
+                    return Err(answer.clone());
                 }
                 if let Some(held) = state.held.iter_mut().find(|(rid, _)| *rid == body.rid) {
                     // Retransmitted while the first is still held (its connection
@@ -310,7 +308,7 @@ impl BoshSession {
             Order::Ahead => {
                 if let Some((_, answer)) = state.sent.iter().find(|(rid, _)| *rid == body.rid) {
                     // Answered by its wait already: the same answer again.
-                    return Err(answer.to_vec());
+                    return Err(answer.clone());
                 }
                 state.ahead.insert(body.rid, (body, Some(slot.clone())));
             }
@@ -371,7 +369,7 @@ impl BoshSession {
 impl State {
     /// Handles the next request in `rid` order; `Err`: an answer that ends the
     /// session.
-    fn process(&mut self, body: Body, slot: Option<Rc<Slot>>) -> Result<(), Vec<u8>> {
+    fn process(&mut self, body: Body, slot: Option<Rc<Slot>>) -> Result<(), Rc<[u8]>> {
         self.rids.advance();
         // XEP-0124 section 10: a pause lasts until the client's next request (found
         // by a breaker: it never ended); a retransmission is not a next request
@@ -380,9 +378,7 @@ impl State {
         match body.kind {
             Kind::Restart => {
                 self.to_stream.extend_from_slice(&body.payload);
-                let domain = std::mem::take(&mut self.domain);
-                bosh::write_stream_header(&domain, self.lang.as_deref(), &mut self.to_stream);
-                self.domain = domain;
+                bosh::write_stream_header(&self.domain, self.lang.as_deref(), &mut self.to_stream);
             }
             Kind::Terminate => {
                 self.to_stream.extend_from_slice(&body.payload);
@@ -487,9 +483,18 @@ impl State {
 
     /// Takes stream output: translated into `ready`, and whether the stream ended.
     fn take_output(&mut self, bytes: &[u8]) {
-        self.from_stream.extend_from_slice(bytes);
-        let (used, ending) = bosh::translate(&self.from_stream, &mut self.ready);
-        self.from_stream.drain(..used.min(self.from_stream.len()));
+        // Translated from the read itself when no partial element is held; only an
+        // incomplete element's bytes are kept.
+        let ending = if self.from_stream.is_empty() {
+            let (used, ending) = bosh::translate(bytes, &mut self.ready);
+            self.from_stream.extend_from_slice(bytes.get(used..).unwrap_or_default());
+            ending
+        } else {
+            self.from_stream.extend_from_slice(bytes);
+            let (used, ending) = bosh::translate(&self.from_stream, &mut self.ready);
+            self.from_stream.drain(..used.min(self.from_stream.len()));
+            ending
+        };
         match ending {
             Ending::Open => {}
             Ending::Closed => self.end(None),
@@ -526,7 +531,8 @@ async fn pump(core: Rc<Core>, session: Rc<BoshSession>, mut stream: TcpStream) {
         // to its end whatever waits: found by a breaker, a session that went quiet
         // with 256 KiB waiting was never read again, so its end of file never came
         // and its socket pair stayed open for good.
-        let over = state.ending.is_some() || !core.bosh.borrow().contains_key(&state.sid);
+        let removed = !core.bosh.borrow().contains_key(&state.sid);
+        let over = removed || state.ending.is_some();
         if !state.eof && (state.ready.len() < READY_BYTES_MAX || over) {
             let mut buffer = core.read_buffer.borrow_mut();
             match Pin::new(&mut stream).poll_read(cx, &mut buffer[..]) {
@@ -543,16 +549,14 @@ async fn pump(core: Rc<Core>, session: Rc<BoshSession>, mut stream: TcpStream) {
                         // Nobody will take more: dropped, as a dead TCP peer's would be.
                         continue;
                     }
-                    let read = buffer.get(..n).unwrap_or_default().to_vec();
+                    state.take_output(buffer.get(..n).unwrap_or_default());
                     drop(buffer);
-                    state.take_output(&read);
                     state.deliver();
                     continue;
                 }
                 Poll::Pending => {}
             }
         }
-        let removed = !core.bosh.borrow().contains_key(&state.sid);
         if state.eof && (state.told_ending || removed) {
             core.bosh.borrow_mut().remove(&state.sid);
             return Poll::Ready(());

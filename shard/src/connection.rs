@@ -150,7 +150,7 @@ fn move_to(core: &Core, home: usize, mut conn: Negotiating, user: BareJid, reque
         user,
         request,
     };
-    core.adopt_on(home, transfer);
+    core.adopt_on(home, crate::core::Adoption::C2s(Box::new(transfer)));
 }
 
 /// Serves a connection another core moved here.

@@ -39,6 +39,13 @@ pub(crate) struct Transfer {
     pub request: crate::connection::Request,
 }
 
+/// A connection moving to another core: a c2s connection to its home core, or an
+/// HTTP connection to the core of its request's BOSH session (`web.rs`).
+pub(crate) enum Adoption {
+    C2s(Box<Transfer>),
+    Http(Box<crate::web::HttpTransfer>),
+}
+
 /// Stamped stanzas in one buffer: one allocation (and one cross-core free) per batch,
 /// not per stanza.
 #[derive(Default)]
@@ -80,9 +87,7 @@ pub(crate) enum CoreMessage {
     /// are here), and module events for accounts homed on the receiving core.
     Forwarded(Vec<crate::cluster::Inbound>),
     /// A connection to adopt.
-    Adopt(Box<Transfer>),
-    /// An HTTP connection to adopt (its BOSH session is here, `web.rs`).
-    AdoptHttp(Box<crate::web::HttpTransfer>),
+    Adopt(Adoption),
 }
 
 /// Counters of one core (read by the admin port and metrics).
@@ -114,8 +119,7 @@ pub(crate) struct Outbox {
     routes: RefCell<Vec<(Box<str>, Vec<u8>)>>,
     forwarded: RefCell<Vec<crate::cluster::Inbound>>,
     waker: Cell<Option<Waker>>,
-    adoptions: RefCell<Vec<Transfer>>,
-    http_adoptions: RefCell<Vec<crate::web::HttpTransfer>>,
+    adoptions: RefCell<Vec<Adoption>>,
 }
 
 /// Randomness for stream ids, nonces and resources: the OS generator.
@@ -320,17 +324,9 @@ impl Core {
         }
     }
 
-    pub(crate) fn adopt_on(&self, peer: usize, transfer: Transfer) {
+    pub(crate) fn adopt_on(&self, peer: usize, transfer: Adoption) {
         let outbox = &self.outboxes[peer];
         outbox.adoptions.borrow_mut().push(transfer);
-        if let Some(waker) = outbox.waker.take() {
-            waker.wake();
-        }
-    }
-
-    pub(crate) fn adopt_http_on(&self, peer: usize, transfer: crate::web::HttpTransfer) {
-        let outbox = &self.outboxes[peer];
-        outbox.http_adoptions.borrow_mut().push(transfer);
         if let Some(waker) = outbox.waker.take() {
             waker.wake();
         }
@@ -418,17 +414,15 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
     loop {
         // Take everything queued at once (linear, whatever the backlog), then send it in
         // batches.
-        let (stanzas, adoptions, http_adoptions, replica, routes, forwarded) = futures_lite::future::poll_fn(|cx| {
+        let (stanzas, adoptions, replica, routes, forwarded) = futures_lite::future::poll_fn(|cx| {
             let outbox = &core.outboxes[peer];
             let mut queue = outbox.queue.borrow_mut();
             let mut adoptions = outbox.adoptions.borrow_mut();
-            let mut http_adoptions = outbox.http_adoptions.borrow_mut();
             let mut replica = outbox.replica.borrow_mut();
             let mut routes = outbox.routes.borrow_mut();
             let mut forwarded = outbox.forwarded.borrow_mut();
             if queue.is_empty()
                 && adoptions.is_empty()
-                && http_adoptions.is_empty()
                 && replica.is_empty()
                 && routes.is_empty()
                 && forwarded.is_empty()
@@ -439,7 +433,6 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
             Poll::Ready((
                 std::mem::take(&mut *queue),
                 std::mem::take(&mut *adoptions),
-                std::mem::take(&mut *http_adoptions),
                 std::mem::take(&mut *replica),
                 std::mem::take(&mut *routes),
                 std::mem::take(&mut *forwarded),
@@ -461,12 +454,7 @@ pub(crate) async fn forward(core: Rc<Core>, senders: Rc<Senders<CoreMessage>>, p
             outbox.bytes.set(outbox.bytes.get().saturating_sub(bytes));
         }
         for transfer in adoptions {
-            if senders.send_to(peer, CoreMessage::Adopt(Box::new(transfer))).await.is_err() {
-                return;
-            }
-        }
-        for transfer in http_adoptions {
-            if senders.send_to(peer, CoreMessage::AdoptHttp(Box::new(transfer))).await.is_err() {
+            if senders.send_to(peer, CoreMessage::Adopt(transfer)).await.is_err() {
                 return;
             }
         }
@@ -534,20 +522,18 @@ pub(crate) async fn receive(core: Rc<Core>, receivers: Receivers<CoreMessage>) {
                                 }
                             }
                         }
-                        CoreMessage::Adopt(transfer) => {
-                            crate::contain::spawn(
+                        CoreMessage::Adopt(adoption) => match adoption {
+                            Adoption::C2s(transfer) => crate::contain::spawn(
                                 core.clone(),
                                 "a connection",
                                 crate::connection::adopt(core.clone(), transfer),
-                            );
-                        }
-                        CoreMessage::AdoptHttp(transfer) => {
-                            crate::contain::spawn(
+                            ),
+                            Adoption::Http(transfer) => crate::contain::spawn(
                                 core.clone(),
                                 "an HTTP connection",
                                 crate::web::adopt(core.clone(), transfer),
-                            );
-                        }
+                            ),
+                        },
                     }
                     glommio::yield_if_needed().await;
                 }

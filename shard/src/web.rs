@@ -192,7 +192,7 @@ async fn move_to(core: &Core, peer: usize, mut io: Io, listener: usize, address:
         }
     };
     let transfer = HttpTransfer { fd, moving: io.take_moving(), listener, address, buffered };
-    core.adopt_http_on(peer, transfer);
+    core.adopt_on(peer, crate::core::Adoption::Http(Box::new(transfer)));
 }
 
 /// Serves an HTTP connection another core moved here.

@@ -340,16 +340,12 @@ pub fn translate(xml: &[u8], payload: &mut Vec<u8>) -> (usize, Ending) {
                 }
                 break;
             }
-            Unit::Element { name_end, has_xmlns, stream_prefix } => {
+            Unit::Element { name_end, stream_prefix, .. } => {
                 if stream_prefix && bytes.get(1..name_end) == Some(b"stream:error") {
                     ending = Ending::Failed;
                 }
-                let (head, tail) = bytes.split_at(name_end.min(bytes.len()));
-                payload.extend_from_slice(head);
-                if !has_xmlns && !stream_prefix {
-                    write_attribute(payload, "xmlns", "jabber:client");
-                }
-                payload.extend_from_slice(tail);
+                // The `stream:` prefix is declared on the `<body/>` itself.
+                unit.write_standalone(bytes, false, payload);
             }
         }
     }

@@ -4,6 +4,9 @@
 //! stream management counts the stanzas among them (XEP-0198). Property-tested
 //! against arbitrary bytes through both users.
 
+use crate::c2s::{NS_CLIENT, NS_STREAMS};
+use crate::stanza::write_attribute;
+
 /// A top-level piece of our output.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Unit {
@@ -28,6 +31,23 @@ impl Unit {
             }
             _ => false,
         }
+    }
+
+    /// Appends an element unit's `bytes` standing alone outside the stream (one
+    /// WebSocket message, or a child of a BOSH `<body/>`): the namespace the stream
+    /// header implied is declared on it (`xmlns='jabber:client'`, and with
+    /// `declare_stream` the `stream:` prefix). Other units append nothing.
+    pub fn write_standalone(&self, bytes: &[u8], declare_stream: bool, out: &mut Vec<u8>) {
+        let Unit::Element { name_end, has_xmlns, stream_prefix } = *self else { return };
+        let (head, tail) = bytes.split_at(name_end.min(bytes.len()));
+        out.extend_from_slice(head);
+        match (stream_prefix, has_xmlns) {
+            (_, true) => {}
+            (true, false) if declare_stream => write_attribute(out, "xmlns:stream", NS_STREAMS),
+            (true, false) => {}
+            (false, false) => write_attribute(out, "xmlns", NS_CLIENT),
+        }
+        out.extend_from_slice(tail);
     }
 }
 

@@ -296,16 +296,7 @@ fn translate_out(unit: &Unit, bytes: &[u8], message: &mut Vec<u8>) {
             }
             message.extend_from_slice(b"/>");
         }
-        Unit::Element { name_end, has_xmlns, stream_prefix } => {
-            let (head, tail) = bytes.split_at(name_end.min(bytes.len()));
-            message.extend_from_slice(head);
-            match (stream_prefix, has_xmlns) {
-                (_, true) => {}
-                (true, false) => write_attribute(message, "xmlns:stream", NS_STREAMS),
-                (false, false) => write_attribute(message, "xmlns", NS_CLIENT),
-            }
-            message.extend_from_slice(tail);
-        }
+        Unit::Element { .. } => unit.write_standalone(bytes, true, message),
     }
 }
 

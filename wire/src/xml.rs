@@ -76,11 +76,6 @@ pub fn exceeds(bytes: &[u8], depth_max: usize, attributes_max: usize) -> bool {
     false
 }
 
-/// [`exceeds`] for depth alone.
-pub fn depth_exceeds(bytes: &[u8], max: usize) -> bool {
-    exceeds(bytes, max, usize::MAX)
-}
-
 /// Appends `text` escaped for both character data and attribute values (either quote).
 pub fn escape(text: &str, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
@@ -293,9 +288,9 @@ mod tests {
             if let Ok(parsed) = roxmltree::Document::parse(&text) {
                 let depth = parsed.descendants().filter(|n| n.is_element()).map(|n| n.ancestors().filter(|a| a.is_element()).count()).max().unwrap_or(0);
                 for max in 0..depth {
-                    prop_assert!(depth_exceeds(text.as_bytes(), max), "depth {} not seen over {}: {}", depth, max, text);
+                    prop_assert!(exceeds(text.as_bytes(), max, usize::MAX), "depth {} not seen over {}: {}", depth, max, text);
                 }
-                prop_assert!(!depth_exceeds(text.as_bytes(), depth + 8), "overcounted: {}", text);
+                prop_assert!(!exceeds(text.as_bytes(), depth + 8, usize::MAX), "overcounted: {}", text);
             }
         });
     }
